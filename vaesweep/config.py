@@ -1,0 +1,104 @@
+"""The typed, validated configuration of one trial (one VAE trained once).
+
+A ``TrialConfig`` is plain data: built from a dict (Python, a Ray Tune ``param_space``, the CLI,
+a study's YAML) and validated by pydantic before anything runs. Defaults follow the paper:
+the dense 784-256-64-32-16 network, minibatches of 128, lambda = 1.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .data import check_dataset_name
+from .latents import Tolerances
+from .losses import KLSchedule
+
+
+class TrialConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # data
+    dataset: str = Field("mnist5k", description="mnist5k | mnist | fashion_mnist | cifar10 | npz:PATH")
+    data_root: str | None = Field(None, description="folder of torchvision data sets")
+    download: bool = Field(False, description="let torchvision download into data_root")
+    max_train: int | None = Field(None, ge=2, description="use only the first N training images")
+    max_eval: int | None = Field(None, ge=2, description="use only the first N eval images")
+    # model
+    arch: Literal["dense", "conv"] = "dense"
+    hidden: tuple[int, ...] = Field((256, 64, 32), min_length=1, description="dense hidden widths")
+    conv_width: int = Field(32, ge=2, description="channels of the conv net's deeper layers (Fig. 4: 32)")
+    latent_dim: int = Field(16, ge=1, le=4096)
+    # loss, eq. (6) and the Sec. 6.1 remedies
+    recon: Literal["bce", "mse"] = "bce"
+    lam: float = Field(1.0, ge=0, description="KL weight lambda (beta-VAE's beta)")
+    warmup_steps: int = Field(0, ge=0, description="KL warm-up: minibatches of linear lambda annealing")
+    free_bits: float = Field(0.0, ge=0, description="minimum KL (nats) per variable")
+    capacity_max: float | None = Field(None, ge=0, description="capacity beta-VAE: final C (nats)")
+    capacity_steps: int = Field(0, ge=0, description="capacity beta-VAE: minibatches for C to reach C_max")
+    gamma: float = Field(1000.0, gt=0, description="capacity beta-VAE: weight of |KL - C|")
+    # optimisation
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's own)")
+    # metrics
+    eval_every: int = Field(1, ge=1, description="collapse metrics every N epochs (and at the first and last)")
+    gain_every: int = Field(10, ge=1, description="reconstruction gains every N epochs (and at the end)")
+    track_every: int = Field(0, ge=0, description="Fig. 2: record minibatch var_mu every K steps (0: off)")
+    active_threshold: float = Field(0.01, gt=0, description="active if Var[mu_i] > threshold")
+    law_tol: float = Field(0.15, gt=0, description="KL works if max_i |var_mu + mean_sigma2 - 1| <= law_tol")
+    mu_tol: float = Field(0.15, gt=0, description="KL works if max_i |E[mu_i]| <= mu_tol")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        return check_dataset_name(v)
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(w < 1 for w in v):
+            raise ValueError("hidden widths must be positive integers, e.g. [256, 64, 32]")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return v
+
+    @model_validator(mode="after")
+    def _capacity_needs_steps(self) -> "TrialConfig":
+        if self.capacity_max is not None and self.warmup_steps:
+            raise ValueError("capacity_max (capacity beta-VAE) and warmup_steps do not combine; choose one")
+        return self
+
+    @property
+    def schedule(self) -> KLSchedule:
+        return KLSchedule(self.lam, self.warmup_steps, self.free_bits, self.capacity_max,
+                          self.capacity_steps, self.gamma)
+
+    @property
+    def tolerances(self) -> Tolerances:
+        return Tolerances(self.active_threshold, self.law_tol, self.mu_tol)
+
+
+def trial_fields() -> set[str]:
+    return set(TrialConfig.model_fields)
+
+
+def one_line(err: ValidationError, prefix: str = "") -> str:
+    """The first validation problem as one line naming the field: 'field: what is wrong'."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key; remove it or check its spelling"
+    elif first["type"] == "missing":
+        msg = "required; add it"
+    return f"{prefix}{loc + ': ' if loc else ''}{msg}"

@@ -1,0 +1,132 @@
+"""Collapse metrics: which latent variables are in use, and whether the KL term works.
+
+Per latent variable i, over the eval split with the model in eval mode:
+
+- ``mean_mu`` = E_X[mu_i(X)]           (Sec. 4: first moment of Q(z), should be ~0)
+- ``var_mu`` = Var_X[mu_i(X)]          (Table 1, "variance")
+- ``mean_sigma2`` = E_X[sigma_i^2(X)]  (Table 1, "mean(sigma^2(X))")
+- ``law`` = var_mu + mean_sigma2       (Sec. 4 variance law: ~1 when the KL term works)
+- ``kl`` = E_X[KL_i]                   (eq. (3), per variable)
+- ``recon_gain`` = recon error with z_i = 0 minus recon error with all variables, decoding
+  the means (Sec. 5 "reconstruction gain")
+- ``active`` = var_mu > threshold      (Burda et al.'s active-unit criterion, default 0.01)
+
+Inactive variables (Table 1, red rows): var_mu ~ 0 and mean_sigma2 ~ 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .losses import kl_per_variable, reconstruction_error
+from .models import reparameterize
+
+PER_VARIABLE = ("mean_mu", "var_mu", "mean_sigma2", "law", "kl", "recon_gain", "active")
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    active_threshold: float = 0.01
+    law_tol: float = 0.15
+    mu_tol: float = 0.15
+
+
+@torch.no_grad()
+def encode_all(model, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu(X) and log sigma^2(X) for every image of ``x``, shape (N, L) each."""
+    parts = [model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def moment_stats(mu: torch.Tensor, logvar: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The per-variable moments of Table 1 and Sec. 4 from encoder outputs (N, L)."""
+    var_mu = mu.var(0, unbiased=False)
+    mean_sigma2 = logvar.exp().mean(0)
+    return {
+        "mean_mu": mu.mean(0),
+        "var_mu": var_mu,
+        "mean_sigma2": mean_sigma2,
+        "law": var_mu + mean_sigma2,  # Sec. 4: Var[Q(z)] = E[sigma^2(X)] + Var[mu(X)] ~ 1
+        "kl": kl_per_variable(mu, logvar).mean(0),
+    }
+
+
+@torch.no_grad()
+def reconstruction_gain(model, x: torch.Tensor, mu: torch.Tensor, recon_kind: str,
+                        images_per_pass: int = 2048) -> torch.Tensor:
+    """Sec. 5: per variable, E[recon error with z_i zeroed] - E[recon error decoding z = mu], (L,).
+
+    All L zeroed copies of a chunk of codes go through the decoder in one batched pass.
+    """
+    n, latent = mu.shape
+    keep = 1 - torch.eye(latent + 1, latent, device=mu.device, dtype=mu.dtype)  # row L keeps all
+    chunk = max(1, images_per_pass // (latent + 1))
+    err = torch.zeros(latent + 1, device=mu.device)
+    for s in range(0, n, chunk):
+        xb, mb = x[s:s + chunk], mu[s:s + chunk]
+        z = (keep[:, None, :] * mb[None]).reshape(-1, latent)          # (L+1)*B codes
+        target = xb.expand(latent + 1, *xb.shape).reshape(-1, *xb.shape[1:])
+        err += reconstruction_error(model.decode(z), target, recon_kind).view(latent + 1, -1).sum(1)
+    err = err / n
+    return err[:latent] - err[latent]
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, recon_kind: str, tol: Tolerances, generator: torch.Generator,
+             with_gain: bool = True, mask: torch.Tensor | None = None) -> dict:
+    """All collapse metrics of a model on images ``x``: per-variable tensors and a summary.
+
+    ``mask`` (L,) of 0/1 marks variables that exist (for packed or masked models); masked-out
+    variables are dropped from every statistic. ``generator`` fixes the eval sampling noise.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        mu, logvar = encode_all(model, x)
+        if mask is not None:
+            mu, logvar = mu * mask, logvar * mask
+        per_var = moment_stats(mu, logvar)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = reparameterize(mu, logvar, eps)
+        recon = torch.cat([reconstruction_error(model.decode(z[s:s + 1000]), x[s:s + 1000], recon_kind)
+                           for s in range(0, len(x), 1000)]).mean()
+        if with_gain:
+            per_var["recon_gain"] = reconstruction_gain(model, x, mu, recon_kind)
+        else:
+            per_var["recon_gain"] = torch.full_like(per_var["kl"], float("nan"))
+    finally:
+        model.train(was_training)
+    if mask is not None:
+        keep = mask.bool()
+        per_var = {k: v[keep] for k, v in per_var.items()}
+    return summarize(per_var, recon, tol)
+
+
+def summarize(per_var: dict[str, torch.Tensor], recon: torch.Tensor, tol: Tolerances) -> dict:
+    """Per-trial numbers (host floats) from per-variable tensors: one device->host copy."""
+    stacked = torch.stack([per_var[k] for k in PER_VARIABLE[:-1]] + [recon.expand_as(per_var["kl"])])
+    host = stacked.double().cpu().numpy()
+    cols = {k: host[j] for j, k in enumerate(PER_VARIABLE[:-1])}
+    recon_value = float(host[-1][0]) if host.shape[1] else float("nan")
+    active = cols["var_mu"] > tol.active_threshold
+    residual = abs(cols["law"] - 1.0)
+    kl_total = float(cols["kl"].sum())
+    law_residual_max = float(residual.max()) if len(residual) else 0.0
+    mean_mu_abs_max = float(abs(cols["mean_mu"]).max()) if len(residual) else 0.0
+    summary = {
+        "n_active": int(active.sum()),
+        "n_inactive": int((~active).sum()),
+        "law_residual_max": law_residual_max,
+        "law_residual_mean": float(residual.mean()) if len(residual) else 0.0,
+        "mean_mu_abs_max": mean_mu_abs_max,
+        "recon": recon_value,
+        "kl": kl_total,
+        "elbo": -(recon_value + kl_total),
+        # Sec. 4 / 6.1: the KL term "works" when Q(z) has the moments of N(0, I).
+        "kl_working": bool(law_residual_max <= tol.law_tol and mean_mu_abs_max <= tol.mu_tol),
+    }
+    latents = [{"latent": i, **{k: float(cols[k][i]) for k in cols}, "active": bool(active[i])}
+               for i in range(len(active))]
+    return {"summary": summary, "latents": latents}

@@ -1,0 +1,234 @@
+"""Study results as tidy Parquet tables, written by the driver while the study runs.
+
+In ``runs/<name>/``:
+
+- ``trials.parquet``: one row per trial: ``trial_id``, config columns, final summary metrics,
+  ``status`` (pending / running / done / failed) and ``error``;
+- ``epochs.parquet``: one row per trial per epoch (train loss parts, timing, collapse summary);
+- ``latents.parquet``: one row per trial per latent variable, the final per-variable metrics;
+- ``latent_history.parquet``: the same per-variable metrics at every evaluated epoch (Fig. 2, 7);
+- ``trace.parquet``: per-variable minibatch var_mu every K steps, when ``track_every`` is set.
+
+``Recorder`` is a Ray Tune callback; it keeps rows in memory, deduplicated by
+(trial, epoch) so a resumed study never doubles a row, and rewrites the files atomically.
+``load_study(path)`` reads them back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from ray import tune
+
+from .config import trial_fields
+
+TABLES = ("trials", "epochs", "latents", "latent_history", "trace")
+
+
+@dataclass
+class StudyTables:
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    latents: pd.DataFrame
+    latent_history: pd.DataFrame
+    trace: pd.DataFrame
+
+
+def load_study(path: str | Path) -> StudyTables:
+    """The DataFrames of a study directory (``runs/<name>``); missing tables are empty."""
+    path = Path(path)
+    if not (path / "trials.parquet").exists():
+        raise FileNotFoundError(f"no study results in '{path}'; run a study first (python -m vaesweep run STUDY.yaml)")
+    frames = {t: pd.read_parquet(path / f"{t}.parquet") if (path / f"{t}.parquet").exists() else pd.DataFrame()
+              for t in TABLES}
+    return StudyTables(**frames)
+
+
+def _write(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".parquet.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+class Recorder(tune.Callback):
+    """Collects every reported epoch into tidy tables and flushes them as Parquet."""
+
+    def __init__(self, out: Path, flush_every_s: float = 5.0, progress: "Progress | None" = None):
+        self.out = Path(out)
+        self.flush_every_s, self.progress = flush_every_s, progress
+        self._last_flush = 0.0
+        old = load_study(self.out) if (self.out / "trials.parquet").exists() else None
+        self.trials: dict[str, dict] = {} if old is None else {r["trial_id"]: r for r in old.trials.to_dict("records")}
+        self.epochs: dict[tuple, dict] = {} if old is None else {
+            (r["trial_id"], r["epoch"]): r for r in old.epochs.to_dict("records")}
+        self.history: dict[tuple, list[dict]] = {}
+        self.trace: dict[tuple, list[dict]] = {}
+        if old is not None:
+            for key, group in old.latent_history.groupby(["trial_id", "epoch"]) if len(old.latent_history) else []:
+                self.history[key] = group.to_dict("records")
+            for key, group in old.trace.groupby(["trial_id", "epoch"]) if len(old.trace) else []:
+                self.trace[key] = group.to_dict("records")
+
+    # Ray pickles its callbacks into the experiment state and unpickles them on Tuner.restore:
+    # keep only the settings, and reload the rows from disk, so a resumed study loses nothing.
+    def __getstate__(self):
+        return {"out": self.out, "flush_every_s": self.flush_every_s, "progress": self.progress}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    # --- Ray Tune callback hooks ---------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._trial_row(trial)["status"] = "running"
+        self._maybe_flush(trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.add_result(trial.trial_id, result)
+        row = self._trial_row(trial)
+        row["status"] = "running"
+        if "diverged" in result:
+            row.update(status="failed", error=result["diverged"])
+        self._maybe_flush(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        row = self._trial_row(trial)
+        if row.get("status") != "failed":
+            row["status"] = "done"
+        self.flush(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        row = self._trial_row(trial)
+        row.update(status="failed", error=_error_line(trial))
+        self.flush(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self.flush(trials)
+
+    # --- rows --------------------------------------------------------------------------------
+    def add_result(self, trial_id: str, result: dict) -> None:
+        epoch = result.get("epoch")
+        if epoch is None:
+            return
+        scalars = {k: v for k, v in result.items()
+                   if k in EPOCH_KEYS or (isinstance(v, (int, float, bool, str)) and k.startswith("fid_"))}
+        self.epochs[(trial_id, epoch)] = {"trial_id": trial_id, **scalars}
+        if "latents" in result:
+            self.history[(trial_id, epoch)] = [{"trial_id": trial_id, "epoch": epoch, **r} for r in result["latents"]]
+        if "trace" in result:
+            self.trace[(trial_id, epoch)] = [
+                {"trial_id": trial_id, "epoch": epoch, "step": t["step"], "latent": i,
+                 "var_mu": v, "mean_sigma2": s}
+                for t in result["trace"] for i, (v, s) in enumerate(zip(t["var_mu"], t["mean_sigma2"]))]
+
+    def _trial_row(self, trial) -> dict:
+        row = self.trials.get(trial.trial_id)
+        if row is None:
+            config = {k: _cell(v) for k, v in trial.config.items() if k in trial_fields()}
+            row = self.trials[trial.trial_id] = {"trial_id": trial.trial_id, **config,
+                                                 "status": "pending", "error": None}
+        return row
+
+    def _sync_statuses(self, trials) -> None:
+        for t in trials or []:
+            row = self._trial_row(t)
+            if t.status == "ERROR" and row.get("status") != "failed":
+                row.update(status="failed", error=_error_line(t))
+            elif t.status == "TERMINATED" and row.get("status") not in ("failed",):
+                row["status"] = "done"
+
+    def _maybe_flush(self, trials) -> None:
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush(trials)
+
+    def flush(self, trials=None) -> None:
+        self._sync_statuses(trials)
+        tables = self.tables()
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name in TABLES:
+            _write(getattr(tables, name), self.out / f"{name}.parquet")
+        self._last_flush = time.monotonic()
+        if self.progress is not None:
+            self.progress.show(tables.trials)
+
+    def tables(self) -> StudyTables:
+        epochs = pd.DataFrame(list(self.epochs.values()))
+        if len(epochs):
+            epochs = epochs.sort_values(["trial_id", "epoch"]).reset_index(drop=True)
+        trials = pd.DataFrame(list(self.trials.values()))
+        if len(epochs) and len(trials):
+            last = epochs.groupby("trial_id").tail(1).set_index("trial_id")
+            final = [c for c in (*SUMMARY_KEYS, *last.columns) if c in last and (c in SUMMARY_KEYS or c.startswith("fid_"))]
+            done = epochs.groupby("trial_id").agg(epochs_done=("epoch", "max"), time_total=("time_total", "max"))
+            trials = (trials.drop(columns=[*final, *done.columns], errors="ignore")
+                      .join(last[list(dict.fromkeys(final))], on="trial_id").join(done, on="trial_id"))
+        history = _concat(self.history.values())
+        latents = history.sort_values("epoch").groupby(["trial_id", "latent"]).tail(1) if len(history) else history
+        if len(latents):
+            latents = latents.sort_values(["trial_id", "latent"]).reset_index(drop=True)
+        return StudyTables(trials, epochs, latents, history, _concat(self.trace.values()))
+
+
+@dataclass
+class Progress:
+    """One line per flush: trials done / running / failed, and the best so far."""
+
+    name: str
+    total: int
+    metric: str = "elbo"
+    mode: str = "max"
+
+    def show(self, trials: pd.DataFrame) -> None:
+        print(progress_line(self.name, trials, self.total, self.metric, self.mode), flush=True)
+
+
+def progress_line(name: str, trials: pd.DataFrame, total: int, metric: str, mode: str) -> str:
+    counts = trials["status"].value_counts() if len(trials) else pd.Series(dtype=int)
+    line = (f"[{name}] {counts.get('done', 0)}/{total} done, {counts.get('running', 0)} running, "
+            f"{counts.get('failed', 0)} failed")
+    best = best_trials(trials, metric, mode, 1)
+    if len(best):
+        b = best.iloc[0]
+        line += f"; best {metric} {b[metric]:.4g} ({b['trial_id']}: {describe(b)})"
+    return line
+
+
+def best_trials(trials: pd.DataFrame, metric: str, mode: str, n: int = 5) -> pd.DataFrame:
+    if metric not in trials or not len(trials):
+        return trials.iloc[:0]
+    scored = trials[trials["status"] != "failed"].dropna(subset=[metric])
+    return scored.sort_values(metric, ascending=(mode == "min")).head(n)
+
+
+def describe(row) -> str:
+    keys = ("arch", "latent_dim", "lam", "seed")
+    return " ".join(f"{k}={row[k]}" for k in keys if k in row and pd.notna(row[k]))
+
+
+SUMMARY_KEYS = ("n_active", "n_inactive", "law_residual_max", "law_residual_mean", "mean_mu_abs_max",
+                "recon", "kl", "elbo", "kl_working")
+EPOCH_KEYS = {"epoch", "step", "evaluated", "train_loss", "train_recon", "train_kl", "lam_effective", "epoch_time",
+              "time_total", *SUMMARY_KEYS}
+
+
+def _concat(groups) -> pd.DataFrame:
+    rows = [r for g in groups for r in g]
+    return pd.DataFrame(rows)
+
+
+def _cell(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _error_line(trial) -> str:
+    """The last line of the trial's traceback (Ray keeps it in error.txt)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = Path(path).read_text().strip() if path else ""
+    except OSError:
+        text = ""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "trial raised an error (see the Ray trial logs)"

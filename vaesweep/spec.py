@@ -1,0 +1,208 @@
+"""The study spec: one typed, validated description of a hyperparameter study, loaded from YAML.
+
+    name: capacity
+    base: {arch: dense, epochs: 100}          # any TrialConfig field, fixed for every trial
+    space:                                    # any TrialConfig field, varied
+      latent_dim: {grid: [2, 4, 8, 16, 32, 64]}
+      lam: {loguniform: [0.05, 2.0]}
+    seeds: 3                                  # repeats (seeds 0..2), or a list [0, 7, 9]
+    search: {type: grid}                      # grid | random (num_samples draws per grid point)
+    scheduler: {type: asha, metric: elbo, mode: max, grace_period: 10}   # optional
+    resources: {cpu: 1, gpu: 0.25}
+    max_concurrent: 8
+    retries: 2
+    storage: runs                             # results in <storage>/<name>/
+
+Everything is checked before anything runs: every grid value and range bound is validated as
+a TrialConfig field, so a negative lambda or an unknown dataset is caught in the spec.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .config import TrialConfig, one_line, trial_fields
+
+
+class SpecError(ValueError):
+    """A study spec that cannot run; the message is one line naming the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Grid(_Strict):
+    grid: list[Any] = Field(min_length=1)
+
+
+class Choice(_Strict):
+    choice: list[Any] = Field(min_length=1)
+
+
+class Uniform(_Strict):
+    uniform: tuple[float, float]
+
+
+class LogUniform(_Strict):
+    loguniform: tuple[float, float]
+
+    @field_validator("loguniform")
+    @classmethod
+    def _positive(cls, v):
+        if v[0] <= 0:
+            raise ValueError("loguniform bounds must be > 0, e.g. [0.01, 10]")
+        return v
+
+
+class RandInt(_Strict):
+    randint: tuple[int, int]
+
+
+Domain = Grid | Choice | Uniform | LogUniform | RandInt
+
+
+class Search(_Strict):
+    type: Literal["grid", "random"] = "grid"
+    num_samples: int = Field(1, ge=1, description="random draws (per grid point)")
+
+
+class Scheduler(_Strict):
+    type: Literal["asha"] = "asha"
+    metric: str = "elbo"
+    mode: Literal["min", "max"] = "max"
+    grace_period: int = Field(5, ge=1)
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _fraction_or_whole(cls, v):
+        if v > 1 and v != int(v):
+            raise ValueError("gpu per trial is a fraction up to 1 (e.g. 0.25) or a whole number")
+        return v
+
+
+class StudySpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    dataset: str | None = Field(None, description="shorthand for base.dataset")
+    data_root: str | None = None
+    base: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Domain] = Field(default_factory=dict)
+    seeds: int | list[int] = Field(1)
+    search: Search = Search()
+    scheduler: Scheduler | None = None
+    metric: str = Field("elbo", description="what 'best trial' means in progress and status")
+    mode: Literal["min", "max"] = "max"
+    resources: Resources = Resources()
+    max_concurrent: int | None = Field(None, ge=1)
+    retries: int = Field(2, ge=0, description="Ray FailureConfig.max_failures per trial")
+    storage: str = "runs"
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("seeds is a count >= 1 or a non-empty list of seeds")
+        if isinstance(v, list) and not v:
+            raise ValueError("seeds is a count >= 1 or a non-empty list of seeds")
+        return v
+
+    @model_validator(mode="after")
+    def _trials_valid(self) -> "StudySpec":
+        base = self.trial_base()
+        for key in base:
+            if key not in trial_fields():
+                raise ValueError(f"base.{key}: unknown trial field; see TrialConfig for the fields")
+        _check_trial(base, "base")
+        for key, dom in self.space.items():
+            if key not in trial_fields():
+                raise ValueError(f"space.{key}: unknown trial field; see TrialConfig for the fields")
+            if key == "seed":
+                raise ValueError("space.seed: use the top-level 'seeds' for repeats")
+            for value in _domain_points(dom):
+                _check_trial({**base, key: value}, f"space.{key}")
+        return self
+
+    def trial_base(self) -> dict[str, Any]:
+        base = dict(self.base)
+        if self.dataset is not None:
+            base["dataset"] = self.dataset
+        if self.data_root is not None:
+            base["data_root"] = self.data_root
+        return base
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def n_grid_points(self) -> int:
+        n = len(self.seed_list())
+        for dom in self.space.values():
+            if isinstance(dom, Grid):
+                n *= len(dom.grid)
+        return n * self.search.num_samples
+
+
+def _domain_points(dom: Domain) -> list[Any]:
+    """The values of a domain to validate: every listed value, or both range bounds."""
+    if isinstance(dom, (Grid, Choice)):
+        return list(dom.grid if isinstance(dom, Grid) else dom.choice)
+    low, high = dom.uniform if isinstance(dom, Uniform) else dom.loguniform if isinstance(dom, LogUniform) else dom.randint
+    if not low < high:
+        raise ValueError(f"range [{low}, {high}] is empty; give [low, high] with low < high")
+    return [low, high]
+
+
+def _check_trial(values: dict[str, Any], where: str) -> None:
+    try:
+        TrialConfig(**values)
+    except ValidationError as err:
+        raise ValueError(one_line(err, prefix=f"{where}: ")) from None
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study YAML; raises SpecError with one line naming the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"study file '{path}' not found; give the path of a study YAML such as studies/smoke.yaml") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a study is a YAML mapping with at least 'name'; see studies/smoke.yaml")
+    return spec_from_dict(raw, str(path))
+
+
+def spec_from_dict(raw: dict, source: str = "study") -> StudySpec:
+    try:
+        return StudySpec(**raw)
+    except ValidationError as err:
+        raise SpecError(f"{source}: {_spec_error_line(err)}") from None
+
+
+def _spec_error_line(err: ValidationError) -> str:
+    """Pydantic tries every Domain form; report the most specific problem, naming the field."""
+    errors = err.errors()
+    first = errors[0]
+    loc = [str(p) for p in first["loc"]]
+    if len(loc) >= 2 and loc[0] == "space":
+        field = f"space.{loc[1]}"
+        if all(e["type"] in ("extra_forbidden", "missing") for e in errors if e["loc"][:2] == first["loc"][:2]):
+            return f"{field}: give one of {{grid: [...]}}, {{choice: [...]}}, {{uniform: [lo, hi]}}, " \
+                   "{loguniform: [lo, hi]}, {randint: [lo, hi]}"
+        for e in errors:  # the message of the form the user wrote (the one not 'missing')
+            if e["type"] != "missing" and e["type"] != "extra_forbidden" and e["loc"][:2] == first["loc"][:2]:
+                sub = ".".join(str(p) for p in e["loc"][3:])
+                return f"{field}{'.' + sub if sub else ''}: {e['msg'].removeprefix('Value error, ')}"
+    return one_line(err)

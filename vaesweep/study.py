@@ -1,0 +1,152 @@
+"""Running a study on Ray Tune: spec -> param_space -> Tuner -> Parquet results.
+
+``run_study(spec)`` starts a local Ray bound to 127.0.0.1 (no dashboard) unless an address is
+given (or RAY_ADDRESS is set), checks the cluster can hold one trial, and runs Ray Tune's Tuner
+with ``vaesweep.trainable``. The experiment lives in ``<storage>/<name>/tune``: running the same
+study again restores it with Ray's own ``Tuner.restore`` — finished trials are kept, unfinished
+ones resume from their last checkpoint — and trials are retried ``retries`` times
+(``FailureConfig``) from their last checkpoint when a worker or node dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import yaml
+
+from .results import Progress, Recorder
+from .spec import Choice, Grid, LogUniform, RandInt, SpecError, StudySpec, Uniform
+
+EXPERIMENT_DIR = "tune"
+SPEC_COPY = "study.yaml"
+
+
+def study_dir(spec: StudySpec, storage: str | None = None) -> Path:
+    return (Path(storage or spec.storage) / spec.name).absolute()
+
+
+def param_space(spec: StudySpec) -> dict:
+    """The Ray Tune param_space: the fixed base, the varied fields, and the seeds as a grid."""
+    from ray import tune
+
+    def domain(d):
+        if isinstance(d, Grid):
+            return tune.grid_search(d.grid)
+        if isinstance(d, Choice):
+            return tune.choice(d.choice)
+        if isinstance(d, Uniform):
+            return tune.uniform(*d.uniform)
+        if isinstance(d, LogUniform):
+            return tune.loguniform(*d.loguniform)
+        if isinstance(d, RandInt):
+            return tune.randint(d.randint[0], d.randint[1] + 1)  # inclusive bounds in the spec
+        raise TypeError(d)
+
+    space = {"threads": max(1, int(spec.resources.cpu)), **spec.trial_base()}
+    space.update({k: domain(d) for k, d in spec.space.items()})
+    space["seed"] = tune.grid_search(spec.seed_list())
+    return space
+
+
+def init_ray(address: str | None) -> None:
+    """Join ``address`` (or $RAY_ADDRESS); else start a local Ray on 127.0.0.1, dashboard off."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Every checkpoint forces an experiment snapshot (num_to_keep=1): that is what makes a killed
+    # driver resumable without re-running finished trials, so Ray's warning about it is noise.
+    # Ray's JSON and CSV loggers stay (added in build_tuner); TensorBoard cannot log per-latent lists.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+
+
+def check_resources(spec: StudySpec) -> None:
+    """A trial that asks for more than the cluster has would wait forever: refuse it up front."""
+    import ray
+
+    have = ray.cluster_resources()
+    for key, need in (("GPU", spec.resources.gpu), ("CPU", spec.resources.cpu)):
+        if need > have.get(key, 0):
+            raise SpecError(f"resources.{key.lower()}: each trial asks for {need:g} {key} but the Ray cluster "
+                            f"has {have.get(key, 0):g}; lower resources.{key.lower()} or join a larger cluster with --address")
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("vaesweep", "torch", "torchvision", "ray", "optuna", "pandas", "pyarrow", "pydantic"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _claim_dir(spec: StudySpec, out: Path) -> None:
+    """Write the spec copy and versions; refuse to mix two different specs in one folder."""
+    copy = out / SPEC_COPY
+    text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    if copy.exists() and yaml.safe_load(copy.read_text()) != yaml.safe_load(text):
+        raise SpecError(f"'{out}' holds results of a different '{spec.name}' study; give the changed study a new "
+                        "name, or remove that folder to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    copy.write_text(text)
+    (out / "versions.json").write_text(json.dumps(_versions(), indent=2))
+
+
+def build_tuner(spec: StudySpec, out: Path, quiet: bool = False):
+    """A new Tuner for the study, or the restored one when ``out`` already holds its experiment."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from .trial import trainable
+
+    runnable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    space = param_space(spec)
+    experiment = out / EXPERIMENT_DIR
+    if tune.Tuner.can_restore(str(experiment)):
+        return tune.Tuner.restore(str(experiment), runnable, resume_unfinished=True, resume_errored=False,
+                                  restart_errored=False, param_space=space)
+    total = spec.n_grid_points()
+    progress = None if quiet else Progress(spec.name, total, spec.metric, spec.mode)
+    scheduler = None
+    if spec.scheduler is not None:
+        from ray.tune.schedulers import ASHAScheduler
+
+        s = spec.scheduler
+        scheduler = ASHAScheduler(time_attr="epoch", metric=s.metric, mode=s.mode,
+                                  max_t=int(spec.trial_base().get("epochs", 50)),
+                                  grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    return tune.Tuner(
+        runnable,
+        param_space=space,
+        tune_config=tune.TuneConfig(num_samples=spec.search.num_samples, scheduler=scheduler,
+                                    max_concurrent_trials=spec.max_concurrent),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT_DIR, storage_path=str(out), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[Recorder(out, progress=progress), JsonLoggerCallback(), CSVLoggerCallback()],
+        ),
+    )
+
+
+def run_study(spec: StudySpec, address: str | None = None, storage: str | None = None,
+              quiet: bool = False) -> Path:
+    """Run (or continue) a study; returns its results folder."""
+    out = study_dir(spec, storage)
+    init_ray(address)
+    check_resources(spec)
+    _claim_dir(spec, out)
+    build_tuner(spec, out, quiet).fit()
+    return out
