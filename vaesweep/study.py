@@ -63,6 +63,7 @@ def init_ray(address: str | None) -> None:
     # driver resumable without re-running finished trials, so Ray's warning about it is noise.
     # Ray's JSON and CSV loggers stay (added in build_tuner); TensorBoard cannot log per-latent lists.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # a diverged trial's last report
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         ray.init(address=address, log_to_driver=False)

@@ -191,7 +191,18 @@ def trainable(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             run.load_state_dict(torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False))
-    for metrics in run.epochs():
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(run.state_dict(), Path(d) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    reported = False
+    try:
+        for metrics in run.epochs():
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(run.state_dict(), Path(d) / CHECKPOINT_FILE)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            reported = True
+        if not reported and run.history:
+            # Restored from its final checkpoint (the driver died around the last report):
+            # report the final epoch again so the study's tables surely hold it.
+            tune.report({**run.history[-1], "latents": run.last_eval["latents"]})
+    except TrainingDiverged as err:
+        # Deterministic: a retry from the last checkpoint would diverge again. End the trial and
+        # let the study record it as failed with its reason.
+        tune.report({"diverged": str(err)})
