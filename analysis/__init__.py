@@ -1,0 +1,26 @@
+"""Charts of a vaesweep study, from its DataFrames (``vaesweep.results.load_study(path)``).
+
+Every chart function returns a ``Chart``: a matplotlib Figure (shown inline in a notebook), a
+one-sentence reading, and its tables; a chart the study cannot support comes back without a
+figure, its reading saying why. ``python -m vaesweep report runs/<name>`` puts them all on one page.
+
+    t = load_study("runs/capacity")
+    active_vs_latent_dim(t.trials)                  # capacity, onset of sparsity marked
+    onset_of_sparsity(t.trials, by=["arch", "lam"])
+    law_heatmap(t.trials, lambda_star=None)         # Sec. 4 variance law over lambda x latent_dim
+    table1(t.latents, chosen)                       # Table 1 for chosen trials (rows of t.trials)
+    var_mu_history(chosen, t.latent_history, t.epochs, t.trace, t.latents)   # Fig. 2
+    fid_chart(t.trials)                             # FID-proxy against lambda and latent_dim
+    sample_grids("runs/capacity", chosen, t.latents)   # Fig. 3, from the trials' checkpoints
+    gain_vs_kl(t.latents, t.trials)                 # Sec. 5
+"""
+
+from .capacity import active_vs_latent_dim, onset_of_sparsity
+from .chart import Chart
+from .fid import fid_chart
+from .latents import gain_vs_kl, table1, var_mu_history
+from .law import law_heatmap
+from .samples import sample_grids
+
+__all__ = ["Chart", "active_vs_latent_dim", "onset_of_sparsity", "law_heatmap", "table1", "var_mu_history",
+           "fid_chart", "sample_grids", "gain_vs_kl"]

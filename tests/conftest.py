@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny():
     """A trial config that trains in about a second on one CPU core."""
     return {"epochs": 2, "max_train": 512, "max_eval": 200, "hidden": [64, 32], "latent_dim": 4,
-            "batch_size": 64, "threads": 1}
+            "batch_size": 64, "threads": 1, "fid": False}
 
 
 @pytest.fixture(autouse=True)

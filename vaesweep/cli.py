@@ -34,7 +34,7 @@ def _add_trial_flags(p: argparse.ArgumentParser) -> None:
     for name, f in TrialConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if f.annotation is bool:
-            p.add_argument(flag, dest=name, action="store_true", default=None, help=f.description)
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=f.description)
         else:
             choices = get_args(f.annotation) if name in ("arch", "recon") else None
             p.add_argument(flag, dest=name, default=None, choices=choices, metavar=name.upper(),
@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import study_cli  # the study commands: run, status (kept beside the study code)
     study_cli.add_commands(sub)
+    from . import fid_cli  # the FID-proxy between two image sets (kept beside vaesweep/fid.py)
+    fid_cli.add_commands(sub)
+    from . import report_cli  # the report command (charts from analysis/)
+    report_cli.add_commands(sub)
     return parser
 
 

@@ -52,6 +52,11 @@ class TrialConfig(BaseModel):
     active_threshold: float = Field(0.01, gt=0, description="active if Var[mu_i] > threshold")
     law_tol: float = Field(0.15, gt=0, description="KL works if max_i |var_mu + mean_sigma2 - 1| <= law_tol")
     mu_tol: float = Field(0.15, gt=0, description="KL works if max_i |E[mu_i]| <= mu_tol")
+    # generation quality: FID-proxy (vaesweep/fid.py)
+    fid: bool = Field(True, description="FID-proxy scores fid_prior, fid_recon, fid_zeroed at the end")
+    fid_every: int = Field(0, ge=0, description="FID-proxy also every N epochs (0: only at the end)")
+    fid_samples: int = Field(1000, ge=2, description="images per FID-proxy score (capped at the eval split)")
+    cache_dir: str | None = Field(None, description="FID feature nets (default $VAESWEEP_CACHE, ~/.cache/vaesweep)")
 
     @field_validator("dataset")
     @classmethod

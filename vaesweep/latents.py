@@ -126,6 +126,9 @@ def summarize(per_var: dict[str, torch.Tensor], recon: torch.Tensor, tol: Tolera
         "elbo": -(recon_value + kl_total),
         # Sec. 4 / 6.1: the KL term "works" when Q(z) has the moments of N(0, I).
         "kl_working": bool(law_residual_max <= tol.law_tol and mean_mu_abs_max <= tol.mu_tol),
+        # the same two laws as constraint values, <= 0 when satisfied (for constrained search)
+        "law_excess": law_residual_max - tol.law_tol,
+        "mu_excess": mean_mu_abs_max - tol.mu_tol,
     }
     latents = [{"latent": i, **{k: float(cols[k][i]) for k in cols}, "active": bool(active[i])}
                for i in range(len(active))]

@@ -25,6 +25,7 @@ import pandas as pd
 from ray import tune
 
 from .config import trial_fields
+from .packing import PACK_KEY, packed_id
 
 TABLES = ("trials", "epochs", "latents", "latent_history", "trace")
 
@@ -83,26 +84,27 @@ class Recorder(tune.Callback):
 
     # --- Ray Tune callback hooks ---------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._trial_row(trial)["status"] = "running"
+        for row in self._rows(trial):
+            row["status"] = "running"
         self._maybe_flush(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.add_result(trial.trial_id, result)
-        row = self._trial_row(trial)
-        row["status"] = "running"
-        if "diverged" in result:
-            row.update(status="failed", error=result["diverged"])
+        for row, res in zip(self._rows(trial), result.get("packed", [result])):
+            row["status"] = "running"
+            if "diverged" in res:
+                row.update(status="failed", error=res["diverged"])
         self._maybe_flush(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        row = self._trial_row(trial)
-        if row.get("status") != "failed":
-            row["status"] = "done"
+        for row in self._rows(trial):
+            if row.get("status") != "failed":
+                row["status"] = "done"
         self.flush(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        row = self._trial_row(trial)
-        row.update(status="failed", error=_error_line(trial))
+        for row in self._rows(trial):
+            row.update(status="failed", error=_error_line(trial))
         self.flush(trials)
 
     def on_experiment_end(self, trials, **info):
@@ -110,11 +112,15 @@ class Recorder(tune.Callback):
 
     # --- rows --------------------------------------------------------------------------------
     def add_result(self, trial_id: str, result: dict) -> None:
+        if "packed" in result:  # a packed trial (vaesweep.packing): one trial per configuration
+            for i, res in enumerate(result["packed"]):
+                self.add_result(packed_id(trial_id, i), res)
+            return
         epoch = result.get("epoch")
         if epoch is None:
             return
         scalars = {k: v for k, v in result.items()
-                   if k in EPOCH_KEYS or (isinstance(v, (int, float, bool, str)) and k.startswith("fid_"))}
+                   if k in EPOCH_KEYS or (isinstance(v, (int, float, bool, str)) and k.startswith(("fid_", "noise_")))}
         self.epochs[(trial_id, epoch)] = {"trial_id": trial_id, **scalars}
         if "latents" in result:
             self.history[(trial_id, epoch)] = [{"trial_id": trial_id, "epoch": epoch, **r} for r in result["latents"]]
@@ -125,16 +131,24 @@ class Recorder(tune.Callback):
                 for t in result["trace"] for i, (v, s) in enumerate(zip(t["var_mu"], t["mean_sigma2"]))]
 
     def _trial_row(self, trial) -> dict:
-        row = self.trials.get(trial.trial_id)
+        return self._row(trial.trial_id, trial.config)
+
+    def _rows(self, trial) -> list[dict]:
+        """The rows of a Ray trial: its own, or one per configuration of a packed trial."""
+        if PACK_KEY not in trial.config:
+            return [self._trial_row(trial)]
+        return [self._row(packed_id(trial.trial_id, i), {**trial.config, **item})
+                for i, item in enumerate(trial.config[PACK_KEY])]
+
+    def _row(self, trial_id: str, trial_config: dict) -> dict:
+        row = self.trials.get(trial_id)
         if row is None:
-            config = {k: _cell(v) for k, v in trial.config.items() if k in trial_fields()}
-            row = self.trials[trial.trial_id] = {"trial_id": trial.trial_id, **config,
-                                                 "status": "pending", "error": None}
+            config = {k: _cell(v) for k, v in trial_config.items() if k in trial_fields()}
+            row = self.trials[trial_id] = {"trial_id": trial_id, **config, "status": "pending", "error": None}
         return row
 
     def _sync_statuses(self, trials) -> None:
-        for t in trials or []:
-            row = self._trial_row(t)
+        for t, row in ((t, row) for t in trials or [] for row in self._rows(t)):
             if t.status == "ERROR" and row.get("status") != "failed":
                 row.update(status="failed", error=_error_line(t))
             elif t.status == "TERMINATED" and row.get("status") not in ("failed",):
@@ -161,7 +175,7 @@ class Recorder(tune.Callback):
         trials = pd.DataFrame(list(self.trials.values()))
         if len(epochs) and len(trials):
             last = epochs.groupby("trial_id").tail(1).set_index("trial_id")
-            final = [c for c in (*SUMMARY_KEYS, *last.columns) if c in last and (c in SUMMARY_KEYS or c.startswith("fid_"))]
+            final = [c for c in (*SUMMARY_KEYS, *last.columns) if c in last and (c in SUMMARY_KEYS or c.startswith(("fid_", "noise_")))]
             done = epochs.groupby("trial_id").agg(epochs_done=("epoch", "max"), time_total=("time_total", "max"))
             trials = (trials.drop(columns=[*final, *done.columns], errors="ignore")
                       .join(last[list(dict.fromkeys(final))], on="trial_id").join(done, on="trial_id"))
@@ -210,8 +224,8 @@ def describe(row) -> str:
 
 SUMMARY_KEYS = ("n_active", "n_inactive", "law_residual_max", "law_residual_mean", "mean_mu_abs_max",
                 "recon", "kl", "elbo", "kl_working")
-EPOCH_KEYS = {"epoch", "step", "evaluated", "train_loss", "train_recon", "train_kl", "lam_effective", "epoch_time",
-              "time_total", *SUMMARY_KEYS}
+EPOCH_KEYS = {"epoch", "step", "evaluated", "node", "train_loss", "train_recon", "train_kl", "lam_effective", "epoch_time",
+              "time_total", "phase", *SUMMARY_KEYS}  # phase and noise_*: the Sec. 5 experiment (vaesweep.noise)
 
 
 def _concat(groups) -> pd.DataFrame:

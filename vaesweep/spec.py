@@ -13,6 +13,9 @@
     retries: 2
     storage: runs                             # results in <storage>/<name>/
 
+``experiment: noise`` with ``noise: {...}`` (vaesweep.noise.NoiseSettings) runs the Sec. 5 noise
+experiment in every trial instead (no scheduler, no epochs: see studies/noise.yaml).
+
 Everything is checked before anything runs: every grid value and range bound is validated as
 a TrialConfig field, so a negative lambda or an unknown dataset is caught in the spec.
 """
@@ -26,6 +29,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config import TrialConfig, one_line, trial_fields
+from .searcher import Objective, Sampler
+from .noise import NoiseSettings
 
 
 class SpecError(ValueError):
@@ -67,8 +72,18 @@ Domain = Grid | Choice | Uniform | LogUniform | RandInt
 
 
 class Search(_Strict):
-    type: Literal["grid", "random"] = "grid"
-    num_samples: int = Field(1, ge=1, description="random draws (per grid point)")
+    """grid / random: Ray's variant generator. optuna: a constrained Optuna search per fixed setting
+    (every combination of the grid fields and seeds), over the space's range fields."""
+
+    type: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = Field(1, ge=1, description="random draws per grid point; optuna: trials per setting")
+    objective: Objective | list[Objective] = Field(Objective(), description="optuna: default minimise lam")
+    constrained: bool = Field(True, description="optuna: subject to the Sec. 4 laws (law_excess, mu_excess <= 0)")
+    sampler: Sampler = Sampler()
+    start: list[dict[str, Any]] = Field(default_factory=list, description="optuna: points to evaluate first")
+
+    def objectives(self) -> list[Objective]:
+        return self.objective if isinstance(self.objective, list) else [self.objective]
 
 
 class Scheduler(_Strict):
@@ -106,6 +121,11 @@ class StudySpec(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     retries: int = Field(2, ge=0, description="Ray FailureConfig.max_failures per trial")
     storage: str = "runs"
+    experiment: Literal["train", "noise"] = Field("train", description="train: one VAE per trial; noise: "
+                                                  "the Sec. 5 noise experiment (vaesweep.noise)")
+    noise: NoiseSettings | None = Field(None, description="the noise experiment's phases (experiment: noise)")
+    pack: Literal["auto", "off"] | int = Field("auto", description="configurations trained together per Ray "
+                                               "trial (vaesweep.packing): auto (16 with a GPU, else off), K, or off")
 
     @field_validator("seeds")
     @classmethod
@@ -128,9 +148,67 @@ class StudySpec(_Strict):
                 raise ValueError(f"space.{key}: unknown trial field; see TrialConfig for the fields")
             if key == "seed":
                 raise ValueError("space.seed: use the top-level 'seeds' for repeats")
-            for value in _domain_points(dom):
+            for value in _domain_points(dom, f"space.{key}"):
                 _check_trial({**base, key: value}, f"space.{key}")
         return self
+
+    @model_validator(mode="after")
+    def _search_valid(self) -> "StudySpec":
+        ranged = [k for k, d in self.space.items() if not isinstance(d, Grid)]
+        if self.search.type == "grid" and ranged:
+            raise ValueError(f"space.{ranged[0]}: a range or choice needs search: {{type: random}} or {{type: optuna}}")
+        if self.search.type == "optuna":
+            if not ranged:
+                raise ValueError("search.type: optuna searches the space's ranges; give one, e.g. "
+                                 "space: {lam: {loguniform: [0.05, 5]}}")
+            if self.scheduler is not None:
+                raise ValueError("scheduler: not with search: optuna (each trial must finish to test the laws)")
+            for p in self.search.start:
+                if set(p) - set(ranged):
+                    raise ValueError(f"search.start: {sorted(set(p) - set(ranged))} are not range fields of space")
+        return self
+
+    @model_validator(mode="after")
+    def _experiment_valid(self) -> "StudySpec":
+        if self.experiment != "noise":
+            if self.noise is not None:
+                raise ValueError("noise: settings of experiment: noise; add 'experiment: noise' or remove 'noise'")
+            return self
+        if self.scheduler is not None:
+            raise ValueError("scheduler: early stopping would cut the noise experiment's phases; remove it")
+        if "epochs" in self.base or "epochs" in self.space:
+            where = "base" if "epochs" in self.base else "space"
+            raise ValueError(f"{where}.epochs: not used by experiment: noise; set noise.base_epochs, "
+                             "noise.hold_epochs and noise.recovery_epochs instead")
+        dims = [self.trial_base().get("latent_dim", TrialConfig.model_fields["latent_dim"].default)]
+        if "latent_dim" in self.space:
+            dims = _domain_points(self.space["latent_dim"], "space.latent_dim")
+        try:
+            self.noise_settings().check_latent_dim(min(dims))
+        except ValueError as err:
+            raise ValueError(f"noise.variable: {err}") from None
+        return self
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack_word(cls, v):
+        if isinstance(v, bool) or not isinstance(v, (int, str)) or (isinstance(v, str) and v not in ("auto", "off")):
+            raise ValueError("give auto, off, or a number of configurations per trial (e.g. 16)")
+        return v
+
+    @model_validator(mode="after")
+    def _pack_valid(self) -> "StudySpec":
+        if isinstance(self.pack, int) and self.pack < 1:
+            raise ValueError("pack: give a number of configurations >= 1, auto, or off")
+        if isinstance(self.pack, int) and self.pack > 1:
+            from .packing import pack_problem
+
+            if (problem := pack_problem(self)) is not None:
+                raise ValueError(problem)
+        return self
+
+    def noise_settings(self) -> NoiseSettings:
+        return self.noise or NoiseSettings()
 
     def trial_base(self) -> dict[str, Any]:
         base = dict(self.base)
@@ -143,6 +221,14 @@ class StudySpec(_Strict):
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
+    def settings(self) -> list[dict[str, Any]]:
+        """The fixed settings: every combination of the grid fields and the seeds."""
+        combos = [{}]
+        for key, dom in self.space.items():
+            if isinstance(dom, Grid):
+                combos = [{**c, key: v} for c in combos for v in dom.grid]
+        return [{**c, "seed": s} for c in combos for s in self.seed_list()]
+
     def n_grid_points(self) -> int:
         n = len(self.seed_list())
         for dom in self.space.values():
@@ -151,13 +237,13 @@ class StudySpec(_Strict):
         return n * self.search.num_samples
 
 
-def _domain_points(dom: Domain) -> list[Any]:
+def _domain_points(dom: Domain, where: str) -> list[Any]:
     """The values of a domain to validate: every listed value, or both range bounds."""
     if isinstance(dom, (Grid, Choice)):
         return list(dom.grid if isinstance(dom, Grid) else dom.choice)
     low, high = dom.uniform if isinstance(dom, Uniform) else dom.loguniform if isinstance(dom, LogUniform) else dom.randint
     if not low < high:
-        raise ValueError(f"range [{low}, {high}] is empty; give [low, high] with low < high")
+        raise ValueError(f"{where}: range [{low}, {high}] is empty; give [low, high] with low < high")
     return [low, high]
 
 

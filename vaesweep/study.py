@@ -26,7 +26,11 @@ SPEC_COPY = "study.yaml"
 
 
 def study_dir(spec: StudySpec, storage: str | None = None) -> Path:
-    return (Path(storage or spec.storage) / spec.name).absolute()
+    root = storage or spec.storage
+    if "://" in root:
+        raise SpecError(f"storage '{root}': cloud URIs are not supported; on a cluster give a shared filesystem "
+                        "mounted at the same path on every node (e.g. --storage /mnt/efs/runs)")
+    return (Path(root) / spec.name).absolute()
 
 
 def param_space(spec: StudySpec) -> dict:
@@ -49,6 +53,10 @@ def param_space(spec: StudySpec) -> dict:
     space = {"threads": max(1, int(spec.resources.cpu)), **spec.trial_base()}
     space.update({k: domain(d) for k, d in spec.space.items()})
     space["seed"] = tune.grid_search(spec.seed_list())
+    if spec.experiment == "noise":  # Sec. 5: the settings ride along under a key the trial fields ignore
+        from .noise import NOISE_KEY
+
+        space[NOISE_KEY] = spec.noise_settings().model_dump()
     return space
 
 
@@ -68,8 +76,9 @@ def init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        # address="local": always a new Ray of our own, never some other Ray found on this machine
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
 
 
 def check_resources(spec: StudySpec) -> None:
@@ -105,20 +114,38 @@ def _claim_dir(spec: StudySpec, out: Path) -> None:
     (out / "versions.json").write_text(json.dumps(_versions(), indent=2))
 
 
-def build_tuner(spec: StudySpec, out: Path, quiet: bool = False):
-    """A new Tuner for the study, or the restored one when ``out`` already holds its experiment."""
+def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict | None = None):
+    """A new Tuner for the study, or the restored one when ``out`` already holds its experiment.
+
+    With ``search: optuna`` there is one Tuner per fixed ``setting`` (grid values and seed), each
+    with its own experiment folder and Optuna study.
+    """
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    from .noise import noise_trainable
     from .trial import trainable
 
-    runnable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    space = param_space(spec)
+    from .packing import pack_param_space, pack_size, packed_trainable
+
+    packed = setting is None and pack_size(spec) > 1  # K configurations per Ray trial
+    function = noise_trainable if spec.experiment == "noise" else packed_trainable if packed else trainable
+    runnable = tune.with_resources(function, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    space = pack_param_space(spec) if packed else param_space(spec)
     experiment = out / EXPERIMENT_DIR
+    search_alg = None
+    if setting is not None:
+        from .searcher import DB_FILE, make_search, setting_key
+
+        space.update(setting)
+        key = setting_key(setting)
+        experiment = experiment / key
+        search_alg = make_search(spec.search.objectives(), spec.search.sampler, spec.search.constrained,
+                                 out / DB_FILE, f"{spec.name}:{key}", spec.search.start)
     if tune.Tuner.can_restore(str(experiment)):
         return tune.Tuner.restore(str(experiment), runnable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False, param_space=space)
-    total = spec.n_grid_points()
+    total = spec.n_grid_points() if setting is None else len(spec.settings()) * spec.search.num_samples
     progress = None if quiet else Progress(spec.name, total, spec.metric, spec.mode)
     scheduler = None
     if spec.scheduler is not None:
@@ -132,9 +159,9 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False):
         runnable,
         param_space=space,
         tune_config=tune.TuneConfig(num_samples=spec.search.num_samples, scheduler=scheduler,
-                                    max_concurrent_trials=spec.max_concurrent),
+                                    search_alg=search_alg, max_concurrent_trials=spec.max_concurrent),
         run_config=tune.RunConfig(
-            name=EXPERIMENT_DIR, storage_path=str(out), verbose=0,
+            name=experiment.name, storage_path=str(experiment.parent), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[Recorder(out, progress=progress), JsonLoggerCallback(), CSVLoggerCallback()],
@@ -149,5 +176,20 @@ def run_study(spec: StudySpec, address: str | None = None, storage: str | None =
     init_ray(address)
     check_resources(spec)
     _claim_dir(spec, out)
-    build_tuner(spec, out, quiet).fit()
+    if spec.search.type != "optuna":
+        build_tuner(spec, out, quiet).fit()
+        return out
+    for setting in spec.settings():  # one constrained Optuna search per fixed setting
+        build_tuner(spec, out, quiet, setting).fit()
+        write_lambda_star(spec, out)
     return out
+
+
+def write_lambda_star(spec: StudySpec, out: Path) -> None:
+    """``lambda_star.parquet``: the minimal working lambda of every finished setting."""
+    from .results import load_study
+    from .searcher import lambda_star
+
+    trials = load_study(out).trials
+    cols = [c for c in ("dataset", *spec.settings()[0]) if c in trials]
+    lambda_star(trials, cols).to_parquet(out / "lambda_star.parquet", index=False)

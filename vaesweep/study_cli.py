@@ -15,6 +15,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.study)  # validated before anything starts or is written
     out = run_study(spec, address=args.address, storage=args.storage, quiet=args.quiet)
     print(f"results: {out}")
+    try:  # the results are on disk already: a failing report must not lose them
+        from .report import build_report
+
+        print(f"report: {build_report(out)}")
+    except Exception as err:  # noqa: BLE001
+        print(f"report: not written ({type(err).__name__}: {err}); the results are safe, "
+              f"retry with: python -m vaesweep report {out}")
     return _print_status(out)
 
 
@@ -39,6 +46,10 @@ def _print_status(path: Path) -> int:
     failed = trials[trials["status"] == "failed"]
     for _, row in failed.iterrows():
         print(f"  failed {row['trial_id']}: {row['error']}")
+    if (path / "lambda_star.parquet").exists():
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print("minimal lambda with a working KL term (Sec. 6.1), per setting:")
+            print(pd.read_parquet(path / "lambda_star.parquet").to_string(index=False))
     best = best_trials(trials, metric, mode, 5)
     if len(best):
         cols = [c for c in ("trial_id", "arch", "latent_dim", "lam", "seed", "n_active", "law_residual_max",

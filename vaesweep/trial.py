@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -75,6 +76,7 @@ class TrialRun:
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.history: list[dict] = []
         self.last_eval: dict | None = None
+        self._fid = None  # (FidScorer, TrainedFeatureNet), built on the first FID epoch
 
     # --- training -------------------------------------------------------------------------
     def train_epoch(self, transform: LatentTransform | None = None) -> dict:
@@ -128,22 +130,43 @@ class TrialRun:
         train = self.train_epoch(transform)
         self.epoch += 1
         train_time = time.perf_counter() - t0
-        metrics = {"epoch": self.epoch, "step": self.step, **train}
+        metrics = {"epoch": self.epoch, "step": self.step, "lam": self.cfg.lam, **train}
         last = self.epoch == self.cfg.epochs
-        evaluated = self.epoch == 1 or self.epoch % self.cfg.eval_every == 0 or last
+        fid_now = self.cfg.fid and (last or (self.cfg.fid_every > 0 and self.epoch % self.cfg.fid_every == 0))
+        evaluated = self.epoch == 1 or self.epoch % self.cfg.eval_every == 0 or last or fid_now
         if evaluated:
             self.last_eval = self.evaluate(with_gain=last or self.epoch % self.cfg.gain_every == 0)
             metrics["latents"] = self.last_eval["latents"]
         # every report carries the latest collapse summary (schedulers need it each epoch)
         metrics.update(self.last_eval["summary"], evaluated=evaluated)
+        if fid_now:
+            metrics.update(self.generation_scores())
         self.elapsed += time.perf_counter() - t0
         metrics.update(epoch_time=train_time, time_total=self.elapsed)
         self.history.append({k: v for k, v in metrics.items() if k not in ("latents", "trace")})
         return metrics
 
+    def generation_scores(self) -> dict:
+        """FID-proxy of random generations now (vaesweep/fid.py): fid_prior, fid_recon, fid_zeroed,
+        fid_seconds and fid_net_accuracy; empty (with a warning) for a data set without labels."""
+        from .fid import generation_scores, has_labels, scorer_for
+
+        if not has_labels(self.data):
+            warnings.warn(f"fid: dataset '{self.data.name}' has no labels to train the FID-proxy's feature "
+                          "network; no fid_* scores (save labels as key 'y' in the npz, or set fid: false)")
+            return {}
+        if self._fid is None:
+            self._fid = scorer_for(self.data, self.cfg.fid_samples, self.cfg.cache_dir)
+        scorer, trained = self._fid
+        active = [r["active"] for r in self.last_eval["latents"]]
+        return {**generation_scores(self.model, scorer, active, self.cfg.seed),
+                "fid_net_accuracy": trained.test_accuracy}
+
     def result(self) -> TrialResult:
         final = self.last_eval or self.evaluate()
-        return TrialResult(self.cfg, final["summary"], final["latents"], self.history, self.model)
+        fid = {k: v for k, v in (self.history[-1] if self.history else {}).items()
+               if k.startswith("fid_") and k != "fid_seconds"}  # scores, not timings
+        return TrialResult(self.cfg, {**final["summary"], **fid}, final["latents"], self.history, self.model)
 
     # --- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -184,6 +207,7 @@ def trainable(config: dict) -> None:
     Reports every epoch with Ray's ``tune.report`` and a checkpoint of the whole trial state,
     and resumes from ``tune.get_checkpoint()`` after a failure or a restored study.
     """
+    import ray
     from ray import tune
 
     run = TrialRun({k: v for k, v in config.items() if not k.startswith("_")})
@@ -191,9 +215,11 @@ def trainable(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             run.load_state_dict(torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False))
+    node = ray.get_runtime_context().get_node_id()  # which cluster node ran each epoch
     reported = False
     try:
         for metrics in run.epochs():
+            metrics["node"] = node
             with tempfile.TemporaryDirectory() as d:
                 torch.save(run.state_dict(), Path(d) / CHECKPOINT_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))

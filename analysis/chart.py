@@ -1,0 +1,58 @@
+"""The ``Chart`` every chart function returns, and the figure factory they share.
+
+A chart is a matplotlib ``Figure`` (drawn on the Agg canvas, no pyplot state, so it renders the
+same from the CLI, a test or a notebook, where it displays inline), a one-sentence reading of
+what it shows, and the tables behind it. A chart the study cannot support (it did not vary
+latent_dim, has no FID-proxy, no checkpoints, ...) is a ``Chart`` without a figure whose reading
+says why: the report prints that note in its place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+ACTIVE_COLOR, INACTIVE_COLOR = "#1f5fa8", "#d62728"   # Table 1: inactive variables in red
+
+
+@dataclass
+class Chart:
+    key: str                       # file stem in the report: <key>.png
+    title: str
+    reading: str                   # one sentence: what the chart shows, or why it was skipped
+    figure: Figure | None = None
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> bool:
+        return self.figure is None
+
+    def _repr_png_(self):  # notebooks: show the figure
+        if self.figure is None:
+            return None
+        from io import BytesIO
+
+        buf = BytesIO()
+        self.figure.savefig(buf, format="png", dpi=100)
+        return buf.getvalue()
+
+
+def skip(key: str, title: str, why: str) -> Chart:
+    """A chart not drawn, with the one-line note the report shows instead."""
+    return Chart(key, title, why)
+
+
+def new_figure(n_panels: int = 1, panel_size: tuple[float, float] = (5.0, 4.0), ncols: int | None = None,
+               sharey: bool = False, sharex: bool = False):
+    """A Figure on the Agg canvas and its axes (a flat list), ``ncols`` panels per row."""
+    ncols = min(n_panels, ncols or n_panels)
+    nrows = -(-n_panels // ncols)
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=sharex, sharey=sharey).ravel().tolist()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:n_panels]

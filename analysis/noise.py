@@ -1,0 +1,106 @@
+"""The Fig. 7 chart of the noise experiment (Sec. 5, vaesweep.noise), from a study's epochs table.
+
+    plot_noise_experiment(load_study("runs/noise").epochs, "fig7.png")
+
+Per trial, two panels over the epochs from the end of the base phase on: the chosen variable's
+reconstruction gain (with the noise, and decoding the means) and KL in nats per image, with the
+noise sigma shaded behind them (symlog scale: the gain < KL crossing and the collapse happen
+near zero); below, its var_mu and mean_sigma2. The phases (noise rising,
+held, recovery) are tinted and the threshold (gain < KL), collapse and revival epochs marked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+PHASE_COLORS = {"noise_rising": "#fde0c5", "noise_held": "#f9b98c", "recovery": "#d4ecd4"}
+EVENTS = (("noise_threshold_epoch", "gain < KL", "tab:red"), ("noise_collapsed_epoch", "collapsed", "black"),
+          ("noise_revived_epoch", "revived", "tab:green"))
+NEEDED = ("epoch", "phase", "noise_sigma", "noise_gain", "noise_kl", "noise_var_mu", "noise_mean_sigma2")
+
+
+def plot_noise_experiment(epochs: pd.DataFrame, path: str | Path) -> Path:
+    """Write the Fig. 7-style chart of every noise-experiment trial in ``epochs`` to ``path``."""
+    missing = [c for c in NEEDED if c not in epochs]
+    if missing:
+        raise ValueError(f"epochs table has no {', '.join(missing)}; give the epochs of an experiment: noise study")
+    groups = list(epochs.groupby("trial_id")) if "trial_id" in epochs else [("", epochs)]
+    fig, axes = plt.subplots(2 * len(groups), 1, figsize=(13, 7 * len(groups)), squeeze=False)
+    for n, (trial_id, df) in enumerate(groups):
+        _plot_trial(axes[2 * n, 0], axes[2 * n + 1, 0], df.sort_values("epoch"), str(trial_id))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_trial(top, bottom, df: pd.DataFrame, trial_id: str) -> None:
+    shown = df[df["noise_gain"].notna()]
+    if not len(shown):
+        top.set_title(f"{trial_id}: no variable chosen yet (still in the base phase)")
+        return
+    x = shown["epoch"]
+    for ax in (top, bottom):
+        _tint_phases(ax, shown)
+        ax.set_xlim(x.min() - 0.5, x.max() + 0.5)
+        ax.grid(alpha=0.3)
+    # sigma shaded behind the gain and KL (Fig. 7: "acting on its quality by addition of Gaussian blur")
+    noise_ax = top.twinx()
+    noise_ax.fill_between(x, 0, shown["noise_sigma"], step="mid", color="grey", alpha=0.25, label="noise sigma")
+    noise_ax.plot(x, shown["noise_sigma"], drawstyle="steps-mid", color="grey", lw=0.8)
+    noise_ax.set_ylabel("noise sigma")
+    noise_ax.set_ylim(0, max(1e-9, shown["noise_sigma"].max()) * 1.05)
+    top.set_zorder(noise_ax.get_zorder() + 1)
+    top.patch.set_visible(False)
+    top.plot(x, shown["noise_gain"], color="tab:blue", label="reconstruction gain (with noise)")
+    if "noise_gain_clean" in shown:
+        top.plot(x, shown["noise_gain_clean"], color="tab:blue", ls="--", lw=1, label="reconstruction gain (means)")
+    top.plot(x, shown["noise_kl"], color="tab:red", label="KL divergence")
+    top.set_yscale("symlog", linthresh=0.1)  # the crossing and the collapse happen near 0 nats
+    top.set_ylabel("nats per image (symlog)")
+    variable = shown["noise_variable"].dropna().iloc[-1] if "noise_variable" in shown else float("nan")
+    top.set_title(f"{trial_id + ': ' if trial_id else ''}latent variable {variable:.0f} under Gaussian noise "
+                  "(Sec. 5, Fig. 7)")
+    bottom.plot(x, shown["noise_var_mu"], color="tab:purple", label="var_mu = Var[mu(X)]")
+    bottom.set_ylabel("var_mu")
+    bottom.set_xlabel("epoch")
+    s2_ax = bottom.twinx()
+    s2_ax.plot(x, shown["noise_mean_sigma2"], color="tab:orange", label="mean_sigma2 = E[sigma^2(X)]")
+    s2_ax.set_ylabel("mean_sigma2")
+    s2_ax.set_ylim(0, 1.1)
+    _mark_events(top, bottom, df)
+    _legend(top, noise_ax)
+    _legend(bottom, s2_ax)
+
+
+def _tint_phases(ax, df: pd.DataFrame) -> None:
+    """Colour each run of epochs of one phase (epoch e covers [e - 0.5, e + 0.5])."""
+    runs = (df["phase"] != df["phase"].shift()).cumsum()
+    for _, part in df.groupby(runs):
+        phase = part["phase"].iloc[0]
+        if phase in PHASE_COLORS:
+            ax.axvspan(part["epoch"].min() - 0.5, part["epoch"].max() + 0.5, color=PHASE_COLORS[phase],
+                       alpha=0.5, lw=0, label=phase.replace("_", " "))
+
+
+def _mark_events(top, bottom, df: pd.DataFrame) -> None:
+    for col, label, color in EVENTS:
+        if col in df and df[col].notna().any():
+            epoch = df[col].dropna().iloc[-1]
+            for ax in (top, bottom):
+                ax.axvline(epoch, color=color, ls=":", lw=1.5, label=f"{label} (epoch {epoch:.0f})")
+
+
+def _legend(ax, twin) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    seen = dict(zip(labels + more[1], handles + more[0]))
+    ax.legend(seen.values(), seen.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.08, 1.0))

@@ -1,0 +1,193 @@
+"""Throughput of a study's trials, three ways, on the same configurations (issue 9).
+
+    python benchmarks/throughput.py                       # CPU, and the GPU when one is present
+    python benchmarks/throughput.py --device cpu --epochs 3 --configs 8 --out benchmarks/results/cpu
+
+(a) ``plain``: the loop a user would write, in the style of pytorch/examples' VAE (mnist/main.py):
+    a DataLoader over a TensorDataset, one model per run, ``loss.item()`` every batch, a test pass
+    every epoch; the same 784-256-64-32-16 network and lambda (beta) weighting the KL term;
+(b) ``trial``: vaesweep's trial function (``train_vae``) one configuration at a time: data on the
+    device, collapse metrics every epoch (each call loads the data set, as each Ray trial does);
+(c) ``packed``: ``vaesweep.packing.PackedRun``, all configurations in one set of batched kernels,
+    with the same per-configuration metrics as (b).
+
+Prints images/second (training images through forward and backward), trial-epochs/second and
+each method's ratio to (a); writes the table as CSV and Markdown to ``--out`` (.csv / .md added).
+The FID-proxy is off (``fid: false``): it is the same cost either way and not training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from vaesweep import TrialConfig, load_dataset, train_vae
+from vaesweep.packing import train_packed
+
+
+# --- (a) the pytorch/examples-style reference ---------------------------------------------------
+class VAE(nn.Module):
+    """pytorch/examples' mnist VAE, with the paper's dense widths instead of 784-400-20."""
+
+    def __init__(self, hidden=(256, 64, 32), latent=16):
+        super().__init__()
+        widths = (784, *hidden)
+        self.enc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.fc_mu, self.fc_logvar = nn.Linear(widths[-1], latent), nn.Linear(widths[-1], latent)
+        back = (latent, *reversed(widths))
+        self.dec = nn.ModuleList(nn.Linear(a, b) for a, b in zip(back[:-1], back[1:]))
+
+    def encode(self, x):
+        h = x
+        for layer in self.enc:
+            h = F.relu(layer(h))
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def reparameterize(self, mu, logvar):
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn_like(std)
+        return mu + eps * std
+
+    def decode(self, z):
+        h = z
+        for layer in self.dec[:-1]:
+            h = F.relu(layer(h))
+        return torch.sigmoid(self.dec[-1](h))
+
+    def forward(self, x):
+        mu, logvar = self.encode(x.view(-1, 784))
+        z = self.reparameterize(mu, logvar)
+        return self.decode(z), mu, logvar
+
+
+def loss_function(recon_x, x, mu, logvar, beta):
+    bce = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + beta * kld
+
+
+def plain_run(cfg: TrialConfig, x_train: torch.Tensor, x_test: torch.Tensor, device: torch.device) -> None:
+    torch.manual_seed(cfg.seed)
+    train_loader = DataLoader(TensorDataset(x_train), batch_size=cfg.batch_size, shuffle=True)
+    test_loader = DataLoader(TensorDataset(x_test), batch_size=cfg.batch_size, shuffle=False)
+    model = VAE(cfg.hidden, cfg.latent_dim).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    for _epoch in range(cfg.epochs):
+        model.train()
+        train_loss = 0.0
+        for (data,) in train_loader:
+            data = data.to(device)
+            optimizer.zero_grad()
+            recon_batch, mu, logvar = model(data)
+            loss = loss_function(recon_batch, data, mu, logvar, cfg.lam)
+            loss.backward()
+            train_loss += loss.item()
+            optimizer.step()
+        model.eval()
+        test_loss = 0.0
+        with torch.no_grad():
+            for (data,) in test_loader:
+                data = data.to(device)
+                recon_batch, mu, logvar = model(data)
+                test_loss += loss_function(recon_batch, data, mu, logvar, cfg.lam).item()
+
+
+# --- the three methods, timed ------------------------------------------------------------------
+def configs(n: int, epochs: int, device: str, args) -> list[TrialConfig]:
+    """n lambdas, log-spaced over [0.25, 4], of the dense latent-16 network (seeds 0..n-1)."""
+    lams = torch.logspace(-2, 2, n, base=2.0).tolist() if n > 1 else [1.0]
+    return [TrialConfig(arch="dense", latent_dim=args.latent_dim, lam=lam, seed=i, epochs=epochs, device=device,
+                        threads=args.threads, max_train=args.max_train, max_eval=args.max_eval,
+                        batch_size=args.batch_size, fid=False, gain_every=args.gain_every)
+            for i, lam in enumerate(lams)]
+
+
+def run_method(method: str, cfgs: list[TrialConfig], device: torch.device) -> None:
+    if method == "plain":
+        data = load_dataset(cfgs[0].dataset)  # on the host: the DataLoader's side of the copy
+        x_train, x_test = data.train[: cfgs[0].max_train], data.eval[: cfgs[0].max_eval]
+        for cfg in cfgs:
+            plain_run(cfg, x_train, x_test, device)
+    elif method == "trial":
+        for cfg in cfgs:
+            train_vae(cfg)
+    else:
+        train_packed(cfgs)
+
+
+def timed(method: str, cfgs: list[TrialConfig], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    run_method(method, cfgs, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def benchmark(device_name: str, args) -> list[dict]:
+    device = torch.device(device_name)
+    cfgs = configs(args.configs, args.epochs, device_name, args)
+    n_train = min(args.max_train or 10**9, len(load_dataset(cfgs[0].dataset).train))
+    warm = [c.model_copy(update={"epochs": 1, "max_train": 256, "max_eval": 128}) for c in cfgs[:2]]
+    rows = []
+    for method in ("plain", "trial", "packed"):
+        timed(method, warm, device)  # one-time costs (allocator, kernels, CUDA context) out of the timing
+        seconds = timed(method, cfgs, device)
+        trial_epochs = len(cfgs) * args.epochs
+        rows.append({"device": device_name, "method": method, "configs": len(cfgs), "epochs": args.epochs,
+                     "train_images": n_train, "threads": args.threads, "seconds": round(seconds, 3),
+                     "images_per_s": round(trial_epochs * n_train / seconds, 1),
+                     "trial_epochs_per_s": round(trial_epochs / seconds, 3)})
+        print(f"  {device_name} {method:7s} {seconds:8.2f} s", flush=True)
+    plain = rows[0]["seconds"]
+    for r in rows:
+        r["speedup_vs_plain"] = round(plain / r["seconds"], 2)
+    return rows
+
+
+def markdown(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="all", help="cpu, cuda, or all (cpu, and cuda when present)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--configs", type=int, default=8, help="configurations (lambdas) trained each way")
+    p.add_argument("--latent-dim", type=int, default=16)
+    p.add_argument("--max-train", type=int, default=4000, help="training images (mnist5k has 4,000)")
+    p.add_argument("--max-eval", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--gain-every", type=int, default=10, help="trial/packed: reconstruction gains every N epochs")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", default="benchmarks/results/throughput", help="table path; .csv and .md are added")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])] if args.device == "all" else [args.device]
+    if "cuda" in devices and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU is visible; use --device cpu")
+    rows = [r for d in devices for r in benchmark(d, args)]
+    table = pd.DataFrame(rows)
+    name = torch.cuda.get_device_name() if "cuda" in devices else None
+    print(table.to_string(index=False))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out.with_suffix(".csv"), index=False)
+    note = f"torch {torch.__version__}; CPU threads {args.threads}" + (f"; GPU {name}" if name else "; no GPU")
+    out.with_suffix(".md").write_text(markdown(table) + f"\n{note}\n")
+    print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

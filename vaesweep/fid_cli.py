@@ -1,0 +1,151 @@
+"""The ``fid`` command of the CLI: the FID-proxy (vaesweep/fid.py) between two image sets.
+
+    python -m vaesweep fid samples.npz                 # an npz of images against the eval split
+    python -m vaesweep fid a.npz b.npz                 # any two image sets
+    python -m vaesweep fid runs/x/model.pt             # a trained trial: fid_prior, fid_recon, fid_zeroed
+    python -m vaesweep fid runs/x/model.pt other.npz   # a trial's prior samples against other images
+
+A source is an ``.npz`` file (N x H x W or N x C x H x W, uint8 or float in [0, 1]; the format of
+``dataset: npz:PATH``), a trained trial (``model.pt`` from ``train --out``, a Ray checkpoint's
+``trial.pt``, or a folder holding one: its prior samples), or ``eval`` / ``train`` (the data set's
+splits). The feature network is that of ``--dataset`` (default: the trial's data set, else mnist5k).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPLITS = ("eval", "train")
+CHECKPOINTS = ("model.pt", "trial.pt")
+
+
+def _checkpoint_path(source: str) -> Path | None:
+    path = Path(source)
+    if path.is_dir():
+        return next((path / name for name in CHECKPOINTS if (path / name).is_file()), None)
+    return path if path.is_file() and path.suffix == ".pt" else None
+
+
+def _load_trial(path: Path):
+    """(TrialConfig, VAE) of a ``train --out`` model.pt or a Ray checkpoint's trial.pt."""
+    from .cli import UsageError
+    from .config import TrialConfig, trial_fields
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise UsageError(f"'{path}' is not a vaesweep trial checkpoint; give a model.pt from train --out "
+                         "or a checkpoint_*/trial.pt of a study")
+    cfg = TrialConfig(**{k: v for k, v in state["config"].items() if k in trial_fields()})
+    return cfg, state["model"]
+
+
+def _build(cfg, weights, shape):
+    from .models import build_model
+
+    model = build_model(cfg.arch, shape, cfg.latent_dim, cfg.hidden, cfg.conv_width)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def _images(source: str, data, n: int, seed: int, trials: dict) -> torch.Tensor:
+    """The first ``n`` images of a source, (N, C, H, W) float in [0, 1]."""
+    from .cli import UsageError
+    from .data import _npz
+    from .sampling import decode_images, prior_codes
+
+    if source in SPLITS and not Path(source).exists():
+        images = getattr(data, source)
+    elif source in trials:
+        cfg, weights = trials[source]
+        model = _build(cfg, weights, data.shape)
+        images = decode_images(model, prior_codes(n, cfg.latent_dim, seed))
+    elif Path(source).suffix == ".npz":
+        if not Path(source).is_file():
+            raise UsageError(f"image file '{source}' not found; give an existing .npz file")
+        array, _ = _npz(Path(source))
+        images = torch.from_numpy(array.astype(np.float32) / 255.0 if array.dtype == np.uint8
+                                  else array.astype(np.float32))
+    else:
+        raise UsageError(f"'{source}' is not an .npz file, a trial checkpoint (model.pt, trial.pt or a folder "
+                         f"holding one), 'eval' or 'train'; give one of those")
+    if tuple(images.shape[1:]) != tuple(data.shape):
+        raise UsageError(f"'{source}' holds {'x'.join(map(str, images.shape[1:]))} images but the feature network "
+                         f"of '{data.name}' takes {'x'.join(map(str, data.shape))}; pick the matching --dataset")
+    if len(images) < 2:
+        raise UsageError(f"'{source}' holds {len(images)} image(s); the FID-proxy needs at least 2")
+    return images[:n]
+
+
+def _trial_scores(cfg, weights, data, n: int, seed: int, cache: str | None) -> dict:
+    """The three per-trial scores, computed exactly as at the end of the trial (vaesweep/trial.py)."""
+    from .fid import generation_scores, scorer_for
+    from .latents import evaluate
+
+    model = _build(cfg, weights, data.shape)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    final = evaluate(model, data.eval[: cfg.max_eval], cfg.recon, cfg.tolerances, gen, with_gain=False)
+    scorer, trained = scorer_for(data, n, cache)
+    active = [r["active"] for r in final["latents"]]
+    return {**generation_scores(model, scorer, active, seed), "n_active": final["summary"]["n_active"],
+            "n_real": len(scorer.real), "fid_net_accuracy": trained.test_accuracy}
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    from .cli import UsageError
+    from .data import check_dataset_name, load_dataset
+    from .fid import FidScorer, feature_net
+
+    if args.n < 2:
+        raise UsageError(f"--n {args.n}: the FID-proxy needs at least 2 images per set; give --n 1000")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sources = [s for s in (args.a, args.b) if s is not None]
+    trials = {s: _load_trial(p) for s in sources if (p := _checkpoint_path(s)) is not None}
+    first_cfg = next(iter(trials.values()))[0] if trials else None
+    dataset = args.dataset or (first_cfg.dataset if first_cfg else "mnist5k")
+    data_root = args.data_root or (first_cfg.data_root if first_cfg else None)
+    try:
+        check_dataset_name(dataset)
+    except ValueError as err:
+        raise UsageError(f"--dataset: {err}") from None
+    data = load_dataset(dataset, data_root)
+    t0 = time.perf_counter()
+    if args.b is None and args.a in trials:  # a trial alone: its three scores, as in the trial
+        cfg, weights = trials[args.a]
+        seed = cfg.seed if args.seed is None else args.seed
+        out = _trial_scores(cfg, weights, data, args.n, seed, args.cache_dir)
+    else:
+        seed = 0 if args.seed is None else args.seed
+        fake = _images(args.a, data, args.n, seed, trials)
+        real = _images(args.b or "eval", data, args.n, seed, trials)
+        trained = feature_net(data, args.cache_dir)
+        out = {"fid": FidScorer(trained.net, real).score(fake), "n_a": len(fake), "n_b": len(real),
+               "fid_net_accuracy": trained.test_accuracy}
+    out.update(dataset=dataset, seconds=time.perf_counter() - t0)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>17}: {v:.6g}" if isinstance(v, float) else f"{k:>17}: {v}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    fid = sub.add_parser("fid", help="FID-proxy between two image sets (npz files, a trained trial, eval/train)")
+    fid.add_argument("a", help="images: an .npz file, a trial (model.pt / trial.pt / its folder), eval or train")
+    fid.add_argument("b", nargs="?", help="the reference images, same kinds (default: the eval split; "
+                     "with a trial alone: its fid_prior, fid_recon, fid_zeroed)")
+    fid.add_argument("--dataset", help="whose feature network (default: the trial's data set, else mnist5k)")
+    fid.add_argument("--data-root", help="folder of torchvision data sets")
+    fid.add_argument("--n", type=int, default=1000, help="images per set (default: 1000; compare scores at equal n)")
+    fid.add_argument("--seed", type=int, help="seed of a trial's prior samples (default: the trial's seed)")
+    fid.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
+    fid.add_argument("--cache-dir", help="feature-network cache (default: $VAESWEEP_CACHE or ~/.cache/vaesweep)")
+    fid.add_argument("--json", action="store_true", help="print one JSON object")
+    fid.set_defaults(func=cmd_fid)

@@ -1,0 +1,466 @@
+"""Packed trials: K configurations of one architecture trained together, in one set of batched kernels.
+
+A study is hundreds of small VAEs. One per process leaves a GPU idle (launch overhead, not
+arithmetic, sets the pace), so a ``PackedRun`` trains K ``TrialConfig``s at once:
+
+- the K models are stacked with ``torch.func.stack_module_state`` and run with ``vmap`` over
+  ``functional_call`` (dense layers become batched matmuls, convolutions grouped ones; the conv
+  net's BatchNorm running statistics are stacked buffers, updated per configuration);
+- one ``torch.optim.Adam`` over the stacked parameters is exactly K independent Adams (Adam is
+  elementwise), so the configurations must share ``lr``;
+- every configuration keeps its own numbers: its own weights (built exactly as ``TrialRun``
+  builds them, from its seed), its own ``torch.Generator`` drawing its minibatch order and its
+  reparametrization noise in ``TrialRun``'s order, and its own KL term, eq. (6), with its own
+  lambda / warm-up / free bits / capacity schedule (Sec. 6.1);
+- a smaller latent dimension lives inside the largest one of the pack: its model is copied into
+  a zero-padded one (extra mu / logvar rows and decoder input columns are zero) and its extra
+  variables are masked out of z and of the KL term, so their gradients are exactly zero, Adam
+  leaves them at zero, and the math is the small model's.
+
+What may differ inside a pack is ``PACK_VARIES``; every other TrialConfig field is shared.
+Each configuration reports the metric dict ``TrialRun`` reports (its weights are copied back into
+a model of its own latent dimension and scored by ``vaesweep.latents.evaluate``), so packed and
+one-at-a-time runs agree to float tolerance. Checkpoints are K ``TrialRun`` state dicts.
+
+Study side: ``pack_size(spec)`` (``pack: auto | K | off``; auto packs 16 when trials get a GPU),
+``pack_param_space(spec, k)`` (a grid over packs of compatible configurations) and
+``packed_trainable`` (the Ray Tune function trainable; it reports ``{"epoch", "packed": [...]}``
+and ``vaesweep.results.Recorder`` splits that into one trial row per configuration).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from .config import TrialConfig
+from .data import load_dataset
+from .latents import evaluate
+from .losses import kl_per_variable, kl_weight, reconstruction_error
+from .models import build_model, reparameterize
+from .trial import CHECKPOINT_FILE, TrainingDiverged, TrialResult, resolve_device
+
+# Fields that may differ between the configurations of one pack; all others must be equal.
+PACK_VARIES = frozenset({"lam", "warmup_steps", "free_bits", "capacity_max", "capacity_steps", "gamma",
+                         "seed", "latent_dim", "active_threshold", "law_tol", "mu_tol"})
+PACK_KEY = "_pack"  # param_space key of a packed trial: the list of its configurations
+GPU_PACK = 16  # pack: auto on a GPU
+
+
+class PackError(ValueError):
+    """Configurations that cannot share a pack; the message names the field."""
+
+
+def check_packable(cfgs: list[TrialConfig]) -> None:
+    """Raise PackError naming the first field outside PACK_VARIES on which the configs differ."""
+    if not cfgs:
+        raise PackError("pack: no configurations; give at least one")
+    first = cfgs[0].model_dump()
+    for cfg in cfgs[1:]:
+        for key, value in cfg.model_dump().items():
+            if key not in PACK_VARIES and value != first[key]:
+                raise PackError(f"pack: configurations differ in '{key}' ({first[key]!r} vs {value!r}); only "
+                                f"{', '.join(sorted(PACK_VARIES))} may differ within a pack")
+
+
+def shared_key(cfg: TrialConfig) -> tuple:
+    """What configurations must have in common to share a pack."""
+    return tuple((k, repr(v)) for k, v in cfg.model_dump().items() if k not in PACK_VARIES)
+
+
+def _leading(shape: torch.Size) -> tuple[slice, ...]:
+    """The index of a small tensor inside its zero-padded big one: the leading block."""
+    return tuple(slice(0, n) for n in shape)
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+class _Forward(nn.Module):
+    """Encode, sample z = mu + sigma * eps (eps given), mask missing variables, decode."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, eps, mask):
+        mu, logvar = self.model.encode(x)
+        z = reparameterize(mu, logvar, eps) * mask  # masked variables: z_i = 0, no gradient reaches them
+        return self.model.decode(z), mu, logvar
+
+
+def packed_loss(logits, x, mu, logvar, mask, kl_coef, recon_kind: str, sched: dict):
+    """Eq. (6) for K configurations at once, each with its own KL term (vaesweep.losses.kl_term).
+
+    Shapes: logits / x (K, B, C, H, W), mu / logvar (K, B, L), mask (K, L). ``kl_coef`` (K, 2) holds
+    this step's lambda (warm-up) and capacity target C; ``sched`` holds per-config tensors
+    ``free_bits``, ``capacity`` (bool) and ``gamma``, each (K,). Returns (loss (K,), recon (K, B), kl (K, B, L)).
+    """
+    k, b = x.shape[:2]
+    recon = reconstruction_error(logits.flatten(0, 1), x.flatten(0, 1), recon_kind).view(k, b)
+    kl = kl_per_variable(mu, logvar) * mask[:, None]          # eq. (3); masked variables are exactly 0
+    per_var = kl.mean(1)                                       # E_batch KL_i, (K, L)
+    fb = sched["free_bits"][:, None]
+    per_var = torch.where(fb > 0, per_var.clamp(min=fb), per_var) * mask   # free bits (Kingma et al.)
+    total = per_var.sum(1)
+    weight, target = kl_coef[:, 0], kl_coef[:, 1]
+    reg = torch.where(sched["capacity"], sched["gamma"] * (total - target).abs(),  # Burgess et al.
+                      weight * total)                                            # lambda, warm-up
+    return recon.mean(1) + reg, recon, kl
+
+
+class PackedRun:
+    """K trials' state in stacked tensors. ``epochs()`` trains and yields K metric dicts per epoch."""
+
+    def __init__(self, configs: list[TrialConfig | dict]):
+        self.cfgs = [c if isinstance(c, TrialConfig) else TrialConfig(**c) for c in configs]
+        check_packable(self.cfgs)
+        cfg = self.cfg = self.cfgs[0]
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, self.device)
+        self.x_train, self.x_eval, self.data = data.train[: cfg.max_train], data.eval[: cfg.max_eval], data
+        self.k = len(self.cfgs)
+        self.latent = max(c.latent_dim for c in self.cfgs)
+        self.models = [self._build(c.latent_dim, c.seed) for c in self.cfgs]  # TrialRun's weights
+        template = self._build(self.latent, 0)
+        padded = [copy.deepcopy(template) for _ in self.cfgs]
+        with torch.no_grad():
+            for small, big in zip(self.models, padded):
+                for name, t in _named_tensors(big).items():
+                    s = _named_tensors(small)[name]
+                    t.zero_()
+                    t[_leading(s.shape)].copy_(s)
+        self.params, self.buffers = stack_module_state(padded)
+        self._names = list(self.params) + list(self.buffers)
+        self._shell = _Forward(template.to("meta"))
+        self._forward = vmap(self._call)
+        self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.lr, fused=True)  # one kernel per tensor
+        lat = torch.arange(self.latent, device=self.device)
+        self.mask = (lat[None] < torch.tensor([c.latent_dim for c in self.cfgs], device=self.device)[:, None]).float()
+        self.sched = {"free_bits": self._per_config(lambda c: c.free_bits),
+                      "capacity": self._per_config(lambda c: c.capacity_max is not None, torch.bool),
+                      "gamma": self._per_config(lambda c: c.gamma)}
+        self.gens = [torch.Generator(self.device).manual_seed(c.seed) for c in self.cfgs]
+        self.epoch, self.step, self.elapsed = 0, 0, 0.0
+        self.histories: list[list[dict]] = [[] for _ in self.cfgs]
+        self.last_evals: list[dict | None] = [None] * self.k
+        self.diverged: list[str | None] = [None] * self.k
+        self._fid = None
+
+    def _build(self, latent_dim: int, seed: int) -> nn.Module:
+        cfg = self.cfg
+        with torch.random.fork_rng(devices=[]):  # as TrialRun: weights from the seed, global RNG untouched
+            torch.manual_seed(seed)
+            model = build_model(cfg.arch, self.data.shape, latent_dim, cfg.hidden, cfg.conv_width)
+        return model.to(self.device)
+
+    def _per_config(self, value, dtype=torch.float32) -> torch.Tensor:
+        return torch.tensor([value(c) for c in self.cfgs], dtype=dtype, device=self.device)
+
+    def _call(self, params, buffers, x, eps, mask):
+        named = {f"model.{n}": t for n, t in {**params, **buffers}.items()}
+        return functional_call(self._shell, named, (x, eps, mask))
+
+    # --- training -------------------------------------------------------------------------
+    def _batches(self) -> list[int]:
+        """Start of every minibatch TrialRun trains on (it skips a final batch of one image)."""
+        n, bs = len(self.x_train), self.cfg.batch_size
+        return [s for s in range(0, n, bs) if min(bs, n - s) >= 2]
+
+    def _draws(self, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This epoch's minibatch orders (K, N) and noise (K, N', L), each configuration's generator
+        drawn in TrialRun's order: randperm, then one randn (B, latent_dim) per minibatch."""
+        n, bs = len(self.x_train), self.cfg.batch_size
+        orders, noise = [], []
+        for cfg, gen in zip(self.cfgs, self.gens):
+            orders.append(torch.randperm(n, generator=gen, device=self.device))
+            eps = torch.cat([torch.randn((min(bs, n - s), cfg.latent_dim), generator=gen, device=self.device)
+                             for s in starts])
+            noise.append(nn.functional.pad(eps, (0, self.latent - cfg.latent_dim)))
+        return torch.stack(orders), torch.stack(noise)
+
+    def _kl_coefficients(self, n_steps: int) -> torch.Tensor:
+        """(steps, K, 2): lambda with warm-up, and the capacity target ramp * C_max, per step; host
+        arithmetic on step counts, one copy to the device per epoch."""
+        rows = []
+        for step in range(self.step, self.step + n_steps):
+            row = []
+            for c in self.cfgs:
+                s = c.schedule
+                ramp = 1.0 if s.capacity_steps <= 0 else min(1.0, step / s.capacity_steps)
+                row.append((kl_weight(step, s), ramp * (s.capacity_max or 0.0)))
+            rows.append(row)
+        return torch.tensor(rows, dtype=torch.float32, device=self.device)
+
+    def train_epoch(self) -> list[dict]:
+        """One pass over the training split for all K; K train-mean dicts. One host sync, at the end."""
+        cfg, x = self.cfg, self.x_train
+        starts = self._batches()
+        orders, noise = self._draws(starts)
+        coefs = self._kl_coefficients(len(starts))
+        params = list(self.params.values())
+        sums = torch.zeros(self.k, 3, device=self.device)  # loss * B, recon sum, KL sum
+        trace, trace_steps = [], []
+        for j, start in enumerate(starts):
+            idx = orders[:, start:start + cfg.batch_size]
+            xb, eps = x[idx], noise[:, start:start + idx.shape[1]]
+            logits, mu, logvar = self._forward(self.params, self.buffers, xb, eps, self.mask)
+            loss, recon, kl = packed_loss(logits, xb, mu, logvar, self.mask, coefs[j], cfg.recon, self.sched)
+            for p in params:
+                p.grad = None
+            loss.sum().backward()  # sum of independent losses: each config gets exactly its own gradient
+            self.optimizer.step()
+            self.step += 1
+            sums += torch.stack([loss.detach() * idx.shape[1], recon.detach().sum(1), kl.detach().sum((1, 2))], 1)
+            if cfg.track_every and self.step % cfg.track_every == 0:  # Fig. 2, stays on the device
+                trace.append(torch.stack([mu.detach().var(1, unbiased=False), logvar.detach().exp().mean(1)], 1))
+                trace_steps.append(self.step)
+        host = (sums / len(x)).cpu().tolist()
+        traces = torch.stack(trace).cpu().tolist() if trace else None  # (T, K, 2, L)
+        out = []
+        for i, (c, (loss, recon, kl)) in enumerate(zip(self.cfgs, host)):
+            if self.diverged[i] is None and not all(math.isfinite(v) for v in (loss, recon, kl)):
+                self.diverged[i] = f"loss became {loss} at epoch {self.epoch + 1}; lower lr or check the data"
+            m = {"train_loss": loss, "train_recon": recon, "train_kl": kl,
+                 "lam_effective": kl_weight(self.step, c.schedule)}
+            if traces is not None:
+                m["trace"] = [{"step": s, "var_mu": t[i][0][:c.latent_dim], "mean_sigma2": t[i][1][:c.latent_dim]}
+                              for s, t in zip(trace_steps, traces)]
+            out.append(m)
+        return out
+
+    # --- per-configuration models and metrics ---------------------------------------------
+    @torch.no_grad()
+    def model(self, i: int) -> nn.Module:
+        """Configuration ``i``'s model at its own latent dimension, holding its current weights."""
+        stacked = {**self.params, **self.buffers}
+        for name, t in _named_tensors(self.models[i]).items():
+            t.copy_(stacked[name][i][_leading(t.shape)])
+        return self.models[i]
+
+    def evaluate(self, i: int, with_gain: bool = True) -> dict:
+        """TrialRun.evaluate of configuration ``i``: the same model, eval data and eval noise."""
+        c = self.cfgs[i]
+        gen = torch.Generator(self.device).manual_seed(c.seed + 1)
+        return evaluate(self.model(i), self.x_eval, c.recon, c.tolerances, gen, with_gain)
+
+    def epochs(self) -> Iterator[list[dict]]:
+        """Train to ``epochs``, yielding after each epoch K metric dicts (TrialRun's; a diverged
+        configuration yields ``{"diverged": reason}`` instead)."""
+        while self.epoch < self.cfg.epochs:
+            yield self.run_epoch()
+
+    def run_epoch(self) -> list[dict]:
+        t0 = time.perf_counter()
+        trains = self.train_epoch()
+        self.epoch += 1
+        train_time = time.perf_counter() - t0
+        c0 = self.cfg
+        last = self.epoch == c0.epochs
+        fid_now = c0.fid and (last or (c0.fid_every > 0 and self.epoch % c0.fid_every == 0))
+        evaluated = self.epoch == 1 or self.epoch % c0.eval_every == 0 or last or fid_now
+        out = []
+        for i, (c, train) in enumerate(zip(self.cfgs, trains)):
+            if self.diverged[i] is not None:
+                out.append({"diverged": self.diverged[i]})
+                continue
+            metrics = {"epoch": self.epoch, "step": self.step, "lam": c.lam, **train}
+            if evaluated:
+                self.last_evals[i] = self.evaluate(i, with_gain=last or self.epoch % c0.gain_every == 0)
+                metrics["latents"] = self.last_evals[i]["latents"]
+            metrics.update(self.last_evals[i]["summary"], evaluated=evaluated)
+            if fid_now:
+                metrics.update(self.generation_scores(i))
+            out.append(metrics)
+        self.elapsed += time.perf_counter() - t0
+        for i, metrics in enumerate(out):
+            if "epoch" in metrics:
+                metrics.update(epoch_time=train_time, time_total=self.elapsed)  # the pack's wall time
+                self.histories[i].append({k: v for k, v in metrics.items() if k not in ("latents", "trace")})
+        return out
+
+    def generation_scores(self, i: int) -> dict:
+        """TrialRun.generation_scores for configuration ``i`` (one FID-proxy scorer for the pack)."""
+        from .fid import generation_scores, has_labels, scorer_for
+
+        if not has_labels(self.data):
+            warnings.warn(f"fid: dataset '{self.data.name}' has no labels to train the FID-proxy's feature "
+                          "network; no fid_* scores (save labels as key 'y' in the npz, or set fid: false)")
+            return {}
+        if self._fid is None:
+            self._fid = scorer_for(self.data, self.cfg.fid_samples, self.cfg.cache_dir)
+        scorer, trained = self._fid
+        active = [r["active"] for r in self.last_evals[i]["latents"]]
+        return {**generation_scores(self.model(i), scorer, active, self.cfgs[i].seed),
+                "fid_net_accuracy": trained.test_accuracy}
+
+    def results(self) -> list[TrialResult]:
+        """One TrialResult per configuration (as TrialRun.result); raises for a diverged one."""
+        out = []
+        for i, c in enumerate(self.cfgs):
+            if self.diverged[i] is not None:
+                raise TrainingDiverged(f"configuration {i} (seed {c.seed}, lam {c.lam}): {self.diverged[i]}")
+            final = self.last_evals[i] or self.evaluate(i)
+            hist = self.histories[i]
+            fid = {k: v for k, v in (hist[-1] if hist else {}).items() if k.startswith("fid_") and k != "fid_seconds"}
+            out.append(TrialResult(c, {**final["summary"], **fid}, final["latents"], hist, self.model(i)))
+        return out
+
+    # --- checkpoints: K TrialRun state dicts ------------------------------------------------
+    def state_dicts(self) -> list[dict]:
+        """One ``TrialRun.state_dict()`` per configuration (TrialRun can resume any of them)."""
+        opt = self.optimizer.state_dict()
+        out = []
+        for i, c in enumerate(self.cfgs):
+            model = self.model(i)
+            shapes = [p.shape for p in model.parameters()]
+            state = {j: {"step": s["step"].detach().cpu().clone(),  # as a plain CPU Adam keeps it
+                         **{key: s[key][i][_leading(shapes[j])].clone() for key in ("exp_avg", "exp_avg_sq")}}
+                     for j, s in opt["state"].items()}
+            out.append({"model": {k: v.clone() for k, v in model.state_dict().items()},
+                        "optimizer": {"state": state, "param_groups": copy.deepcopy(opt["param_groups"])},
+                        "gen": self.gens[i].get_state(), "epoch": self.epoch, "step": self.step,
+                        "elapsed": self.elapsed, "history": self.histories[i], "last_eval": self.last_evals[i],
+                        "config": c.model_dump(), "diverged": self.diverged[i]})
+        return out
+
+    @torch.no_grad()
+    def load_state_dicts(self, states: list[dict]) -> None:
+        """Restore from ``state_dicts()`` (zero-padding each configuration into the stack)."""
+        if len(states) != self.k:
+            raise ValueError(f"checkpoint holds {len(states)} configurations, this pack has {self.k}")
+        stacked = {**self.params, **self.buffers}
+        params = list(self.params.values())
+        adam = {j: {"step": states[0]["optimizer"]["state"][j]["step"].clone(),
+                    "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+                for j, p in enumerate(params) if j in states[0]["optimizer"]["state"]}
+        for i, st in enumerate(states):
+            for name, t in st["model"].items():
+                stacked[name][i].zero_()
+                stacked[name][i][_leading(t.shape)].copy_(t)
+            for j, s in st["optimizer"]["state"].items():
+                for key in ("exp_avg", "exp_avg_sq"):
+                    adam[j][key][i][_leading(s[key].shape)].copy_(s[key])
+            self.gens[i].set_state(st["gen"])
+            self.histories[i], self.last_evals[i] = st["history"], st["last_eval"]
+            self.diverged[i] = st.get("diverged")
+        self.optimizer.load_state_dict({"state": adam, "param_groups": states[0]["optimizer"]["param_groups"]})
+        self.epoch, self.step, self.elapsed = states[0]["epoch"], states[0]["step"], states[0]["elapsed"]
+
+
+def train_packed(configs: list[TrialConfig | dict], report=None) -> list[TrialResult]:
+    """Train K configurations as one pack; ``report(list_of_K_metric_dicts)`` after every epoch."""
+    run = PackedRun(configs)
+    for metrics in run.epochs():
+        if report is not None:
+            report(metrics)
+    return run.results()
+
+
+# --- Ray Tune -------------------------------------------------------------------------------
+def packed_id(trial_id: str, i: int) -> str:
+    """The study's trial id of configuration ``i`` of the packed Ray trial ``trial_id``."""
+    return f"{trial_id}-p{i}"
+
+
+def pack_configs(config: dict) -> list[dict]:
+    """The K trial configs of a packed param_space entry: shared keys plus each ``_pack`` item."""
+    shared = {k: v for k, v in config.items() if not k.startswith("_")}
+    return [{**shared, **item} for item in config[PACK_KEY]]
+
+
+def packed_trainable(config: dict) -> None:
+    """Ray Tune function trainable of a pack: ``config[PACK_KEY]`` lists the configurations.
+
+    Reports ``{"epoch": e, "packed": [metrics_0, ..., metrics_K-1]}`` each epoch with a checkpoint
+    holding ``p<i>/trial.pt`` (a TrialRun state dict) per configuration, and resumes from it.
+    """
+    from ray import tune
+
+    run = PackedRun(pack_configs(config))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            run.load_state_dicts([torch.load(Path(d) / f"p{i}" / CHECKPOINT_FILE, weights_only=False)
+                                  for i in range(run.k)])
+    reported = False
+    for metrics in run.epochs():
+        with tempfile.TemporaryDirectory() as d:
+            for i, state in enumerate(run.state_dicts()):
+                (Path(d) / f"p{i}").mkdir()
+                torch.save(state, Path(d) / f"p{i}" / CHECKPOINT_FILE)
+            tune.report({"epoch": run.epoch, "packed": metrics}, checkpoint=tune.Checkpoint.from_directory(d))
+        reported = True
+        if all(msg is not None for msg in run.diverged):
+            return  # every configuration diverged (deterministic): nothing left to train
+    if not reported and any(run.histories):
+        # Restored from the final checkpoint: report the last epoch again so the tables surely hold it.
+        tune.report({"epoch": run.epoch, "packed": [
+            {"diverged": run.diverged[i]} if run.diverged[i] else {**h[-1], "latents": run.last_evals[i]["latents"]}
+            for i, h in enumerate(run.histories)]})
+
+
+# --- study side -------------------------------------------------------------------------------
+def pack_size(spec) -> int:
+    """Configurations per Ray trial for a StudySpec: ``pack: off`` -> 1, an int -> that, ``auto`` ->
+    GPU_PACK when the trials get a GPU (resources.gpu > 0, device not cpu) and the study can pack
+    (grid search, no scheduler, experiment: train), else 1."""
+    pack = getattr(spec, "pack", "off")
+    if pack == "off":
+        return 1
+    if pack != "auto":
+        return int(pack)
+    on_gpu = spec.resources.gpu > 0 and spec.trial_base().get("device", "auto") != "cpu"
+    return GPU_PACK if on_gpu and pack_problem(spec) is None else 1
+
+
+def pack_problem(spec) -> str | None:
+    """Why this study cannot pack (one line naming the field), or None."""
+    if spec.experiment != "train":
+        return "pack: the noise experiment trains one model per trial; set pack: off"
+    if spec.search.type != "grid":
+        return f"pack: search.type {spec.search.type} chooses each trial from the last; use search: {{type: grid}} or pack: off"
+    if spec.scheduler is not None:
+        return "pack: a scheduler stops trials one by one, a pack stops together; remove scheduler or set pack: off"
+    return None
+
+
+def grid_configs(spec) -> list[dict]:
+    """Every trial config of a grid study (base, grid values, seed), as Ray's grid would run them."""
+    base = {"threads": max(1, int(spec.resources.cpu)), **spec.trial_base()}
+    return [{**base, **setting} for setting in spec.settings()]  # num_samples repeats the packs
+
+
+def make_packs(configs: list[dict], k: int) -> list[list[dict]]:
+    """Group configs that can share a pack (same ``shared_key``), by latent dimension, into packs of <= k."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in configs:
+        groups.setdefault(shared_key(TrialConfig(**c)), []).append(c)
+    packs = []
+    for members in groups.values():
+        members = sorted(members, key=lambda c: TrialConfig(**c).latent_dim)  # little padding per pack
+        packs += [members[i:i + k] for i in range(0, len(members), k)]
+    return packs
+
+
+def pack_param_space(spec, k: int | None = None) -> dict:
+    """The Ray Tune param_space of a packed grid study: the shared base, and a grid over packs."""
+    from ray import tune
+
+    k = pack_size(spec) if k is None else k
+    base = {"threads": max(1, int(spec.resources.cpu)), **spec.trial_base()}
+    packs = [[{key: v for key, v in c.items() if key not in base or base[key] != v} for c in pack]
+             for pack in make_packs(grid_configs(spec), k)]
+    return {**base, PACK_KEY: tune.grid_search(packs)}

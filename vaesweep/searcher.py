@@ -1,0 +1,120 @@
+"""The Optuna searcher: the minimal lambda whose KL term still works (Sec. 6.1).
+
+Sec. 6.1 suggests choosing "a minimal lambda large enough to ensure the regularization effect
+of the KL component", checked through the laws of Sec. 4. As a constrained optimisation:
+
+    minimise  lam
+    subject to  law_excess = law_residual_max - law_tol <= 0     (Sec. 4 variance law)
+                mu_excess  = mean_mu_abs_max  - mu_tol  <= 0     (Sec. 4 first moment)
+
+Every trial reports both constraint values; Ray Tune's ``OptunaSearch`` drives the trials, and
+Optuna's own constrained samplers (TPE or GP with ``constraints_func``) read the values from the
+trial's ``constraints`` user attribute. The Optuna study lives in SQLite next to the results
+(``runs/<name>/optuna.db``), one Optuna study per fixed setting (architecture, latent dimension,
+dataset...), so a search resumes where it stopped and opens in optuna-dashboard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+CONSTRAINTS = ("law_excess", "mu_excess")  # reported by every trial; <= 0 means satisfied
+DB_FILE = "optuna.db"
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    metric: str = "lam"
+    mode: Literal["min", "max"] = "min"
+
+
+class Sampler(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["tpe", "gp", "random"] = "tpe"
+    n_startup_trials: int = Field(3, ge=0, description="random trials before the model guides the search")
+    seed: int = 0
+
+
+def constraint_values(trial) -> Sequence[float]:
+    """Optuna's ``constraints_func``: the values each trial stored; a failed trial is infeasible."""
+    return trial.user_attrs.get("constraints", [1.0] * len(CONSTRAINTS))
+
+
+def make_sampler(s: Sampler, constrained: bool):
+    import optuna
+
+    func = constraint_values if constrained else None
+    if s.type == "tpe":
+        return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, seed=s.seed, constraints_func=func)
+    if s.type == "gp":
+        return optuna.samplers.GPSampler(n_startup_trials=s.n_startup_trials, seed=s.seed, constraints_func=func,
+                                         deterministic_objective=True)
+    return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+def make_search(objectives: list[Objective], sampler: Sampler, constrained: bool, db: Path, study_name: str,
+                start_points: list[dict] | None = None):
+    """Ray Tune's OptunaSearch over an SQLite-backed Optuna study, storing constraint values."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class ConstrainedOptunaSearch(OptunaSearch):
+        """OptunaSearch that hands each trial's reported constraint values to Optuna."""
+
+        def on_trial_result(self, trial_id: str, result: dict):
+            if all(m in result for m in metrics):  # a diverged trial's last report has no metrics
+                super().on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None and constrained:
+                values = [float(result[c]) for c in CONSTRAINTS] if result and all(c in result for c in CONSTRAINTS) else None
+                ot_trial.set_user_attr("constraints", values or [1.0] * len(CONSTRAINTS))
+            if result and "diverged" in result:
+                result, error = None, True
+            super().on_trial_complete(trial_id, result, error)
+
+    metrics = [o.metric for o in objectives]
+    modes = [o.mode for o in objectives]
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    return ConstrainedOptunaSearch(
+        metric=metrics[0] if len(metrics) == 1 else metrics,
+        mode=modes[0] if len(modes) == 1 else modes,
+        sampler=make_sampler(sampler, constrained), study_name=study_name, storage=storage,
+        points_to_evaluate=start_points or None)
+
+
+def setting_key(setting: dict[str, Any]) -> str:
+    """A readable, file-name-safe name of a fixed setting, e.g. 'arch=dense,latent_dim=16,seed=0'."""
+    return ",".join(f"{k}={v}" for k, v in sorted(setting.items())).replace("/", "_").replace(" ", "")
+
+
+def lambda_star(trials: pd.DataFrame, setting_cols: list[str]) -> pd.DataFrame:
+    """Per fixed setting: the minimal lambda whose KL term works, with the evidence around it.
+
+    Columns: the setting, ``lam_star`` (smallest lam of a finished trial with kl_working), its
+    residuals, ``lam_below`` (the largest lam below lam_star that failed the laws) with its
+    residual, and how many trials the search used.
+    """
+    rows = []
+    done = trials[trials["status"] == "done"]
+    groups = done.groupby(setting_cols, dropna=False) if setting_cols else [((), done)]
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        ok = group[group["kl_working"].astype(bool)].sort_values("lam")
+        row = dict(zip(setting_cols, key), n_trials=len(group), lam_star=float("nan"),
+                   lam_star_trial=None, lam_star_law_residual=float("nan"), lam_below=float("nan"),
+                   lam_below_law_residual=float("nan"))
+        if len(ok):
+            best = ok.iloc[0]
+            row.update(lam_star=best["lam"], lam_star_trial=best["trial_id"],
+                       lam_star_law_residual=best["law_residual_max"])
+            below = group[(group["lam"] < best["lam"]) & ~group["kl_working"].astype(bool)].sort_values("lam")
+            if len(below):
+                row.update(lam_below=below.iloc[-1]["lam"], lam_below_law_residual=below.iloc[-1]["law_residual_max"])
+        rows.append(row)
+    return pd.DataFrame(rows)
