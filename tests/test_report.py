@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
+import os
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -283,21 +284,15 @@ retries: 0
 
 @pytest.fixture(scope="module")
 def real_study(tmp_path_factory):
-    """One real study through ``python -m vaesweep run``, which writes the report at its end."""
-    import ray
-
+    """One real study through ``python -m vaesweep run`` (its own process and Ray), which writes
+    the report at its end."""
     root = tmp_path_factory.mktemp("real")
     spec = root / "tiny.yaml"
     spec.write_text(REAL_STUDY)
-    started = not ray.is_initialized()
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            rc = main(["run", str(spec), "--storage", str(root), "--quiet"])
-    finally:
-        if started and ray.is_initialized():
-            ray.shutdown()
-    return root / "tiny", rc, out.getvalue()
+    res = subprocess.run([sys.executable, "-m", "vaesweep", "run", str(spec), "--storage", str(root), "--quiet"],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=400,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return root / "tiny", res.returncode, res.stdout + res.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -205,9 +206,11 @@ def feature_net(data: ImageData, cache: str | Path | None = None, recipe: Recipe
         raise DataError(f"cache_dir '{folder}' cannot be created ({err.strerror}); set cache_dir or "
                         f"${CACHE_ENV} to a writable folder") from None
     path = folder / f"fidnet-{data.content_hash}-{recipe.key()}.pt"
-    if not path.exists():
+    loaded = _load(path, data, recipe)
+    if loaded is None:
         with FileLock(f"{path}.lock"):
-            if not path.exists():  # nobody trained it while we waited
+            loaded = _load(path, data, recipe)  # somebody may have trained it while we waited
+            if loaded is None:  # missing, or unreadable / from another version: (re)train
                 if progress is not None:
                     progress(f"training the feature network of '{data.name}' once ({len(data.train)} images); "
                              f"it will be cached as {path}")
@@ -216,11 +219,20 @@ def feature_net(data: ImageData, cache: str | Path | None = None, recipe: Recipe
                 if progress is not None:
                     progress(f"feature network test accuracy {meta['test_accuracy']:.2%} "
                              f"({meta['train_seconds']:.0f}s to train)")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    meta = saved["meta"]
-    net = FeatureNet(data.shape, meta["n_classes"], recipe.widths, recipe.num_features)
-    net.load_state_dict(saved["state_dict"])
+                loaded = _load(path, data, recipe)
+    net, meta = loaded
     return TrainedFeatureNet(net.eval().to(data.train.device), meta, path)
+
+
+def _load(path: Path, data: ImageData, recipe: Recipe):
+    """(net, meta) from a cache file, or None when it is missing or does not fit this code."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        net = FeatureNet(data.shape, saved["meta"]["n_classes"], recipe.widths, recipe.num_features)
+        net.load_state_dict(saved["state_dict"])
+        return net, saved["meta"]
+    except (OSError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError):
+        return None
 
 
 def _save_atomic(obj, path: Path) -> None:

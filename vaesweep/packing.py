@@ -306,17 +306,17 @@ class PackedRun:
         return {**generation_scores(self.model(i), scorer, active, self.cfgs[i].seed),
                 "fid_net_accuracy": trained.test_accuracy}
 
+    def result(self, i: int) -> TrialResult:
+        """Configuration ``i``'s TrialResult (as TrialRun.result); raises TrainingDiverged if it diverged."""
+        c, hist = self.cfgs[i], self.histories[i]
+        if self.diverged[i] is not None:
+            raise TrainingDiverged(f"configuration {i} (seed {c.seed}, lam {c.lam}): {self.diverged[i]}")
+        final = self.last_evals[i] or self.evaluate(i)
+        fid = {k: v for k, v in (hist[-1] if hist else {}).items() if k.startswith("fid_") and k != "fid_seconds"}
+        return TrialResult(c, {**final["summary"], **fid}, final["latents"], hist, self.model(i))
+
     def results(self) -> list[TrialResult]:
-        """One TrialResult per configuration (as TrialRun.result); raises for a diverged one."""
-        out = []
-        for i, c in enumerate(self.cfgs):
-            if self.diverged[i] is not None:
-                raise TrainingDiverged(f"configuration {i} (seed {c.seed}, lam {c.lam}): {self.diverged[i]}")
-            final = self.last_evals[i] or self.evaluate(i)
-            hist = self.histories[i]
-            fid = {k: v for k, v in (hist[-1] if hist else {}).items() if k.startswith("fid_") and k != "fid_seconds"}
-            out.append(TrialResult(c, {**final["summary"], **fid}, final["latents"], hist, self.model(i)))
-        return out
+        return [self.result(i) for i in range(self.k)]
 
     # --- checkpoints: K TrialRun state dicts ------------------------------------------------
     def state_dicts(self) -> list[dict]:
@@ -332,7 +332,7 @@ class PackedRun:
             out.append({"model": {k: v.clone() for k, v in model.state_dict().items()},
                         "optimizer": {"state": state, "param_groups": copy.deepcopy(opt["param_groups"])},
                         "gen": self.gens[i].get_state(), "epoch": self.epoch, "step": self.step,
-                        "elapsed": self.elapsed, "history": self.histories[i], "last_eval": self.last_evals[i],
+                        "elapsed": self.elapsed, "history": list(self.histories[i]), "last_eval": self.last_evals[i],
                         "config": c.model_dump(), "diverged": self.diverged[i]})
         return out
 
@@ -354,7 +354,7 @@ class PackedRun:
                 for key in ("exp_avg", "exp_avg_sq"):
                     adam[j][key][i][_leading(s[key].shape)].copy_(s[key])
             self.gens[i].set_state(st["gen"])
-            self.histories[i], self.last_evals[i] = st["history"], st["last_eval"]
+            self.histories[i], self.last_evals[i] = list(st["history"]), st["last_eval"]
             self.diverged[i] = st.get("diverged")
         self.optimizer.load_state_dict({"state": adam, "param_groups": states[0]["optimizer"]["param_groups"]})
         self.epoch, self.step, self.elapsed = states[0]["epoch"], states[0]["step"], states[0]["elapsed"]
@@ -431,7 +431,8 @@ def pack_problem(spec) -> str | None:
     if spec.experiment != "train":
         return "pack: the noise experiment trains one model per trial; set pack: off"
     if spec.search.type != "grid":
-        return f"pack: search.type {spec.search.type} chooses each trial from the last; use search: {{type: grid}} or pack: off"
+        return (f"pack: search.type {spec.search.type} picks each trial after the last; use search: {{type: grid}} "
+                "or pack: off")
     if spec.scheduler is not None:
         return "pack: a scheduler stops trials one by one, a pack stops together; remove scheduler or set pack: off"
     return None

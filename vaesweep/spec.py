@@ -96,14 +96,21 @@ class Scheduler(_Strict):
 
 class Resources(_Strict):
     cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
+    gpu: float | Literal["auto"] = Field(0.0, description="per trial: 0.25 lets 4 trials share a GPU; "
+                                         "auto: 0.25 where the cluster has GPUs, else 0")
 
     @field_validator("gpu")
     @classmethod
     def _fraction_or_whole(cls, v):
-        if v > 1 and v != int(v):
-            raise ValueError("gpu per trial is a fraction up to 1 (e.g. 0.25) or a whole number")
+        if v != "auto" and (v < 0 or (v > 1 and v != int(v))):
+            raise ValueError("gpu per trial is a fraction up to 1 (e.g. 0.25), a whole number, or auto")
         return v
+
+    def resolved(self, cluster_gpus: float) -> "Resources":
+        """Concrete resources for a cluster with ``cluster_gpus`` GPUs (resolves gpu: auto)."""
+        if self.gpu != "auto":
+            return self
+        return Resources(cpu=self.cpu, gpu=0.25 if cluster_gpus > 0 else 0.0)
 
 
 class StudySpec(_Strict):
@@ -192,9 +199,11 @@ class StudySpec(_Strict):
     @field_validator("pack", mode="before")
     @classmethod
     def _pack_word(cls, v):
-        if isinstance(v, bool) or not isinstance(v, (int, str)) or (isinstance(v, str) and v not in ("auto", "off")):
-            raise ValueError("give auto, off, or a number of configurations per trial (e.g. 16)")
-        return v
+        if v is False:  # YAML 1.1 reads a bare off as false
+            return "off"
+        if v in ("auto", "off") or (isinstance(v, int) and not isinstance(v, bool)):
+            return v
+        raise ValueError("give auto, off, or a number of configurations per trial (e.g. 16)")
 
     @model_validator(mode="after")
     def _pack_valid(self) -> "StudySpec":

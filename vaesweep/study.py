@@ -172,10 +172,14 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict |
 def run_study(spec: StudySpec, address: str | None = None, storage: str | None = None,
               quiet: bool = False) -> Path:
     """Run (or continue) a study; returns its results folder."""
+    import ray
+
     out = study_dir(spec, storage)
     init_ray(address)
+    claimed = spec
+    spec = spec.model_copy(update={"resources": spec.resources.resolved(ray.cluster_resources().get("GPU", 0))})
     check_resources(spec)
-    _claim_dir(spec, out)
+    _claim_dir(claimed, out)
     if spec.search.type != "optuna":
         build_tuner(spec, out, quiet).fit()
         return out
