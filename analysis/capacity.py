@@ -14,7 +14,7 @@ import pandas as pd
 import seaborn as sns
 
 from .chart import Chart, new_figure, skip
-from .design import Design, fmt, frame
+from .design import fmt, frame, span
 
 KEY, TITLE = "capacity", "Active variables against latent dimension"
 
@@ -101,8 +101,7 @@ def _reading(onset: pd.DataFrame, df: pd.DataFrame) -> str:
         return " ".join(str(p) for p in (r["panel"] if several else "", r["lam_level"], r["setting"]) if p)
 
     found, never = onset[onset["onset"].notna()], onset[onset["onset"].isna()]
-    spread = f"{at_top.min():.3g}" if at_top.min() == at_top.max() else f"{at_top.min():.3g}–{at_top.max():.3g}"
-    keep = f"at {fmt(top)} the lines keep {spread} active variables on average"
+    keep = f"at {fmt(top)} the lines keep {span(at_top, '.3g')} active variables on average"
     if not len(found):
         return (f"No line leaves the y = x line, so the study has not reached the onset of sparsity up to latent "
                 f"dimension {fmt(top)}; try larger latent dimensions or longer training ({keep}).")

@@ -57,6 +57,12 @@ def fmt(v) -> str:
     return str(v)
 
 
+def span(values, spec: str = ".2g") -> str:
+    """'0.1–0.9' for a range of numbers, one number when they are all equal (as printed)."""
+    lo, hi = format(min(values), spec), format(max(values), spec)
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
 def with_defaults(trials: pd.DataFrame) -> pd.DataFrame:
     """The trials with every TrialConfig field as a column (defaults where the study did not set it),
     list cells (``hidden``) as tuples so they can be grouped on."""

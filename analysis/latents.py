@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, new_figure, skip
-from .design import fmt, frame, with_defaults
+from .design import fmt, frame, span, with_defaults
 
 TABLE1_COLUMNS = ["latent", "var_mu", "mean_sigma2", "law", "mean_mu", "kl", "recon_gain", "active"]
 
@@ -77,10 +77,10 @@ def _table1_reading(t: pd.DataFrame, row) -> str:
     act, ina = t[t["active"]], t[~t["active"]]
     where = f"in {row['arch']} d={fmt(row['latent_dim'])} λ={fmt(row['lam'])}"
     if not len(ina):
-        return f"{where} every variable is active (Var[μ] {act['var_mu'].min():.2g}–{act['var_mu'].max():.2g})"
+        return f"{where} every variable is active (Var[μ] {span(act['var_mu'])})"
     return (f"{where} the {len(ina)} inactive variables have Var[μ] ≤ {ina['var_mu'].max():.2g} and mean σ² "
             f"≈ {ina['mean_sigma2'].mean():.2f} (ignored by the generator), the {len(act)} active ones Var[μ] "
-            f"{act['var_mu'].min():.2g}–{act['var_mu'].max():.2g} with mean σ² ≤ {act['mean_sigma2'].max():.2g}"
+            f"{span(act['var_mu'])} with mean σ² ≤ {act['mean_sigma2'].max():.2g}"
             if len(act) else f"{where} all {len(ina)} variables are inactive")
 
 
@@ -140,12 +140,12 @@ def _final_active(trial_id, h: pd.DataFrame, latents) -> dict:
 
 
 def _fig2_reading(h: pd.DataFrame, final: dict, row) -> str:
-    where = f"d={fmt(row['latent_dim'])} λ={fmt(row['lam'])}"
+    where = f"{row['arch']} d={fmt(row['latent_dim'])} λ={fmt(row['lam'])}"
     dead = [v for v, a in final.items() if not a]
     alive = h[h["latent"].isin([v for v, a in final.items() if a])]
     top = alive[alive["x"] == alive["x"].max()]["var_mu"] if len(alive) else pd.Series(dtype=float)
     n_alive = len(final) - len(dead)
-    grow = f"the {n_alive} active ones end at Var[μ] {top.min():.2g}–{top.max():.2g}" if len(top) else ""
+    grow = f"the {n_alive} active ones end at Var[μ] {span(top)}" if len(top) else ""
     if not dead:
         return f"{where}: no variable collapses; {grow}"
     lows = h[h["latent"].isin(dead)]

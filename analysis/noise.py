@@ -13,11 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from .chart import Chart, new_figure, skip
 
 PHASE_COLORS = {"noise_rising": "#fde0c5", "noise_held": "#f9b98c", "recovery": "#d4ecd4"}
 EVENTS = (("noise_threshold_epoch", "gain < KL", "tab:red"), ("noise_collapsed_epoch", "collapsed", "black"),
@@ -25,21 +23,44 @@ EVENTS = (("noise_threshold_epoch", "gain < KL", "tab:red"), ("noise_collapsed_e
 NEEDED = ("epoch", "phase", "noise_sigma", "noise_gain", "noise_kl", "noise_var_mu", "noise_mean_sigma2")
 
 
-def plot_noise_experiment(epochs: pd.DataFrame, path: str | Path) -> Path:
-    """Write the Fig. 7-style chart of every noise-experiment trial in ``epochs`` to ``path``."""
+def noise_chart(epochs: pd.DataFrame) -> Chart:
+    """The Fig. 7 chart as a report ``Chart`` (skipped with a note when the study is no noise experiment)."""
+    key, title = "fig7_noise", "The noise experiment (Sec. 5, Fig. 7)"
     missing = [c for c in NEEDED if c not in epochs]
     if missing:
-        raise ValueError(f"epochs table has no {', '.join(missing)}; give the epochs of an experiment: noise study")
+        return skip(key, title, "the study is not an experiment: noise study (no noise_* columns).")
     groups = list(epochs.groupby("trial_id")) if "trial_id" in epochs else [("", epochs)]
-    fig, axes = plt.subplots(2 * len(groups), 1, figsize=(13, 7 * len(groups)), squeeze=False)
+    fig, axes = new_figure(2 * len(groups), panel_size=(13, 3.5), ncols=1)
     for n, (trial_id, df) in enumerate(groups):
-        _plot_trial(axes[2 * n, 0], axes[2 * n + 1, 0], df.sort_values("epoch"), str(trial_id))
-    fig.tight_layout()
+        _plot_trial(axes[2 * n], axes[2 * n + 1], df.sort_values("epoch"), str(trial_id))
+    return Chart(key, title, _reading(epochs), fig, {"noise_events": _events(epochs)})
+
+
+def plot_noise_experiment(epochs: pd.DataFrame, path: str | Path) -> Path:
+    """Write the Fig. 7-style chart of every noise-experiment trial in ``epochs`` to ``path``."""
+    chart = noise_chart(epochs)
+    if chart.skipped:
+        raise ValueError(f"epochs table has no {', '.join(c for c in NEEDED if c not in epochs)}; "
+                         "give the epochs of an experiment: noise study")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    chart.figure.savefig(path, dpi=110)
     return path
+
+
+def _events(epochs: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c, _, _ in EVENTS if c in epochs]
+    return epochs.groupby("trial_id")[cols].max().reset_index() if cols and "trial_id" in epochs else pd.DataFrame()
+
+
+def _reading(epochs: pd.DataFrame) -> str:
+    ev = _events(epochs)
+    if not len(ev):
+        return "The chosen variable's gain, KL and variances along the noise phases."
+    r = ev.iloc[0]
+    said = [f"{label} at epoch {r[c]:.0f}" for c, label, _ in EVENTS if c in r and pd.notna(r[c])]
+    return ("The noised variable's gain fell below its KL, " + ", ".join(said) + "." if said else
+            "The noised variable never crossed gain < KL within the noise budget.")
 
 
 def _plot_trial(top, bottom, df: pd.DataFrame, trial_id: str) -> None:

@@ -109,9 +109,9 @@ def sample_grids(study_dir: str | Path, chosen: pd.DataFrame, latents: pd.DataFr
         ax.set_xticks([])
         ax.set_title(f"{describe_trial(row)}: mean |Δpixel| = {diff:.2g}", fontsize=9)
     reading = "; ".join(
-        f"d={row['latent_dim']} λ={row['lam']:g}: zeroing the {n_in} inactive variables changes pixels by "
+        f"{row['arch']} d={row['latent_dim']} λ={row['lam']:g}: zeroing the {n_in} inactive variables changes pixels by "
         f"{diff:.2g} on average ({'indistinguishable' if diff < 0.01 else 'visible' if diff > 0.05 else 'slight'})"
-        if n_in else f"d={row['latent_dim']} λ={row['lam']:g}: no inactive variable, the rows are identical"
+        if n_in else f"{row['arch']} d={row['latent_dim']} λ={row['lam']:g}: no inactive variable, the rows are identical"
         for row, _, diff, n_in in panels)
     if missing:
         reading += f" (no usable checkpoint for {', '.join(missing)})"

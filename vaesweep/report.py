@@ -25,6 +25,7 @@ from analysis.design import frame, panel_fields, varied_fields, with_defaults
 from analysis.fid import FID_COLUMNS, fid_chart
 from analysis.latents import describe_trial, gain_vs_kl, table1, var_mu_history
 from analysis.law import law_heatmap
+from analysis.noise import noise_chart
 from analysis.samples import sample_grids
 
 from .results import load_study
@@ -76,6 +77,8 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
         sample_grids(study_dir, chosen, t.latents),
         gain_vs_kl(t.latents, t.trials),
     ]
+    if spec.get("experiment") == "noise":
+        charts.insert(0, noise_chart(t.epochs))
     d = frame(t.trials)
     facts = {"name": spec.get("name", study_dir.name), "n_trials": len(t.trials), "n_done": len(d.trials),
              "varied": [f for f in d.varied if f != "threads"],
