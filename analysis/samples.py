@@ -31,9 +31,15 @@ KEY, TITLE = "fig3_samples", "Fig. 3: prior samples, and the same codes with ina
 
 
 def find_checkpoint(study_dir: str | Path, trial_id: str) -> Path | None:
-    """The trial's latest checkpoint file under ``<study>/tune``, or None."""
+    """The trial's latest checkpoint file under ``<study>/tune``, or None.
+
+    Searches nested experiments too (one per Optuna setting); a packed trial ``<ray id>-p<i>``
+    lives in its Ray trial's checkpoint as ``p<i>/trial.pt``.
+    """
     tune = Path(study_dir) / "tune"
-    found = [p for d in tune.glob(f"*{trial_id}_*") if d.is_dir() for p in d.glob(f"checkpoint_*/{CHECKPOINT_FILE}")]
+    ray_id, _, pack = trial_id.partition("-p")
+    name = f"p{pack}/{CHECKPOINT_FILE}" if pack else CHECKPOINT_FILE
+    found = [p for d in tune.rglob(f"*{ray_id}_*") if d.is_dir() for p in d.glob(f"checkpoint_*/{name}")]
     return max(found, key=lambda p: p.parent.name) if found else None
 
 

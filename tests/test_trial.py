@@ -66,7 +66,7 @@ def test_trainable_in_a_real_ray_tune_tuner(tiny, tmp_path):
     ray = pytest.importorskip("ray")
     from ray import tune
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
         tuner = tune.Tuner(
             vaesweep.trainable,

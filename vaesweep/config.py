@@ -57,18 +57,32 @@ class TrialConfig(BaseModel):
     fid_every: int = Field(0, ge=0, description="FID-proxy also every N epochs (0: only at the end)")
     fid_samples: int = Field(1000, ge=2, description="images per FID-proxy score (capped at the eval split)")
     cache_dir: str | None = Field(None, description="FID feature nets (default $VAESWEEP_CACHE, ~/.cache/vaesweep)")
+    # the two-stage VAE of Dai & Wipf 2019 (Sec. 6.2, 7): vaesweep/two_stage.py
+    two_stage: bool = Field(False, description="at the end, fit a second-stage VAE to the codes: fid_two_stage, "
+                            "two_stage_*")
+    two_stage_epochs: int = Field(100, ge=1, description="second-stage VAE training epochs")
+    two_stage_latent: int | None = Field(None, ge=1, description="second-stage latent dim (default: the number "
+                                         "of variables it models)")
+    two_stage_hidden: tuple[int, ...] = Field((256, 256), min_length=1, description="second-stage dense widths")
+    two_stage_active_only: bool = Field(True, description="model only the active variables (inactive ones "
+                                        "decode as 0); false: all")
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, v: str) -> str:
         return check_dataset_name(v)
 
-    @field_validator("hidden")
+    @field_validator("hidden", "two_stage_hidden")
     @classmethod
     def _positive_widths(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if any(w < 1 for w in v):
             raise ValueError("hidden widths must be positive integers, e.g. [256, 64, 32]")
         return v
+
+    @field_validator("two_stage_hidden", mode="before")
+    @classmethod
+    def _widths_from_text(cls, v):  # the CLI's --two-stage-hidden 256,256
+        return [w for w in v.split(",") if w.strip()] if isinstance(v, str) else v
 
     @field_validator("device")
     @classmethod

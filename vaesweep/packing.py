@@ -143,7 +143,6 @@ class PackedRun:
                     t.zero_()
                     t[_leading(s.shape)].copy_(s)
         self.params, self.buffers = stack_module_state(padded)
-        self._names = list(self.params) + list(self.buffers)
         self._shell = _Forward(template.to("meta"))
         self._forward = vmap(self._call)
         self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.lr, fused=True)  # one kernel per tensor
@@ -199,7 +198,7 @@ class PackedRun:
             row = []
             for c in self.cfgs:
                 s = c.schedule
-                ramp = 1.0 if s.capacity_steps <= 0 else min(1.0, step / s.capacity_steps)
+                ramp = 1.0 if s.capacity_steps <= 0 else min(1.0, step / s.capacity_steps)  # as losses.kl_term
                 row.append((kl_weight(step, s), ramp * (s.capacity_max or 0.0)))
             rows.append(row)
         return torch.tensor(rows, dtype=torch.float32, device=self.device)
@@ -446,9 +445,18 @@ def grid_configs(spec) -> list[dict]:
 
 def make_packs(configs: list[dict], k: int) -> list[list[dict]]:
     """Group configs that can share a pack (same ``shared_key``), by latent dimension, into packs of <= k."""
+    from pydantic import ValidationError
+
+    from .config import one_line
+    from .spec import SpecError
+
     groups: dict[tuple, list[dict]] = {}
     for c in configs:
-        groups.setdefault(shared_key(TrialConfig(**c)), []).append(c)
+        try:
+            cfg = TrialConfig(**c)
+        except ValidationError as err:
+            raise SpecError(one_line(err, prefix="space: a grid point is not a valid trial: ")) from None
+        groups.setdefault(shared_key(cfg), []).append(c)
     packs = []
     for members in groups.values():
         members = sorted(members, key=lambda c: TrialConfig(**c).latent_dim)  # little padding per pack

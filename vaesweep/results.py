@@ -120,7 +120,7 @@ class Recorder(tune.Callback):
         if epoch is None:
             return
         scalars = {k: v for k, v in result.items()
-                   if k in EPOCH_KEYS or (isinstance(v, (int, float, bool, str)) and k.startswith(("fid_", "noise_")))}
+                   if k in EPOCH_KEYS or (isinstance(v, (int, float, bool, str)) and k.startswith(("fid_", "noise_", "two_stage_")))}
         self.epochs[(trial_id, epoch)] = {"trial_id": trial_id, **scalars}
         if "latents" in result:
             self.history[(trial_id, epoch)] = [{"trial_id": trial_id, "epoch": epoch, **r} for r in result["latents"]]
@@ -175,7 +175,7 @@ class Recorder(tune.Callback):
         trials = pd.DataFrame(list(self.trials.values()))
         if len(epochs) and len(trials):
             last = epochs.groupby("trial_id").tail(1).set_index("trial_id")
-            final = [c for c in (*SUMMARY_KEYS, *last.columns) if c in last and (c in SUMMARY_KEYS or c.startswith(("fid_", "noise_")))]
+            final = [c for c in (*SUMMARY_KEYS, *last.columns) if c in last and (c in SUMMARY_KEYS or c.startswith(("fid_", "noise_", "two_stage_")))]
             done = epochs.groupby("trial_id").agg(epochs_done=("epoch", "max"), time_total=("time_total", "max"))
             trials = (trials.drop(columns=[*final, *done.columns], errors="ignore")
                       .join(last[list(dict.fromkeys(final))], on="trial_id").join(done, on="trial_id"))

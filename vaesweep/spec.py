@@ -16,6 +16,9 @@
 ``experiment: noise`` with ``noise: {...}`` (vaesweep.noise.NoiseSettings) runs the Sec. 5 noise
 experiment in every trial instead (no scheduler, no epochs: see studies/noise.yaml).
 
+``pack: auto | K | off`` (vaesweep.packing): K compatible grid configurations per Ray trial, trained
+together in batched kernels, each still its own trial row; auto packs 16 when trials get a GPU.
+
 Everything is checked before anything runs: every grid value and range bound is validated as
 a TrialConfig field, so a negative lambda or an unknown dataset is caught in the spec.
 """

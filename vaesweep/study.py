@@ -106,12 +106,23 @@ def _claim_dir(spec: StudySpec, out: Path) -> None:
     """Write the spec copy and versions; refuse to mix two different specs in one folder."""
     copy = out / SPEC_COPY
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    if copy.exists() and yaml.safe_load(copy.read_text()) != yaml.safe_load(text):
+    if copy.exists() and not _same_study(yaml.safe_load(copy.read_text()), spec):
         raise SpecError(f"'{out}' holds results of a different '{spec.name}' study; give the changed study a new "
                         "name, or remove that folder to start over")
     out.mkdir(parents=True, exist_ok=True)
     copy.write_text(text)
     (out / "versions.json").write_text(json.dumps(_versions(), indent=2))
+
+
+def _same_study(saved: dict, spec: StudySpec) -> bool:
+    """Whether a saved spec copy describes ``spec`` (settings added later with their defaults ignored)."""
+    from pydantic import ValidationError
+
+    try:
+        old = StudySpec(**saved)
+    except (ValidationError, TypeError):
+        return False
+    return old.model_dump(mode="json", exclude_defaults=True) == spec.model_dump(mode="json", exclude_defaults=True)
 
 
 def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict | None = None):
@@ -124,9 +135,8 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict |
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from .noise import noise_trainable
-    from .trial import trainable
-
     from .packing import pack_param_space, pack_size, packed_trainable
+    from .trial import trainable
 
     packed = setting is None and pack_size(spec) > 1  # K configurations per Ray trial
     function = noise_trainable if spec.experiment == "noise" else packed_trainable if packed else trainable

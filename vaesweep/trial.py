@@ -52,6 +52,7 @@ class TrialResult:
     latents: list[dict]
     history: list[dict] = field(default_factory=list)
     model: torch.nn.Module | None = None
+    second_stage: object | None = None  # vaesweep.two_stage.TwoStageVAE (two_stage: true)
 
 
 class TrialRun:
@@ -77,6 +78,7 @@ class TrialRun:
         self.history: list[dict] = []
         self.last_eval: dict | None = None
         self._fid = None  # (FidScorer, TrainedFeatureNet), built on the first FID epoch
+        self.second_stage = None  # vaesweep.two_stage.TwoStageVAE, fitted at the end when two_stage is on
 
     # --- training -------------------------------------------------------------------------
     def train_epoch(self, transform: LatentTransform | None = None) -> dict:
@@ -141,6 +143,8 @@ class TrialRun:
         metrics.update(self.last_eval["summary"], evaluated=evaluated)
         if fid_now:
             metrics.update(self.generation_scores())
+        if last and self.cfg.two_stage:
+            metrics.update(self.two_stage_scores())
         self.elapsed += time.perf_counter() - t0
         metrics.update(epoch_time=train_time, time_total=self.elapsed)
         self.history.append({k: v for k, v in metrics.items() if k not in ("latents", "trace")})
@@ -162,11 +166,25 @@ class TrialRun:
         return {**generation_scores(self.model, scorer, active, self.cfg.seed),
                 "fid_net_accuracy": trained.test_accuracy}
 
+    def two_stage_scores(self) -> dict:
+        """The two-stage VAE (vaesweep/two_stage.py, Dai & Wipf 2019): fit a second VAE to this model's
+        codes; returns its ``two_stage_*`` numbers, ``fid_two_stage`` when the FID-proxy is on, and
+        ``two_stage_seconds``. The fitted ``TwoStageVAE`` is kept as ``self.second_stage``."""
+        from .two_stage import fit_two_stage, settings_for, two_stage_scores
+
+        t0 = time.perf_counter()
+        active = [r["active"] for r in self.last_eval["latents"]]
+        self.second_stage = fit_two_stage(self.model, self.x_train, active, settings_for(self.cfg))
+        scorer = self._fid[0] if self._fid is not None else None  # built by generation_scores when fid is on
+        scores = two_stage_scores(self.second_stage, self.x_eval, self.cfg.seed, scorer, self.cfg.active_threshold)
+        return {**scores, "two_stage_seconds": time.perf_counter() - t0}
+
     def result(self) -> TrialResult:
         final = self.last_eval or self.evaluate()
         fid = {k: v for k, v in (self.history[-1] if self.history else {}).items()
-               if k.startswith("fid_") and k != "fid_seconds"}  # scores, not timings
-        return TrialResult(self.cfg, {**final["summary"], **fid}, final["latents"], self.history, self.model)
+               if k.startswith(("fid_", "two_stage_")) and k not in ("fid_seconds", "two_stage_seconds")}  # no timings
+        return TrialResult(self.cfg, {**final["summary"], **fid}, final["latents"], self.history, self.model,
+                           self.second_stage)
 
     # --- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
