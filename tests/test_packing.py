@@ -237,7 +237,12 @@ def test_packed_study_on_ray(tmp_path):
     base = {"epochs": 1, "max_train": 128, "max_eval": 64, "hidden": [16], "batch_size": 64, "fid": False}
     spec = spec_from_dict({"name": "packed", "base": base, "space": {"lam": {"grid": [0.5, 2.0]}}, "pack": 2,
                            "resources": {"cpu": 1}, "retries": 0, "storage": str(tmp_path)})
-    trials = load_study(run_study(spec, quiet=True)).trials.sort_values("lam")
+    import ray
+
+    try:
+        trials = load_study(run_study(spec, quiet=True)).trials.sort_values("lam")
+    finally:
+        ray.shutdown()  # run_study started a Ray of its own in this process
     assert len(trials) == 2 and trials["trial_id"].str.endswith(("-p0", "-p1")).all()
     assert trials["trial_id"].str[:-3].nunique() == 1  # one Ray trial
     assert (trials["status"] == "done").all()

@@ -16,7 +16,7 @@ TINY_SEARCH = {
     "base": {"latent_dim": 4, "epochs": 2, "max_train": 500, "max_eval": 200, "hidden": [32],
              "law_tol": 0.5, "mu_tol": 0.5},
     "space": {"lam": {"loguniform": [0.1, 10.0]}},
-    "search": {"type": "optuna", "num_samples": 4, "sampler": {"type": "tpe", "n_startup_trials": 2},
+    "search": {"type": "optuna", "num_samples": 4, "sampler": {"type": "gp", "n_startup_trials": 1},
                "start": [{"lam": 10.0}]},
     "resources": {"cpu": 1},
     "max_concurrent": 2,
@@ -34,7 +34,7 @@ def test_search_runs_through_ray_writes_sqlite_resumes_and_finds_lambda_star(tmp
     ot = optuna.load_study(study_name=name, storage=db)
     complete = [t for t in ot.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 4
-    assert all(len(t.user_attrs["constraints"]) == 2 for t in complete)  # Optuna's own constraints
+    assert all(set(t.constraints) == {"law_excess", "mu_excess"} for t in complete)  # Optuna's own constraints
     assert complete[0].params["lam"] == 10.0  # the start point
 
     star = pd.read_parquet(study / "lambda_star.parquet")
@@ -43,7 +43,7 @@ def test_search_runs_through_ray_writes_sqlite_resumes_and_finds_lambda_star(tmp
     best = trials.loc[star["lam_star_trial"].iloc[0]]
     assert best["kl_working"] and best["law_residual_max"] <= 0.5 and best["mean_mu_abs_max"] <= 0.5
     assert best["lam"] == star["lam_star"].iloc[0] == trials[trials["kl_working"]]["lam"].min()
-    feasible = [t for t in complete if max(t.user_attrs["constraints"]) <= 0]
+    feasible = [t for t in complete if max(t.constraints.values()) <= 0]
     assert min(t.params["lam"] for t in feasible) == pytest.approx(star["lam_star"].iloc[0])
 
     # running it again resumes the same Optuna study: nothing new is tried

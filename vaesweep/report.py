@@ -26,6 +26,7 @@ from analysis.fid import FID_COLUMNS, fid_chart
 from analysis.latents import describe_trial, gain_vs_kl, table1, var_mu_history
 from analysis.law import law_heatmap
 from analysis.noise import noise_chart
+from analysis.two_stage import two_stage_chart
 from analysis.samples import sample_grids
 
 from .results import load_study
@@ -33,7 +34,8 @@ from .results import load_study
 REPORT_DIR = "report"
 LAMBDA_STAR = "lambda_star.parquet"
 SUMMARY_COLUMNS = ("status", "n_active", "n_inactive", "law_residual_max", "mean_mu_abs_max", "kl_working",
-                   "recon", "kl", "elbo", *FID_COLUMNS, "epochs_done", "time_total", "error")
+                   "recon", "kl", "elbo", *FID_COLUMNS, "fid_two_stage", "fid_q_gaussian", "epochs_done",
+                   "time_total", "error")
 
 
 def choose_trials(trials: pd.DataFrame, metric: str = "elbo", mode: str = "max",
@@ -74,6 +76,7 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
         table1(t.latents, chosen),
         var_mu_history(chosen, t.latent_history, t.epochs, t.trace, t.latents),
         fid_chart(t.trials),
+        *([two_stage_chart(t.trials)] if _asks_two_stage(t.trials) else []),
         sample_grids(study_dir, chosen, t.latents),
         gain_vs_kl(t.latents, t.trials),
     ]
@@ -85,6 +88,11 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
              "chosen": [describe_trial(r) for _, r in chosen.iterrows()],
              "trials": _trials_table(t.trials, d.varied)}
     return charts, facts
+
+
+def _asks_two_stage(trials: pd.DataFrame) -> bool:
+    """Whether any trial set two_stage: true (vaesweep/two_stage.py): only then the two-stage chart."""
+    return "fid_two_stage" in trials or ("two_stage" in trials and trials["two_stage"].eq(True).any())
 
 
 def build_report(study_dir: str | Path, out: str | Path | None = None,

@@ -7,9 +7,10 @@ of the KL component", checked through the laws of Sec. 4. As a constrained optim
     subject to  law_excess = law_residual_max - law_tol <= 0     (Sec. 4 variance law)
                 mu_excess  = mean_mu_abs_max  - mu_tol  <= 0     (Sec. 4 first moment)
 
-Every trial reports both constraint values; Ray Tune's ``OptunaSearch`` drives the trials, and
-Optuna's own constrained samplers (TPE or GP with ``constraints_func``) read the values from the
-trial's ``constraints`` user attribute. The Optuna study lives in SQLite next to the results
+Every trial reports both constraint values; Ray Tune's ``OptunaSearch`` drives the trials and
+hands them to Optuna with ``Trial.set_constraint`` (Optuna 5's constrained optimisation, read by
+its GP and TPE samplers). The default GP sampler (one random start after the given start points)
+needs few trials for this one-dimensional, monotone problem. The Optuna study lives in SQLite next to the results
 (``runs/<name>/optuna.db``), one Optuna study per fixed setting (architecture, latent dimension,
 dataset...), so a search resumes where it stopped and opens in optuna-dashboard.
 """
@@ -17,7 +18,7 @@ dataset...), so a search resumes where it stopped and opens in optuna-dashboard.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,25 +35,19 @@ class Objective(BaseModel):
 
 class Sampler(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    type: Literal["tpe", "gp", "random"] = "tpe"
-    n_startup_trials: int = Field(3, ge=0, description="random trials before the model guides the search")
+    type: Literal["gp", "tpe", "random"] = "gp"
+    n_startup_trials: int = Field(1, ge=0, description="random trials before the model guides the search")
     seed: int = 0
 
 
-def constraint_values(trial) -> Sequence[float]:
-    """Optuna's ``constraints_func``: the values each trial stored; a failed trial is infeasible."""
-    return trial.user_attrs.get("constraints", [1.0] * len(CONSTRAINTS))
-
-
-def make_sampler(s: Sampler, constrained: bool):
+def make_sampler(s: Sampler):
+    """An Optuna sampler; constraints reach it through ``Trial.set_constraint``."""
     import optuna
 
-    func = constraint_values if constrained else None
     if s.type == "tpe":
-        return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, seed=s.seed, constraints_func=func)
+        return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, seed=s.seed)
     if s.type == "gp":
-        return optuna.samplers.GPSampler(n_startup_trials=s.n_startup_trials, seed=s.seed, constraints_func=func,
-                                         deterministic_objective=True)
+        return optuna.samplers.GPSampler(n_startup_trials=s.n_startup_trials, seed=s.seed)
     return optuna.samplers.RandomSampler(seed=s.seed)
 
 
@@ -72,8 +67,8 @@ def make_search(objectives: list[Objective], sampler: Sampler, constrained: bool
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is not None and constrained:
-                values = [float(result[c]) for c in CONSTRAINTS] if result and all(c in result for c in CONSTRAINTS) else None
-                ot_trial.set_user_attr("constraints", values or [1.0] * len(CONSTRAINTS))
+                for name in CONSTRAINTS:  # a trial without its values counts as infeasible
+                    ot_trial.set_constraint(name, float(result[name]) if result and name in result else 1.0)
             if result and "diverged" in result:
                 result, error = None, True
             super().on_trial_complete(trial_id, result, error)
@@ -84,7 +79,7 @@ def make_search(objectives: list[Objective], sampler: Sampler, constrained: bool
     return ConstrainedOptunaSearch(
         metric=metrics[0] if len(metrics) == 1 else metrics,
         mode=modes[0] if len(modes) == 1 else modes,
-        sampler=make_sampler(sampler, constrained), study_name=study_name, storage=storage,
+        sampler=make_sampler(sampler), study_name=study_name, storage=storage,
         points_to_evaluate=start_points or None)
 
 

@@ -11,14 +11,25 @@ Choices, following Dai & Wipf where they made one:
 
 - the training codes are *samples* z ~ Q(z|X) = N(mu(X), sigma^2(X)) of the training split, drawn
   afresh every epoch, not the means mu(X). Q(z) is the mixture of those Gaussians (Sec. 4), so the
-  samples are its draws and the first-stage decoder was trained on exactly such z; the 4,000 means
-  alone are a point cloud with Var < Var[Q(z)] that a second VAE could only memorise;
+  samples are its draws and the first-stage decoder was trained on exactly such z; the N training
+  means alone are a point cloud with Var < Var[Q(z)] that a second VAE could only memorise;
 - only the active variables are modelled (``active_only``, default): an inactive variable is
   ignored by the generator (Fig. 3), so it is decoded as 0, as the ``fid_zeroed`` check does;
   ``active_only=False`` models all of them (Dai & Wipf's setting);
-- the second stage is a small dense VAE with lambda = 1, a Gaussian decoder and a learned
+- the codes are standardised per variable with the Sec. 4 moments of Q(z) on the training split,
+  mean E[mu_i] and standard deviation sqrt(Var[mu_i] + E[sigma_i^2]), and the generated codes are
+  mapped back: an invertible affine map that changes nothing the second stage can represent, but
+  lets it start from codes of unit scale when a small lambda left Q(z) far from N(0, I) (Dai &
+  Wipf's first stage, at lambda = 1, had codes of unit scale already);
+- the second stage is a small dense VAE (``two_stage_hidden``, default 256-256; Dai & Wipf's has
+  three 1024-wide layers with skip connections) with lambda = 1, a Gaussian decoder and a learned
   scalar standard deviation gamma (Dai & Wipf's "learned gamma"), whose negative log-likelihood is
-  sum_j [(z_j - zhat_j)^2 / (2 gamma^2) + log gamma] + d/2 log(2 pi); generation uses its mean zhat;
+  sum_j [(z_j - zhat_j)^2 / (2 gamma^2) + log gamma] + d/2 log(2 pi);
+- generation samples the second stage's own model of Q(z): u ~ N(0, I), z ~ N(zhat(u), gamma^2 I).
+  Dai & Wipf decode the mean zhat(u), the same once gamma -> 0; but a short CPU-scale second stage
+  keeps gamma large (measured 0.23 at lambda = 0.1, 0.93 at lambda = 1 on mnist5k), and its mean
+  alone then loses the variance of the variables it has not learned to encode (measured at
+  lambda = 1 after 30 first-stage epochs: FID-proxy 353 from the mean, 223 sampled, 290 prior);
 - its latent dimension defaults to the number of variables it models (Dai & Wipf: the same as
   the first stage's); Adam at the trial's learning rate, cosine-annealed to 0 over its epochs.
 
@@ -26,7 +37,13 @@ How normal the codes are is measured with the Sec. 4 moments (``vaesweep.latents
 of the eval split, for the first stage's kept variables z and for the second stage's codes u:
 the variance law max_i |Var[mu_i] + E[sigma_i^2] - 1| and the first moment max_i |E[mu_i]|, plus
 the Fréchet (2-Wasserstein) distance of a Gaussian fit to the aggregate samples from N(0, I),
-which also sees correlations between variables.
+which also sees correlations between variables. Beside ``fid_two_stage`` comes ``fid_q_gaussian``,
+the baseline that decodes z drawn from the Gaussian with Q(z)'s Sec. 4 moments: what the second
+stage adds beyond the affine map.
+
+    stage = fit_two_stage(model, x_train, active, TwoStageSettings(epochs=100))
+    images = stage.sample(64, seed=0)
+    two_stage_scores(stage, x_eval, seed=0, scorer=scorer)   # fid_two_stage, two_stage_* numbers
 """
 
 from __future__ import annotations
@@ -118,8 +135,8 @@ def sample_codes(mu: torch.Tensor, logvar: torch.Tensor, gen: torch.Generator) -
 def train_second_stage(mu: torch.Tensor, logvar: torch.Tensor,
                        settings: TwoStageSettings) -> tuple[SecondStageVAE, dict]:
     """Fit a ``SecondStageVAE`` to codes drawn afresh from Q(z|X) every epoch; ``mu``, ``logvar`` (N, d)
-    are the first stage's posteriors of the modelled variables. Returns the model (eval mode) and
-    its last epoch's mean loss, NLL and KL (one host sync, at the end)."""
+    are the first stage's (standardised) posteriors of the modelled variables. Returns the model
+    (eval mode) and its last epoch's mean loss, NLL, KL and gamma (one host sync, at the end)."""
     n, dim = mu.shape
     device, s = mu.device, settings
     with torch.random.fork_rng(devices=[]):  # weights from the seed, global RNG untouched
@@ -144,7 +161,9 @@ def train_second_stage(mu: torch.Tensor, logvar: torch.Tensor,
         sched.step()
     loss, nll, kl = (sums / n).tolist()
     if not all(math.isfinite(v) for v in (loss, nll, kl)):
-        raise FloatingPointError(f"two_stage: the second-stage VAE's loss became {loss}; lower lr or "
+        from .trial import TrainingDiverged  # here, not at the top: trial.py imports this module lazily
+
+        raise TrainingDiverged(f"two_stage: the second-stage VAE's loss became {loss}; lower lr or "
                                  "two_stage_epochs, or set two_stage: false")
     return model.eval(), {"loss": loss, "nll": nll, "kl": kl, "gamma": float(model.log_gamma.detach().exp())}
 
@@ -156,6 +175,8 @@ class TwoStageVAE:
     first: nn.Module
     second: SecondStageVAE
     keep: torch.Tensor        # (d,) indices of the first-stage variables the second stage models
+    shift: torch.Tensor       # (d,) E[mu_i]: the second stage models (z - shift) / scale
+    scale: torch.Tensor       # (d,) sqrt(Var[mu_i] + E[sigma_i^2]), Sec. 4
     fit: dict                 # the second stage's final training loss, nll, kl, gamma
 
     @property
@@ -164,11 +185,23 @@ class TwoStageVAE:
 
     @torch.no_grad()
     def codes(self, n: int, seed: int) -> torch.Tensor:
-        """n first-stage codes z (n, L): u ~ N(0, I) from ``seed`` -> zhat(u); unmodelled variables 0."""
+        """n first-stage codes z (n, L): u ~ N(0, I), then N(zhat(u), gamma^2 I), mapped back from the
+        standardised scale; unmodelled variables 0. Reproducible from ``seed`` (u is ``prior_codes``')."""
         device = self.keep.device
-        u = prior_codes(n, self.second.latent_dim, seed, device)
+        gen = torch.Generator(device).manual_seed(seed)
+        u = torch.randn(n, self.second.latent_dim, generator=gen, device=device)
+        noise = torch.randn(n, len(self.keep), generator=gen, device=device)
         z = torch.zeros(n, self.latent_dim, device=device)
-        z[:, self.keep] = self.second.decode(u)
+        z[:, self.keep] = self.shift + self.scale * (self.second.decode(u) + self.second.log_gamma.exp() * noise)
+        return z
+
+    @torch.no_grad()
+    def gaussian_codes(self, n: int, seed: int) -> torch.Tensor:
+        """The baseline without a second stage: z ~ N(shift, scale^2), the Gaussian with Q(z)'s Sec. 4
+        moments, reproducible from ``seed``; unmodelled variables 0."""
+        eps = prior_codes(n, len(self.keep), seed, self.keep.device)
+        z = torch.zeros(n, self.latent_dim, device=self.keep.device)
+        z[:, self.keep] = self.shift + self.scale * eps
         return z
 
     def sample(self, n: int, seed: int) -> torch.Tensor:
@@ -189,8 +222,11 @@ def fit_two_stage(first: nn.Module, x_train: torch.Tensor, active: list[bool],
     """Train the second stage on the first stage's codes of ``x_train`` (Dai & Wipf 2019)."""
     keep = kept_variables(active, settings.active_only, x_train.device)
     mu, logvar = first_stage_posterior(first, x_train)
-    second, fit = train_second_stage(mu[:, keep], logvar[:, keep], settings)
-    return TwoStageVAE(first, second, keep, fit)
+    mu, logvar = mu[:, keep], logvar[:, keep]
+    m = moment_stats(mu, logvar)
+    shift, scale = m["mean_mu"], m["law"].sqrt()  # Q(z)'s mean and standard deviation, Sec. 4
+    second, fit = train_second_stage((mu - shift) / scale, logvar - 2 * scale.log(), settings)
+    return TwoStageVAE(first, second, keep, shift, scale, fit)
 
 
 # --- how normal the codes are ----------------------------------------------------------------------
@@ -218,21 +254,28 @@ def two_stage_scores(stage: TwoStageVAE, x_eval: torch.Tensor, seed: int, scorer
 
     - ``two_stage_z_*``: how normal the first stage's modelled codes are (law residual, first
       moment, w2), ``two_stage_u_*``: the same for the second stage's codes u of those z;
+      ``two_stage_zstd_w2``: w2 of the standardised codes (z - shift) / scale, which the affine
+      map cannot make normal (correlations between variables);
     - ``two_stage_dim``, ``two_stage_u_active``, ``two_stage_gamma``, ``two_stage_loss``;
-    - ``fid_two_stage`` (with a ``scorer``, vaesweep.fid.FidScorer): the FID-proxy of
-      N two-stage samples, N = the scorer's real images, u from ``seed`` (as ``fid_prior``'s z).
+    - with a ``scorer`` (vaesweep.fid.FidScorer), FID-proxies of N images, N = the scorer's real
+      images, noise from ``seed`` (as ``fid_prior``'s z): ``fid_two_stage``, the two-stage samples,
+      and ``fid_q_gaussian``, the baseline decoding z ~ N(E[mu], Var[mu] + E[sigma^2]) per variable:
+      what the second stage adds beyond matching Q(z)'s Sec. 4 moments.
     """
     gen = torch.Generator(x_eval.device).manual_seed(seed + 1)  # fixed eval noise, as TrialRun.evaluate
     mu, logvar = first_stage_posterior(stage.first, x_eval)
     mu, logvar = mu[:, stage.keep], logvar[:, stage.keep]
     z = sample_codes(mu, logvar, gen)
-    mu_u, logvar_u = stage.second.encode(z)
+    mu_u, logvar_u = stage.second.encode((z - stage.shift) / stage.scale)
     u = sample_codes(mu_u, logvar_u, gen)
     out = {f"two_stage_z_{k}": v for k, v in normality(mu, logvar, z).items()}
+    out["two_stage_zstd_w2"] = w2_to_standard_normal((z - stage.shift) / stage.scale)
     out.update({f"two_stage_u_{k}": v for k, v in normality(mu_u, logvar_u, u).items()})
     u_active = int((mu_u.var(0, unbiased=False) > active_threshold).sum())  # Burda et al., as the first stage
     out.update(two_stage_dim=len(stage.keep), two_stage_u_active=u_active, two_stage_gamma=stage.fit["gamma"],
                two_stage_loss=stage.fit["loss"])
     if scorer is not None:
-        out["fid_two_stage"] = scorer.score(stage.sample(len(scorer.real), seed))
+        n = len(scorer.real)
+        out["fid_two_stage"] = scorer.score(stage.sample(n, seed))
+        out["fid_q_gaussian"] = scorer.score(decode_images(stage.first, stage.gaussian_codes(n, seed)))
     return out
