@@ -29,7 +29,6 @@ AXIS_FIELDS = ("latent_dim", "lam")
 NOT_SETTINGS = {"seed", "threads", "device", "data_root", "download", "eval_every", "gain_every", "track_every",
                 "fid", "fid_every", "fid_samples", "cache_dir"}
 MAX_LAM_LEVELS = 8
-SHADOWED = {"recon"}  # TrialConfig fields whose name a summary metric of the trials table reuses
 
 
 @dataclass(frozen=True)
@@ -76,10 +75,8 @@ def with_defaults(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def config_fields(trials: pd.DataFrame) -> list[str]:
-    """The TrialConfig fields the trials table really holds. Its ``recon`` column is the final
-    reconstruction error (a summary metric of the same name), not the recon loss kind: skipped."""
-    return [f for f in TrialConfig.model_fields
-            if not (f in SHADOWED and f in trials and pd.api.types.is_numeric_dtype(trials[f]))]
+    """The TrialConfig fields of the trials table (every one: missing ones take their defaults)."""
+    return list(TrialConfig.model_fields)
 
 
 def varied_fields(trials: pd.DataFrame) -> list[str]:

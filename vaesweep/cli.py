@@ -36,7 +36,7 @@ def _add_trial_flags(p: argparse.ArgumentParser) -> None:
         if f.annotation is bool:
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=f.description)
         else:
-            choices = get_args(f.annotation) if name in ("arch", "recon") else None
+            choices = get_args(f.annotation) if name in ("arch", "recon_loss") else None
             p.add_argument(flag, dest=name, default=None, choices=choices, metavar=name.upper(),
                            help=f"{f.description or ''} (default: {f.default})")
 

@@ -31,7 +31,7 @@ class TrialConfig(BaseModel):
     conv_width: int = Field(32, ge=2, description="channels of the conv net's deeper layers (Fig. 4: 32)")
     latent_dim: int = Field(16, ge=1, le=4096)
     # loss, eq. (6) and the Sec. 6.1 remedies
-    recon: Literal["bce", "mse"] = "bce"
+    recon_loss: Literal["bce", "mse"] = Field("bce", description="bce: Bernoulli decoder; mse: Gaussian, summed over pixels")
     lam: float = Field(1.0, ge=0, description="KL weight lambda (beta-VAE's beta)")
     warmup_steps: int = Field(0, ge=0, description="KL warm-up: minibatches of linear lambda annealing")
     free_bits: float = Field(0.0, ge=0, description="minimum KL (nats) per variable")

@@ -89,7 +89,7 @@ def _trial_scores(cfg, weights, data, n: int, seed: int, cache: str | None) -> d
 
     model = _build(cfg, weights, data.shape)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    final = evaluate(model, data.eval[: cfg.max_eval], cfg.recon, cfg.tolerances, gen, with_gain=False)
+    final = evaluate(model, data.eval[: cfg.max_eval], cfg.recon_loss, cfg.tolerances, gen, with_gain=False)
     scorer, trained = scorer_for(data, n, cache)
     active = [r["active"] for r in final["latents"]]
     return {**generation_scores(model, scorer, active, seed), "n_active": final["summary"]["n_active"],

@@ -211,7 +211,7 @@ class NoiseExperiment:
         row = {"phase": phase, "noise_sigma": sigma}
         if st.variable is not None:
             row.update(variable_metrics(self.run.model, self.run.x_eval, st.variable, self.keep_mask(), sigma,
-                                        self.run.cfg.recon, self.run.cfg.seed + 2))
+                                        self.run.cfg.recon_loss, self.run.cfg.seed + 2))
             self._advance(phase, metrics["epoch"], row)
         row.update(self._outcome())
         metrics.update(row)

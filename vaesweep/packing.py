@@ -216,7 +216,7 @@ class PackedRun:
             idx = orders[:, start:start + cfg.batch_size]
             xb, eps = x[idx], noise[:, start:start + idx.shape[1]]
             logits, mu, logvar = self._forward(self.params, self.buffers, xb, eps, self.mask)
-            loss, recon, kl = packed_loss(logits, xb, mu, logvar, self.mask, coefs[j], cfg.recon, self.sched)
+            loss, recon, kl = packed_loss(logits, xb, mu, logvar, self.mask, coefs[j], cfg.recon_loss, self.sched)
             for p in params:
                 p.grad = None
             loss.sum().backward()  # sum of independent losses: each config gets exactly its own gradient
@@ -253,7 +253,7 @@ class PackedRun:
         """TrialRun.evaluate of configuration ``i``: the same model, eval data and eval noise."""
         c = self.cfgs[i]
         gen = torch.Generator(self.device).manual_seed(c.seed + 1)
-        return evaluate(self.model(i), self.x_eval, c.recon, c.tolerances, gen, with_gain)
+        return evaluate(self.model(i), self.x_eval, c.recon_loss, c.tolerances, gen, with_gain)
 
     def epochs(self) -> Iterator[list[dict]]:
         """Train to ``epochs``, yielding after each epoch K metric dicts (TrialRun's; a diverged
@@ -421,7 +421,8 @@ def pack_size(spec) -> int:
         return 1
     if pack != "auto":
         return int(pack)
-    on_gpu = spec.resources.gpu > 0 and spec.trial_base().get("device", "auto") != "cpu"
+    gpu = spec.resources.gpu  # "auto" only before run_study resolves it against the cluster
+    on_gpu = gpu != "auto" and gpu > 0 and spec.trial_base().get("device", "auto") != "cpu"
     return GPU_PACK if on_gpu and pack_problem(spec) is None else 1
 
 
@@ -434,6 +435,9 @@ def pack_problem(spec) -> str | None:
                 "or pack: off")
     if spec.scheduler is not None:
         return "pack: a scheduler stops trials one by one, a pack stops together; remove scheduler or set pack: off"
+    two_stage = spec.space.get("two_stage")
+    if spec.trial_base().get("two_stage") or (two_stage is not None and True in getattr(two_stage, "grid", [])):
+        return "pack: packed trials do not train the two-stage VAE (two_stage: true); set pack: off"
     return None
 
 

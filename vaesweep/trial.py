@@ -98,7 +98,7 @@ class TrialRun:
             z = reparameterize(mu, logvar, eps)
             if transform is not None:
                 z = transform(z)
-            loss, recon, kl = vae_loss(model.decode(z), xb, mu, logvar, self.step, cfg.recon, cfg.schedule)
+            loss, recon, kl = vae_loss(model.decode(z), xb, mu, logvar, self.step, cfg.recon_loss, cfg.schedule)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -120,7 +120,7 @@ class TrialRun:
     def evaluate(self, with_gain: bool = True, mask: torch.Tensor | None = None) -> dict:
         """Collapse metrics on the eval split, with fixed sampling noise (same numbers every call)."""
         gen = torch.Generator(self.device).manual_seed(self.cfg.seed + 1)
-        return evaluate(self.model, self.x_eval, self.cfg.recon, self.cfg.tolerances, gen, with_gain, mask)
+        return evaluate(self.model, self.x_eval, self.cfg.recon_loss, self.cfg.tolerances, gen, with_gain, mask)
 
     def epochs(self, transform: LatentTransform | None = None) -> Iterator[dict]:
         """Train to ``cfg.epochs``, yielding after each epoch a flat metrics dict (plus 'latents')."""
