@@ -1,7 +1,6 @@
 """The trial function: plain Python, determinism, checkpoints, and inside a real Ray Tune Tuner."""
 
 import pytest
-import torch
 
 import vaesweep
 from vaesweep import TrainingDiverged, TrialRun, train_vae

@@ -33,6 +33,7 @@ import pickle
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -288,6 +289,19 @@ class FidScorer:
         self.metric.reset()  # keeps the real features (reset_real_features=False)
         self._update(images.clamp(0, 1), real=False)
         return float(self.metric.compute())
+
+
+def trial_scores(data: ImageData, cfg, model, active: list[bool], seed: int, scorer=None) -> tuple[dict, object]:
+    """A trial's FID-proxy scores (fid_prior, fid_recon, fid_zeroed, fid_seconds, fid_net_accuracy) and
+    the (scorer, feature net) pair to reuse next time; no scores, with a warning, for unlabelled data."""
+    if not has_labels(data):
+        warnings.warn(f"fid: dataset '{data.name}' has no labels to train the FID-proxy's feature "
+                      "network; no fid_* scores (save labels as key 'y' in the npz, or set fid: false)")
+        return {}, scorer
+    if scorer is None:
+        scorer = scorer_for(data, cfg.fid_samples, cfg.cache_dir)
+    fid, trained = scorer
+    return {**generation_scores(model, fid, active, seed), "fid_net_accuracy": trained.test_accuracy}, scorer
 
 
 def scorer_for(data: ImageData, n: int, cache: str | Path | None = None,

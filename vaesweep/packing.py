@@ -34,7 +34,6 @@ import copy
 import math
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -292,18 +291,11 @@ class PackedRun:
 
     def generation_scores(self, i: int) -> dict:
         """TrialRun.generation_scores for configuration ``i`` (one FID-proxy scorer for the pack)."""
-        from .fid import generation_scores, has_labels, scorer_for
+        from .fid import trial_scores
 
-        if not has_labels(self.data):
-            warnings.warn(f"fid: dataset '{self.data.name}' has no labels to train the FID-proxy's feature "
-                          "network; no fid_* scores (save labels as key 'y' in the npz, or set fid: false)")
-            return {}
-        if self._fid is None:
-            self._fid = scorer_for(self.data, self.cfg.fid_samples, self.cfg.cache_dir)
-        scorer, trained = self._fid
         active = [r["active"] for r in self.last_evals[i]["latents"]]
-        return {**generation_scores(self.model(i), scorer, active, self.cfgs[i].seed),
-                "fid_net_accuracy": trained.test_accuracy}
+        scores, self._fid = trial_scores(self.data, self.cfg, self.model(i), active, self.cfgs[i].seed, self._fid)
+        return scores
 
     def result(self, i: int) -> TrialResult:
         """Configuration ``i``'s TrialResult (as TrialRun.result); raises TrainingDiverged if it diverged."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -153,18 +152,11 @@ class TrialRun:
     def generation_scores(self) -> dict:
         """FID-proxy of random generations now (vaesweep/fid.py): fid_prior, fid_recon, fid_zeroed,
         fid_seconds and fid_net_accuracy; empty (with a warning) for a data set without labels."""
-        from .fid import generation_scores, has_labels, scorer_for
+        from .fid import trial_scores
 
-        if not has_labels(self.data):
-            warnings.warn(f"fid: dataset '{self.data.name}' has no labels to train the FID-proxy's feature "
-                          "network; no fid_* scores (save labels as key 'y' in the npz, or set fid: false)")
-            return {}
-        if self._fid is None:
-            self._fid = scorer_for(self.data, self.cfg.fid_samples, self.cfg.cache_dir)
-        scorer, trained = self._fid
         active = [r["active"] for r in self.last_eval["latents"]]
-        return {**generation_scores(self.model, scorer, active, self.cfg.seed),
-                "fid_net_accuracy": trained.test_accuracy}
+        scores, self._fid = trial_scores(self.data, self.cfg, self.model, active, self.cfg.seed, self._fid)
+        return scores
 
     def two_stage_scores(self) -> dict:
         """The two-stage VAE (vaesweep/two_stage.py, Dai & Wipf 2019): fit a second VAE to this model's
