@@ -120,7 +120,7 @@ class Recorder(tune.Callback):
         if epoch is None:
             return
         scalars = {k: v for k, v in result.items()
-                   if k in EPOCH_KEYS or (isinstance(v, (int, float, bool, str)) and k.startswith(("fid_", "noise_", "two_stage_")))}
+                   if k in EPOCH_KEYS or (isinstance(v, (int, float, bool, str)) and k.startswith(EXTRA_PREFIXES))}
         self.epochs[(trial_id, epoch)] = {"trial_id": trial_id, **scalars}
         if "latents" in result:
             self.history[(trial_id, epoch)] = [{"trial_id": trial_id, "epoch": epoch, **r} for r in result["latents"]]
@@ -175,10 +175,11 @@ class Recorder(tune.Callback):
         trials = pd.DataFrame(list(self.trials.values()))
         if len(epochs) and len(trials):
             last = epochs.groupby("trial_id").tail(1).set_index("trial_id")
-            final = [c for c in (*SUMMARY_KEYS, *last.columns) if c in last and (c in SUMMARY_KEYS or c.startswith(("fid_", "noise_", "two_stage_")))]
+            final = [c for c in dict.fromkeys((*SUMMARY_KEYS, *last.columns))
+                     if c in last and (c in SUMMARY_KEYS or c.startswith(EXTRA_PREFIXES))]
             done = epochs.groupby("trial_id").agg(epochs_done=("epoch", "max"), time_total=("time_total", "max"))
             trials = (trials.drop(columns=[*final, *done.columns], errors="ignore")
-                      .join(last[list(dict.fromkeys(final))], on="trial_id").join(done, on="trial_id"))
+                      .join(last[final], on="trial_id").join(done, on="trial_id"))
         history = _concat(self.history.values())
         latents = history.sort_values("epoch").groupby(["trial_id", "latent"]).tail(1) if len(history) else history
         if len(latents):
@@ -222,8 +223,9 @@ def describe(row) -> str:
     return " ".join(f"{k}={row[k]}" for k in keys if k in row and pd.notna(row[k]))
 
 
+EXTRA_PREFIXES = ("fid_", "noise_", "two_stage_")  # scalar keys kept as they come: FID-proxy, Sec. 5, two-stage
 SUMMARY_KEYS = ("n_active", "n_inactive", "law_residual_max", "law_residual_mean", "mean_mu_abs_max",
-                "recon", "kl", "elbo", "kl_working")
+                "recon", "kl", "elbo", "kl_working", "law_excess", "mu_excess")
 EPOCH_KEYS = {"epoch", "step", "evaluated", "node", "train_loss", "train_recon", "train_kl", "lam_effective", "epoch_time",
               "time_total", "phase", *SUMMARY_KEYS}  # phase and noise_*: the Sec. 5 experiment (vaesweep.noise)
 
