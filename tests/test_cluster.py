@@ -48,7 +48,8 @@ def test_study_survives_losing_a_worker_node(cluster, tmp_path):
     lc, address, port = cluster
     study_yaml = tmp_path / "spread.yaml"
     study_yaml.write_text(yaml.safe_dump({
-        "name": "spread", "base": {"epochs": 10, "max_train": 2000, "max_eval": 300, "threads": 1, "fid": False},
+        # trials of several seconds each, so the kill lands while both workers train
+        "name": "spread", "base": {"epochs": 40, "eval_every": 5, "max_eval": 300, "threads": 1, "fid": False},
         "space": {"latent_dim": {"grid": [4, 8]}, "lam": {"grid": [0.5, 2.0]}},
         "resources": {"cpu": 1}, "retries": 3}))
     env = {**lc.token_env(), "PYTHONUNBUFFERED": "1"}
@@ -78,7 +79,7 @@ def test_study_survives_losing_a_worker_node(cluster, tmp_path):
     assert driver.returncode == 0, out[-3000:]
     t = load_study(study)
     assert len(t.trials) == 4 and (t.trials["status"] == "done").all(), t.trials[["trial_id", "status", "error"]]
-    assert len(t.epochs) == 4 * 10 and not t.epochs.duplicated(["trial_id", "epoch"]).any()
+    assert len(t.epochs) == 4 * 40 and not t.epochs.duplicated(["trial_id", "epoch"]).any()
     assert t.epochs["node"].nunique() == 2  # the study used both worker nodes
 
 
