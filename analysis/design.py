@@ -74,14 +74,9 @@ def with_defaults(trials: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def config_fields(trials: pd.DataFrame) -> list[str]:
-    """The TrialConfig fields of the trials table (every one: missing ones take their defaults)."""
-    return list(TrialConfig.model_fields)
-
-
 def varied_fields(trials: pd.DataFrame) -> list[str]:
     df = with_defaults(trials)
-    return [f for f in config_fields(df) if df[f].nunique(dropna=False) > 1]
+    return [f for f in TrialConfig.model_fields if df[f].nunique(dropna=False) > 1]
 
 
 def panel_fields(varied) -> list[str]:
