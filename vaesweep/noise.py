@@ -40,9 +40,7 @@ evaluates every epoch, and the trial's own ``epochs`` is replaced by the phases'
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Literal
 
 import torch
@@ -51,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .config import TrialConfig
 from .latents import encode_all, moment_stats
 from .losses import reconstruction_error
-from .trial import CHECKPOINT_FILE, TrialResult, TrialRun
+from .trial import TrialResult, TrialRun, run_under_ray
 
 Phase = Literal["base", "noise_rising", "noise_held", "recovery", "done"]
 PHASES = ("base", "noise_rising", "noise_held", "recovery")
@@ -296,6 +294,9 @@ class NoiseExperiment:
         self.state = NoiseState(**state["noise"])
         self._plan_last_epoch()
 
+    def final_metrics(self) -> dict | None:
+        return self.run.final_metrics()  # its history rows carry the phase and noise_* columns
+
 
 def run_noise_experiment(config: TrialConfig | dict, settings: NoiseSettings | dict,
                          report: Callable[[dict], None] | None = None) -> TrialResult:
@@ -311,18 +312,8 @@ def run_noise_experiment(config: TrialConfig | dict, settings: NoiseSettings | d
 def noise_trainable(config: dict) -> None:
     """Ray Tune function trainable of the experiment; settings in ``config["_noise"]``.
 
-    Reports every epoch with a checkpoint of the trial and the phase state, and resumes from
-    ``tune.get_checkpoint()`` (as ``vaesweep.trial.trainable`` does).
+    Driven like ``vaesweep.trial.trainable``: a checkpoint of the trial and the phase state every
+    epoch, resumed from ``tune.get_checkpoint()``.
     """
-    from ray import tune
-
-    exp = NoiseExperiment({k: v for k, v in config.items() if not k.startswith("_")},
-                          config.get(NOISE_KEY) or {})
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            exp.load_state_dict(torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False))
-    for metrics in exp.epochs():
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(exp.state_dict(), Path(d) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    run_under_ray(NoiseExperiment({k: v for k, v in config.items() if not k.startswith("_")},
+                                  config.get(NOISE_KEY) or {}))

@@ -178,6 +178,12 @@ class TrialRun:
         return TrialResult(self.cfg, {**final["summary"], **fid}, final["latents"], self.history, self.model,
                            self.second_stage)
 
+    def final_metrics(self) -> dict | None:
+        """The last epoch's report again (history row plus per-variable table), or None before any."""
+        if not self.history:
+            return None
+        return {**self.history[-1], "latents": self.last_eval["latents"]}
+
     # --- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -217,10 +223,19 @@ def trainable(config: dict) -> None:
     Reports every epoch with Ray's ``tune.report`` and a checkpoint of the whole trial state,
     and resumes from ``tune.get_checkpoint()`` after a failure or a restored study.
     """
+    run_under_ray(TrialRun({k: v for k, v in config.items() if not k.startswith("_")}))
+
+
+def run_under_ray(run) -> None:
+    """Drive a trial under Ray Tune: a ``TrialRun``, or anything with its ``epochs()``,
+    ``state_dict()``, ``load_state_dict()`` and ``final_metrics()`` (the noise experiment).
+
+    Restores from Ray's checkpoint, reports every epoch (with the node that ran it) and a
+    checkpoint, and ends a diverged trial with its reason instead of letting Ray retry it.
+    """
     import ray
     from ray import tune
 
-    run = TrialRun({k: v for k, v in config.items() if not k.startswith("_")})
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -234,10 +249,11 @@ def trainable(config: dict) -> None:
                 torch.save(run.state_dict(), Path(d) / CHECKPOINT_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
             reported = True
-        if not reported and run.history:
+        final = run.final_metrics()
+        if not reported and final is not None:
             # Restored from its final checkpoint (the driver died around the last report):
             # report the final epoch again so the study's tables surely hold it.
-            tune.report({**run.history[-1], "latents": run.last_eval["latents"]})
+            tune.report(final)
     except TrainingDiverged as err:
         # Deterministic: a retry from the last checkpoint would diverge again. End the trial and
         # let the study record it as failed with its reason.
