@@ -43,8 +43,6 @@ def _add_trial_flags(p: argparse.ArgumentParser) -> None:
 
 def _trial_config(args: argparse.Namespace) -> TrialConfig:
     given = {k: getattr(args, k) for k in TrialConfig.model_fields if getattr(args, k, None) is not None}
-    if "hidden" in given:
-        given["hidden"] = [w for w in given["hidden"].split(",") if w]
     try:
         return TrialConfig(**given)
     except ValidationError as err:

@@ -79,9 +79,9 @@ class TrialConfig(BaseModel):
             raise ValueError("hidden widths must be positive integers, e.g. [256, 64, 32]")
         return v
 
-    @field_validator("two_stage_hidden", mode="before")
+    @field_validator("hidden", "two_stage_hidden", mode="before")
     @classmethod
-    def _widths_from_text(cls, v):  # the CLI's --two-stage-hidden 256,256
+    def _widths_from_text(cls, v):  # the CLI's --hidden 256,64,32 and --two-stage-hidden 256,256
         return [w for w in v.split(",") if w.strip()] if isinstance(v, str) else v
 
     @field_validator("device")

@@ -242,11 +242,8 @@ class StudySpec(_Strict):
         return [{**c, "seed": s} for c in combos for s in self.seed_list()]
 
     def n_grid_points(self) -> int:
-        n = len(self.seed_list())
-        for dom in self.space.values():
-            if isinstance(dom, Grid):
-                n *= len(dom.grid)
-        return n * self.search.num_samples
+        """Trials the study runs: every setting, num_samples times (optuna: trials per setting)."""
+        return len(self.settings()) * self.search.num_samples
 
 
 def _domain_points(dom: Domain, where: str) -> list[Any]:

@@ -155,8 +155,7 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict |
     if tune.Tuner.can_restore(str(experiment)):
         return tune.Tuner.restore(str(experiment), runnable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False, param_space=space)
-    total = spec.n_grid_points() if setting is None else len(spec.settings()) * spec.search.num_samples
-    progress = None if quiet else Progress(spec.name, total, spec.metric, spec.mode)
+    progress = None if quiet else Progress(spec.name, spec.n_grid_points(), spec.metric, spec.mode)
     scheduler = None
     if spec.scheduler is not None:
         from ray.tune.schedulers import ASHAScheduler
