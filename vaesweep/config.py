@@ -97,6 +97,14 @@ class TrialConfig(BaseModel):
             raise ValueError("capacity_max (capacity beta-VAE) and warmup_steps do not combine; choose one")
         return self
 
+    def epoch_plan(self, epoch: int) -> tuple[bool, bool, bool]:
+        """What the end of ``epoch`` (1-based) measures: (collapse metrics, with reconstruction
+        gains, FID-proxy). The first and last epochs are always evaluated, the last with everything."""
+        last = epoch == self.epochs
+        fid = self.fid and (last or (self.fid_every > 0 and epoch % self.fid_every == 0))
+        evaluated = epoch == 1 or epoch % self.eval_every == 0 or last or fid
+        return evaluated, last or epoch % self.gain_every == 0, fid
+
     @property
     def schedule(self) -> KLSchedule:
         return KLSchedule(self.lam, self.warmup_steps, self.free_bits, self.capacity_max,

@@ -265,10 +265,7 @@ class PackedRun:
         trains = self.train_epoch()
         self.epoch += 1
         train_time = time.perf_counter() - t0
-        c0 = self.cfg
-        last = self.epoch == c0.epochs
-        fid_now = c0.fid and (last or (c0.fid_every > 0 and self.epoch % c0.fid_every == 0))
-        evaluated = self.epoch == 1 or self.epoch % c0.eval_every == 0 or last or fid_now
+        evaluated, with_gain, fid_now = self.cfg.epoch_plan(self.epoch)  # shared by the pack
         out = []
         for i, (c, train) in enumerate(zip(self.cfgs, trains)):
             if self.diverged[i] is not None:
@@ -276,7 +273,7 @@ class PackedRun:
                 continue
             metrics = {"epoch": self.epoch, "step": self.step, "lam": c.lam, **train}
             if evaluated:
-                self.last_evals[i] = self.evaluate(i, with_gain=last or self.epoch % c0.gain_every == 0)
+                self.last_evals[i] = self.evaluate(i, with_gain=with_gain)
                 metrics["latents"] = self.last_evals[i]["latents"]
             metrics.update(self.last_evals[i]["summary"], evaluated=evaluated)
             if fid_now:

@@ -132,17 +132,15 @@ class TrialRun:
         self.epoch += 1
         train_time = time.perf_counter() - t0
         metrics = {"epoch": self.epoch, "step": self.step, "lam": self.cfg.lam, **train}
-        last = self.epoch == self.cfg.epochs
-        fid_now = self.cfg.fid and (last or (self.cfg.fid_every > 0 and self.epoch % self.cfg.fid_every == 0))
-        evaluated = self.epoch == 1 or self.epoch % self.cfg.eval_every == 0 or last or fid_now
+        evaluated, with_gain, fid_now = self.cfg.epoch_plan(self.epoch)
         if evaluated:
-            self.last_eval = self.evaluate(with_gain=last or self.epoch % self.cfg.gain_every == 0)
+            self.last_eval = self.evaluate(with_gain=with_gain)
             metrics["latents"] = self.last_eval["latents"]
         # every report carries the latest collapse summary (schedulers need it each epoch)
         metrics.update(self.last_eval["summary"], evaluated=evaluated)
         if fid_now:
             metrics.update(self.generation_scores())
-        if last and self.cfg.two_stage:
+        if self.epoch == self.cfg.epochs and self.cfg.two_stage:
             metrics.update(self.two_stage_scores())
         self.elapsed += time.perf_counter() - t0
         metrics.update(epoch_time=train_time, time_total=self.elapsed)
