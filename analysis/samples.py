@@ -19,9 +19,8 @@ import torch
 
 from vaesweep.config import TrialConfig
 from vaesweep.data import DataError, load_dataset
-from vaesweep.models import build_model
 from vaesweep.sampling import decode_images, prior_codes, zero_inactive
-from vaesweep.trial import CHECKPOINT_FILE
+from vaesweep.trial import CHECKPOINT_FILE, build_trained, load_trained
 
 from .chart import Chart, new_figure, skip
 from .design import with_defaults
@@ -50,12 +49,8 @@ def dataset_shape(cfg: TrialConfig) -> tuple[int, int, int]:
 
 def load_trial_model(path: str | Path, shape_of: Callable[[TrialConfig], tuple] = dataset_shape):
     """(model in eval mode on the CPU, TrialConfig) from a trial checkpoint."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = TrialConfig(**state["config"])
-    shape = shape_of(cfg)
-    model = build_model(cfg.arch, shape, cfg.latent_dim, cfg.hidden, cfg.conv_width)
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg
+    cfg, weights = load_trained(path)
+    return build_trained(cfg, weights, shape_of(cfg)), cfg
 
 
 def fig3_images(model, active: list[bool], n: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,24 +33,14 @@ def _checkpoint_path(source: str) -> Path | None:
 
 
 def _load_trial(path: Path):
-    """(TrialConfig, VAE) of a ``train --out`` model.pt or a Ray checkpoint's trial.pt."""
+    """(TrialConfig, weights) of a ``train --out`` model.pt or a Ray checkpoint's trial.pt."""
     from .cli import UsageError
-    from .config import TrialConfig, trial_fields
+    from .trial import load_trained
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise UsageError(f"'{path}' is not a vaesweep trial checkpoint; give a model.pt from train --out "
-                         "or a checkpoint_*/trial.pt of a study")
-    cfg = TrialConfig(**{k: v for k, v in state["config"].items() if k in trial_fields()})
-    return cfg, state["model"]
-
-
-def _build(cfg, weights, shape):
-    from .models import build_model
-
-    model = build_model(cfg.arch, shape, cfg.latent_dim, cfg.hidden, cfg.conv_width)
-    model.load_state_dict(weights)
-    return model.eval()
+    try:
+        return load_trained(path)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _images(source: str, data, n: int, seed: int, trials: dict) -> torch.Tensor:
@@ -58,12 +48,13 @@ def _images(source: str, data, n: int, seed: int, trials: dict) -> torch.Tensor:
     from .cli import UsageError
     from .data import _npz
     from .sampling import decode_images, prior_codes
+    from .trial import build_trained
 
     if source in SPLITS and not Path(source).exists():
         images = getattr(data, source)
     elif source in trials:
         cfg, weights = trials[source]
-        model = _build(cfg, weights, data.shape)
+        model = build_trained(cfg, weights, data.shape)
         images = decode_images(model, prior_codes(n, cfg.latent_dim, seed))
     elif Path(source).suffix == ".npz":
         if not Path(source).is_file():
@@ -86,8 +77,9 @@ def _trial_scores(cfg, weights, data, n: int, seed: int, cache: str | None) -> d
     """The three per-trial scores, computed exactly as at the end of the trial (vaesweep/trial.py)."""
     from .fid import generation_scores, scorer_for
     from .latents import evaluate
+    from .trial import build_trained
 
-    model = _build(cfg, weights, data.shape)
+    model = build_trained(cfg, weights, data.shape)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     final = evaluate(model, data.eval[: cfg.max_eval], cfg.recon_loss, cfg.tolerances, gen, with_gain=False)
     scorer, trained = scorer_for(data, n, cache)

@@ -215,6 +215,25 @@ def train_vae(config: TrialConfig | dict, report: Callable[[dict], None] | None 
 CHECKPOINT_FILE = "trial.pt"
 
 
+def load_trained(path: str | Path) -> tuple[TrialConfig, dict]:
+    """(config, model weights) of a trained trial: ``train --out``'s model.pt or a study's
+    ``checkpoint_*/trial.pt``. Raises ValueError for any other file."""
+    from .config import trial_fields
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise ValueError(f"'{path}' is not a vaesweep trial checkpoint; give a model.pt from train --out "
+                         "or a checkpoint_*/trial.pt of a study")
+    return TrialConfig(**{k: v for k, v in state["config"].items() if k in trial_fields()}), state["model"]
+
+
+def build_trained(cfg: TrialConfig, weights: dict, shape: tuple[int, int, int]) -> torch.nn.Module:
+    """The trial's VAE for images of ``shape``, holding ``weights``, in eval mode."""
+    model = build_model(cfg.arch, shape, cfg.latent_dim, cfg.hidden, cfg.conv_width)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
 def trainable(config: dict) -> None:
     """Ray Tune function trainable: ``tune.Tuner(vaesweep.trainable, param_space=...)``.
 
