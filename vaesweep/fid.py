@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DataError, ImageData
+from .models import eval_mode
 from .sampling import decode_images, prior_codes, zero_inactive
 
 Progress = Callable[[str], None]
@@ -138,13 +139,9 @@ def has_labels(data: ImageData) -> bool:
 
 @torch.no_grad()
 def accuracy(net: FeatureNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         hits = sum((net.logits(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum()
                    for i in range(0, len(x), batch_size))
-    finally:
-        net.train(was_training)
     return float(hits) / len(x)
 
 
@@ -314,13 +311,9 @@ def scorer_for(data: ImageData, n: int, cache: str | Path | None = None,
 @torch.no_grad()
 def reconstructions(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Mean reconstructions sigmoid(d(mu(X))) in [0, 1], with the model in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return torch.cat([torch.sigmoid(model.decode(model.encode(x[i:i + batch_size])[0]))
                           for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
 
 
 def generation_scores(model, scorer: FidScorer, active: list[bool], seed: int) -> dict:

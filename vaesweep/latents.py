@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .losses import kl_per_variable, reconstruction_error
-from .models import reparameterize
+from .models import eval_mode, reparameterize
 
 PER_VARIABLE = ("mean_mu", "var_mu", "mean_sigma2", "law", "kl", "recon_gain", "active")
 
@@ -81,9 +81,7 @@ def evaluate(model, x: torch.Tensor, recon_kind: str, tol: Tolerances, generator
     ``mask`` (L,) of 0/1 marks variables that exist (for packed or masked models); masked-out
     variables are dropped from every statistic. ``generator`` fixes the eval sampling noise.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         mu, logvar = encode_all(model, x)
         if mask is not None:
             mu, logvar = mu * mask, logvar * mask
@@ -96,8 +94,6 @@ def evaluate(model, x: torch.Tensor, recon_kind: str, tol: Tolerances, generator
             per_var["recon_gain"] = reconstruction_gain(model, x, mu, recon_kind)
         else:
             per_var["recon_gain"] = torch.full_like(per_var["kl"], float("nan"))
-    finally:
-        model.train(was_training)
     if mask is not None:
         keep = mask.bool()
         per_var = {k: v[keep] for k, v in per_var.items()}

@@ -11,9 +11,21 @@ the noise experiment of Sec. 5):
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Run a block with ``model`` in eval mode (BatchNorm on its running statistics), then restore."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .config import TrialConfig
 from .latents import encode_all, moment_stats
 from .losses import reconstruction_error
+from .models import eval_mode
 from .trial import TrialResult, TrialRun, run_under_ray
 
 Phase = Literal["base", "noise_rising", "noise_held", "recovery", "done"]
@@ -128,9 +129,7 @@ def _nan(v) -> float:
 def variable_metrics(model, x: torch.Tensor, i: int, keep: torch.Tensor, sigma: float, recon_kind: str,
                      seed: int, batch: int = 1000) -> dict[str, float]:
     """Sec. 5: the chosen variable's gains (with and without the noise), KL and moments; one host copy."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         mu, logvar = encode_all(model, x)
         moments = moment_stats(mu[:, i:i + 1], logvar[:, i:i + 1])
         z = mu * keep                                   # decode the means, frozen variables zeroed
@@ -144,8 +143,6 @@ def variable_metrics(model, x: torch.Tensor, i: int, keep: torch.Tensor, sigma: 
             torch.cat([reconstruction_error(model.decode(c[s:s + batch]), x[s:s + batch], recon_kind)
                        for s in range(0, len(x), batch)]).mean()
             for c in (off, z, noisy)])
-    finally:
-        model.train(was_training)
     values = torch.stack([err[0] - err[2], err[0] - err[1], moments["kl"][0], moments["var_mu"][0],
                           moments["mean_sigma2"][0], moments["mean_mu"][0]]).double().cpu().tolist()
     names = ("noise_gain", "noise_gain_clean", "noise_kl", "noise_var_mu", "noise_mean_sigma2", "noise_mean_mu")

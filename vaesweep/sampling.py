@@ -11,16 +11,14 @@ from pathlib import Path
 
 import torch
 
+from .models import eval_mode
+
 
 @torch.no_grad()
 def decode_images(model, z: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Mean images sigmoid(d(z)) in [0, 1], with the model in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return torch.cat([torch.sigmoid(model.decode(z[i:i + batch_size])) for i in range(0, len(z), batch_size)])
-    finally:
-        model.train(was_training)
 
 
 def prior_codes(n: int, latent_dim: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -56,7 +56,7 @@ from torch import nn
 
 from .latents import encode_all, moment_stats
 from .losses import kl_per_variable
-from .models import reparameterize
+from .models import eval_mode, reparameterize
 from .sampling import decode_images, prior_codes
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -119,12 +119,8 @@ def second_stage_loss(model: SecondStageVAE, z: torch.Tensor, eps: torch.Tensor)
 @torch.no_grad()
 def first_stage_posterior(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """mu(X), log sigma^2(X) of the first stage on images ``x``, with the model in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return encode_all(model, x)
-    finally:
-        model.train(was_training)
 
 
 def sample_codes(mu: torch.Tensor, logvar: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
