@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import vaesweep_cli
@@ -36,10 +37,18 @@ def test_train_prints_table1_view():
     (["--latent-dim", "many"], "--latent-dim"),
     (["--arch", "resnet"], "--arch"),
     (["--dataset", "svhn"], "svhn"),
-    (["--dataset", "mnist"], "--data-root"),
+    (["--dataset", "mnist"], "data fetch mnist"),  # conftest's empty cache
     (["--bogus"], "--bogus"),
 ])
 def test_bad_arguments_one_line_exit_2(args, needle, capsys):
     assert main(["train", *args, *TINY]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("vaesweep: error:") and needle in err
+
+
+def test_too_small_npz_one_line_exit_2(tmp_path, capsys):
+    np.savez(tmp_path / "three.npz", x=np.zeros((3, 28, 28), np.uint8))
+    assert main(["train", "--dataset", f"npz:{tmp_path / 'three.npz'}", *TINY]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"vaesweep: error: dataset 'npz:{tmp_path / 'three.npz'}' has 2 training and 1 eval images; need at least "
+        "128 and 100 (an npz is split 80%/20%: give at least 500 images)"]

@@ -84,7 +84,7 @@ def test_unwritable_cache_is_one_clear_error(data, tmp_path):
 
 def test_concurrent_processes_train_once(data, tmp_path):
     """Three processes ask for an uncached network at once: one trains, the others wait and load."""
-    images, labels = (data.train[:200] * 255).round().byte().numpy(), data.train_labels[:200].numpy()
+    images, labels = (data.train[:500] * 255).round().byte().numpy(), data.train_labels[:500].numpy()
     np.savez(tmp_path / "small.npz", x=images, y=labels)
     script = textwrap.dedent(f"""
         import pathlib, sys, time, torch
@@ -165,7 +165,7 @@ def test_fid_every_does_not_change_training(fid_trial):
 
 
 def test_unlabeled_data_warns_and_skips(data, tmp_path, fid_trial):
-    np.savez(tmp_path / "nolabels.npz", x=(data.train[:300] * 255).round().byte().numpy())
+    np.savez(tmp_path / "nolabels.npz", x=(data.train[:500] * 255).round().byte().numpy())
     with pytest.warns(UserWarning, match="no labels"):
         result = train_vae({**fid_trial, "dataset": f"npz:{tmp_path / 'nolabels.npz'}", "max_eval": None})
     assert not any(k.startswith("fid_") for k in result.summary)

@@ -24,7 +24,7 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse prints usage too by default)
-        raise UsageError(f"{message} (see: python -m vaesweep {self.prog.split()[-1]} --help)")
+        raise UsageError(f"{message} (see: python -m {self.prog} --help)")  # prog: e.g. 'vaesweep data fetch'
 
 
 # --- train --------------------------------------------------------------------------------------
@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     fid_cli.add_commands(sub)
     from . import report_cli  # the report command (charts from analysis/)
     report_cli.add_commands(sub)
+    from . import data_cli  # data fetch mnist: the data cache (kept beside vaesweep/fetch.py)
+    data_cli.add_commands(sub)
     return parser
 
 

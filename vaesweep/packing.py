@@ -128,7 +128,7 @@ class PackedRun:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
-        data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, self.device)
+        data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, self.device, cfg.cache_dir)
         self.x_train, self.x_eval, self.data = data.train[: cfg.max_train], data.eval[: cfg.max_eval], data
         self.k = len(self.cfgs)
         self.latent = max(c.latent_dim for c in self.cfgs)

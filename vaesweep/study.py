@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from .data import check_available
 from .results import Progress, Recorder
 from .spec import Choice, Grid, LogUniform, RandInt, SpecError, StudySpec, Uniform
 
@@ -90,6 +91,15 @@ def check_resources(spec: StudySpec) -> None:
         if need > have.get(key, 0):
             raise SpecError(f"resources.{key.lower()}: each trial asks for {need:g} {key} but the Ray cluster "
                             f"has {have.get(key, 0):g}; lower resources.{key.lower()} or join a larger cluster with --address")
+
+
+def check_data(spec: StudySpec) -> None:
+    """Every data set the study names is there (DataError with the fix if not), before Ray starts."""
+    base, varied = spec.trial_base(), spec.space.get("dataset")
+    names = (varied.grid if isinstance(varied, Grid) else varied.choice if isinstance(varied, Choice)
+             else [base.get("dataset", "mnist5k")])
+    for name in names:
+        check_available(name, base.get("data_root"), base.get("cache_dir"))
 
 
 def _versions() -> dict:
@@ -184,6 +194,8 @@ def run_study(spec: StudySpec, address: str | None = None, storage: str | None =
     import ray
 
     out = study_dir(spec, storage)
+    if not (address or os.environ.get("RAY_ADDRESS")):  # a cluster's nodes may hold data this one lacks
+        check_data(spec)
     init_ray(address)
     claimed = spec
     spec = spec.model_copy(update={"resources": spec.resources.resolved(ray.cluster_resources().get("GPU", 0))})

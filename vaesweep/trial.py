@@ -63,7 +63,7 @@ class TrialRun:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
-        data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, self.device)
+        data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, self.device, cfg.cache_dir)
         self.x_train = data.train[: cfg.max_train]
         self.x_eval = data.eval[: cfg.max_eval]
         self.data = data
