@@ -50,5 +50,5 @@ def test_too_small_npz_one_line_exit_2(tmp_path, capsys):
     np.savez(tmp_path / "three.npz", x=np.zeros((3, 28, 28), np.uint8))
     assert main(["train", "--dataset", f"npz:{tmp_path / 'three.npz'}", *TINY]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"vaesweep: error: dataset 'npz:{tmp_path / 'three.npz'}' has 2 training and 1 eval images; need at least "
-        "128 and 100 (an npz is split 80%/20%: give at least 500 images)"]
+        f"vaesweep: error: dataset 'npz:{tmp_path / 'three.npz'}' has 2 training and 1 eval images; "
+        "need at least 128 and 100 (an npz is split 80%/20%: give at least 500 images)"]

@@ -37,8 +37,8 @@ def test_too_few_images_name_the_numbers(tmp_path):
     np.savez(tmp_path / "three.npz", x=np.zeros((3, 28, 28), np.uint8))
     with pytest.raises(DataError) as err:
         load_dataset(f"npz:{tmp_path / 'three.npz'}")
-    assert str(err.value) == (f"dataset 'npz:{tmp_path / 'three.npz'}' has 2 training and 1 eval images; need at "
-                              "least 128 and 100 (an npz is split 80%/20%: give at least 500 images)")
+    assert str(err.value) == (f"dataset 'npz:{tmp_path / 'three.npz'}' has 2 training and 1 eval images; "
+                              "need at least 128 and 100 (an npz is split 80%/20%: give at least 500 images)")
     np.savez(tmp_path / "enough.npz", x=np.zeros((500, 28, 28), np.uint8))
     assert len(load_dataset(f"npz:{tmp_path / 'enough.npz'}").eval) == 100  # the stated number suffices
 

