@@ -6,6 +6,9 @@ with ``vaesweep.trainable``. The experiment lives in ``<storage>/<name>/tune``: 
 study again restores it with Ray's own ``Tuner.restore`` — finished trials are kept, unfinished
 ones resume from their last checkpoint — and trials are retried ``retries`` times
 (``FailureConfig``) from their last checkpoint when a worker or node dies.
+
+Before anything starts, the folder's existing files are checked (``StudyFolderError`` for a corrupt or
+foreign one) and the driver takes the folder's lock (vaesweep.lock: one driver per study folder).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from pathlib import Path
 
 import yaml
 
-from .results import Progress, Recorder
+from .lock import driver_lock
+from .results import SPEC_COPY, Progress, Recorder, check_study_folder, read_spec_copy
 from .spec import Choice, Grid, LogUniform, RandInt, SpecError, StudySpec, Uniform
+from .tracking import check_extras, tracking_callbacks
 
 EXPERIMENT_DIR = "tune"
-SPEC_COPY = "study.yaml"
 
 
 def study_dir(spec: StudySpec, storage: str | None = None) -> Path:
@@ -106,7 +110,7 @@ def _claim_dir(spec: StudySpec, out: Path) -> None:
     """Write the spec copy and versions; refuse to mix two different specs in one folder."""
     copy = out / SPEC_COPY
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    if copy.exists() and not _same_study(yaml.safe_load(copy.read_text()), spec):
+    if copy.exists() and not _same_study(read_spec_copy(out), spec):
         raise SpecError(f"'{out}' holds results of a different '{spec.name}' study; give the changed study a new "
                         "name, or remove that folder to start over")
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +177,8 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict |
             name=experiment.name, storage_path=str(experiment.parent), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[Recorder(out, progress=progress), JsonLoggerCallback(), CSVLoggerCallback()],
+            callbacks=[Recorder(out, progress=progress), JsonLoggerCallback(), CSVLoggerCallback(),
+                       *tracking_callbacks(spec, out)],
         ),
     )
 
@@ -184,17 +189,21 @@ def run_study(spec: StudySpec, address: str | None = None, storage: str | None =
     import ray
 
     out = study_dir(spec, storage)
-    init_ray(address)
-    claimed = spec
-    spec = spec.model_copy(update={"resources": spec.resources.resolved(ray.cluster_resources().get("GPU", 0))})
-    check_resources(spec)
-    _claim_dir(claimed, out)
-    if spec.search.type != "optuna":
-        build_tuner(spec, out, quiet).fit()
-        return out
-    for setting in spec.settings():  # one constrained Optuna search per fixed setting
-        build_tuner(spec, out, quiet, setting).fit()
-        write_lambda_star(spec, out)
+    check_extras(spec)
+    check_study_folder(out)  # a corrupt or foreign folder: refused before Ray starts
+    with driver_lock(out):
+        init_ray(address)
+        claimed = spec
+        gpus = ray.cluster_resources().get("GPU", 0)
+        spec = spec.model_copy(update={"resources": spec.resources.resolved(gpus)})
+        check_resources(spec)
+        _claim_dir(claimed, out)
+        if spec.search.type != "optuna":
+            build_tuner(spec, out, quiet).fit()
+            return out
+        for setting in spec.settings():  # one constrained Optuna search per fixed setting
+            build_tuner(spec, out, quiet, setting).fit()
+            write_lambda_star(spec, out)
     return out
 
 
