@@ -184,8 +184,9 @@ def test_second_driver_refused_and_a_tracked_study(tmp_path):
                        space={"latent_dim": {"grid": [2, 4]}, "lam": {"grid": [1.0]}},
                        callbacks=["tensorboard", "mlflow"])
     storage, study = tmp_path / "runs", tmp_path / "runs" / "tracked"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     first = subprocess.Popen([sys.executable, "-m", "vaesweep", "run", str(path), "--storage", str(storage)],
-                             cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True,
+                             cwd=tmp_path, env={**env, "PYTHONUNBUFFERED": "1"}, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         while not (study / INFO_FILE).exists() and first.poll() is None:
@@ -205,9 +206,10 @@ def test_second_driver_refused_and_a_tracked_study(tmp_path):
     t = load_study(study)
     assert len(t.trials) == 2 and (t.trials["status"] == "done").all()
     assert not (study / INFO_FILE).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "tracked.yaml"]  # nothing outside the study
 
-    # MLflow: one run per trial, params and per-epoch metric histories, in runs/<name>/mlruns
-    client = MlflowClient(tracking_uri=(study / "mlruns").as_uri())
+    # MLflow: one run per trial, params and per-epoch metric histories, in runs/<name>/mlflow.db
+    client = MlflowClient(tracking_uri=f"sqlite:///{study / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tracked")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 2

@@ -3,8 +3,10 @@
 - ``tensorboard``: Ray's ``TBXLoggerCallback``; event files in every trial's folder under
   ``<study>/tune``, so ``tensorboard --logdir runs/<name>/tune`` shows the per-epoch scalars.
 - ``mlflow``: Ray's ``MLflowLoggerCallback``; one MLflow run per trial (its config as params, the
-  per-epoch metrics as histories) in the file store ``<study>/mlruns``, experiment = study name:
-  ``mlflow ui --backend-store-uri runs/<name>/mlruns``.
+  per-epoch metrics as histories), experiment = study name, in ``$MLFLOW_TRACKING_URI`` if set, else
+  in the study's own SQLite store ``<study>/mlflow.db`` (artifacts in ``<study>/mlruns``):
+  ``mlflow ui --backend-store-uri sqlite:///runs/<name>/mlflow.db``. (MLflow 3 refuses its old
+  ``./mlruns`` file store unless MLFLOW_ALLOW_FILE_STORE=true; SQLite is the store it recommends.)
 
 Both get the numbers of each epoch's result only (n_active, law_residual_max, elbo, train_loss, ...):
 the per-latent tables stay in the Parquet files. A packed trial's configurations come as ``c<i>/<metric>``.
@@ -13,6 +15,7 @@ the per-latent tables stay in the Parquet files. A packed trial's configurations
 from __future__ import annotations
 
 import importlib.util
+import os
 from numbers import Number
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from ray.tune.logger import TBXLoggerCallback
 
 from .spec import SpecError, StudySpec
 
-MLRUNS = "mlruns"
+MLFLOW_DB, MLFLOW_ARTIFACTS = "mlflow.db", "mlruns"
 NEEDS = {"tensorboard": "tensorboardX", "mlflow": "mlflow"}  # callback -> the module its extra installs
 
 
@@ -39,6 +42,20 @@ class TensorBoardCallback(TBXLoggerCallback):
 
 
 class MLflowCallback(MLflowLoggerCallback):
+    def __init__(self, tracking_uri: str, experiment_name: str, artifacts: Path):
+        super().__init__(tracking_uri, experiment_name=experiment_name)
+        self.artifacts = artifacts
+
+    def setup(self, *args, **kwargs):
+        # Ray would create the experiment with MLflow's default artifact root, ./mlruns of the
+        # working directory: create it first with its artifact root inside the study folder.
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)
+        if client.get_experiment_by_name(self.experiment_name) is None:
+            client.create_experiment(self.experiment_name, artifact_location=self.artifacts.as_uri())
+        super().setup(*args, **kwargs)
+
     def log_trial_result(self, iteration, trial, result):
         super().log_trial_result(iteration, trial, scalar_metrics(result))
 
@@ -56,6 +73,6 @@ def tracking_callbacks(spec: StudySpec, out: Path) -> list:
     if "tensorboard" in spec.callbacks:
         callbacks.append(TensorBoardCallback())
     if "mlflow" in spec.callbacks:
-        callbacks.append(MLflowCallback(tracking_uri=(out / MLRUNS).absolute().as_uri(),
-                                        experiment_name=spec.name))
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / MLFLOW_DB).absolute()}"
+        callbacks.append(MLflowCallback(uri, spec.name, (out / MLFLOW_ARTIFACTS).absolute()))
     return callbacks
