@@ -50,7 +50,7 @@ def _garbage_table(study):
 
 def _foreign_table(study):
     pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}).to_parquet(study / "trials.parquet")
-    return study / "trials.parquet", "is not a vaesweep results table (no trial_id, status column)"
+    return study / "trials.parquet", "is not a vaesweep results table (no trial_id, status columns)"
 
 
 def _foreign_epochs(study):

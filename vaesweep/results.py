@@ -94,7 +94,8 @@ def _read_table(path: Path, table: str) -> pd.DataFrame:
         raise _foreign(file, "is not a vaesweep results table", why) from None
     missing = [c for c in REQUIRED_COLUMNS.get(table, ("trial_id",)) if c not in df]
     if len(df.columns) and missing:  # an empty table (no trials yet) has no columns
-        raise _foreign(file, "is not a vaesweep results table", f"no {', '.join(missing)} column")
+        why = f"no {', '.join(missing)} column" + "s" * (len(missing) > 1)
+        raise _foreign(file, "is not a vaesweep results table", why)
     return df
 
 
