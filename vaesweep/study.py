@@ -186,24 +186,27 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict |
 def run_study(spec: StudySpec, address: str | None = None, storage: str | None = None,
               quiet: bool = False) -> Path:
     """Run (or continue) a study; returns its results folder."""
-    import ray
-
     out = study_dir(spec, storage)
     check_extras(spec)
     check_study_folder(out)  # a corrupt or foreign folder: refused before Ray starts
-    with driver_lock(out):
-        init_ray(address)
-        claimed = spec
-        gpus = ray.cluster_resources().get("GPU", 0)
-        spec = spec.model_copy(update={"resources": spec.resources.resolved(gpus)})
-        check_resources(spec)
-        _claim_dir(claimed, out)
-        if spec.search.type != "optuna":
-            build_tuner(spec, out, quiet).fit()
-            return out
-        for setting in spec.settings():  # one constrained Optuna search per fixed setting
-            build_tuner(spec, out, quiet, setting).fit()
-            write_lambda_star(spec, out)
+    with driver_lock(out):  # one driver per study folder
+        return _run_locked(spec, out, address, quiet)
+
+
+def _run_locked(spec: StudySpec, out: Path, address: str | None, quiet: bool) -> Path:
+    import ray
+
+    init_ray(address)
+    claimed = spec
+    spec = spec.model_copy(update={"resources": spec.resources.resolved(ray.cluster_resources().get("GPU", 0))})
+    check_resources(spec)
+    _claim_dir(claimed, out)
+    if spec.search.type != "optuna":
+        build_tuner(spec, out, quiet).fit()
+        return out
+    for setting in spec.settings():  # one constrained Optuna search per fixed setting
+        build_tuner(spec, out, quiet, setting).fit()
+        write_lambda_star(spec, out)
     return out
 
 
