@@ -116,13 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
+    from .results import StudyFolderError
     from .spec import SpecError
     from .trial import TrainingDiverged
 
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (UsageError, DataError, SpecError, TrainingDiverged) as err:
+    except (UsageError, DataError, SpecError, StudyFolderError, TrainingDiverged) as err:
         print(f"vaesweep: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

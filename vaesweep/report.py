@@ -17,7 +17,6 @@ import html
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from analysis.capacity import active_vs_latent_dim
 from analysis.chart import Chart
@@ -29,7 +28,7 @@ from analysis.noise import noise_chart
 from analysis.two_stage import two_stage_chart
 from analysis.samples import sample_grids
 
-from .results import load_study
+from .results import load_study, read_spec_copy
 
 REPORT_DIR = "report"
 LAMBDA_STAR = "lambda_star.parquet"
@@ -67,7 +66,7 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
     """Every chart of the study, in report order, and the facts the page header shows."""
     study_dir = Path(study_dir)
     t = load_study(study_dir)
-    spec = yaml.safe_load((study_dir / "study.yaml").read_text()) if (study_dir / "study.yaml").exists() else {}
+    spec = read_spec_copy(study_dir)
     chosen = choose_trials(t.trials, spec.get("metric", "elbo"), spec.get("mode", "max"), chosen_ids)
     lam_star = pd.read_parquet(study_dir / LAMBDA_STAR) if (study_dir / LAMBDA_STAR).exists() else None
     charts = [

@@ -11,7 +11,8 @@ In ``runs/<name>/``:
 
 ``Recorder`` is a Ray Tune callback; it keeps rows in memory, deduplicated by
 (trial, epoch) so a resumed study never doubles a row, and rewrites the files atomically.
-``load_study(path)`` reads them back.
+``load_study(path)`` reads them back; a folder whose tables or ``study.yaml`` are not vaesweep's
+(garbage bytes, another tool's Parquet) raises ``StudyFolderError`` naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import yaml
 from ray import tune
 
 from .config import trial_fields
@@ -39,14 +42,67 @@ class StudyTables:
     trace: pd.DataFrame
 
 
+SPEC_COPY = "study.yaml"  # the spec a study folder was run with (written by vaesweep.study)
+REQUIRED_COLUMNS = {"trials": ("trial_id", "status")}  # the other tables: trial_id
+
+
+class StudyFolderError(ValueError):
+    """A study folder with files vaesweep did not write; the message is one line naming the file and the fix."""
+
+
 def load_study(path: str | Path) -> StudyTables:
     """The DataFrames of a study directory (``runs/<name>``); missing tables are empty."""
     path = Path(path)
     if not (path / "trials.parquet").exists():
         raise FileNotFoundError(f"no study results in '{path}'; run a study first (python -m vaesweep run STUDY.yaml)")
-    frames = {t: pd.read_parquet(path / f"{t}.parquet") if (path / f"{t}.parquet").exists() else pd.DataFrame()
-              for t in TABLES}
-    return StudyTables(**frames)
+    read_spec_copy(path)
+    return StudyTables(**{t: _read_table(path, t) for t in TABLES})
+
+
+def check_study_folder(path: Path) -> None:
+    """Raise ``StudyFolderError`` unless the vaesweep files already in ``path`` are readable and vaesweep's."""
+    if (path / "trials.parquet").exists():
+        load_study(path)
+    else:
+        read_spec_copy(path)
+
+
+def read_spec_copy(path: Path) -> dict:
+    """The saved spec of a study folder as a mapping ({} where there is none)."""
+    copy = Path(path) / SPEC_COPY
+    if not copy.exists():
+        return {}
+    try:
+        spec = yaml.safe_load(copy.read_text())
+        named = isinstance(spec, dict) and isinstance(spec.get("name"), str)
+        problem = None if named else "no study name in it"
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = f"not YAML: {type(err).__name__}"
+    if problem is not None:
+        raise _foreign(copy, "is not a vaesweep study spec", problem)
+    return spec
+
+
+def _read_table(path: Path, table: str) -> pd.DataFrame:
+    file = path / f"{table}.parquet"
+    if not file.exists():
+        return pd.DataFrame()
+    try:
+        df = pd.read_parquet(file)
+    except (pa.ArrowException, OSError) as err:
+        why = str(err).split("': ", 1)[-1].split(". ")[0].rstrip(".")  # drop pyarrow's own path and advice
+        raise _foreign(file, "is not a vaesweep results table", why) from None
+    missing = [c for c in REQUIRED_COLUMNS.get(table, ("trial_id",)) if c not in df]
+    if len(df.columns) and missing:  # an empty table (no trials yet) has no columns
+        why = f"no {', '.join(missing)} column" + "s" * (len(missing) > 1)
+        raise _foreign(file, "is not a vaesweep results table", why)
+    return df
+
+
+def _foreign(file: Path, what: str, why: str) -> StudyFolderError:
+    study = file.parent
+    return StudyFolderError(f"{file} {what} ({why}); delete {study} to start the study afresh, "
+                            f"or give the folder of a vaesweep study (e.g. runs/smoke)")
 
 
 def _write(df: pd.DataFrame, path: Path) -> None:

@@ -12,6 +12,7 @@
     max_concurrent: 8
     retries: 2
     storage: runs                             # results in <storage>/<name>/
+    callbacks: [tensorboard, mlflow]          # optional tracking (vaesweep.tracking)
 
 ``experiment: noise`` with ``noise: {...}`` (vaesweep.noise.NoiseSettings) runs the Sec. 5 noise
 experiment in every trial instead (no scheduler, no epochs: see studies/noise.yaml).
@@ -25,6 +26,7 @@ a TrialConfig field, so a negative lambda or an unknown dataset is caught in the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,7 +119,7 @@ class Resources(_Strict):
 
 
 class StudySpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description="the study's folder under storage: one folder name")
     dataset: str | None = Field(None, description="shorthand for base.dataset")
     data_root: str | None = None
     base: dict[str, Any] = Field(default_factory=dict)
@@ -136,6 +138,16 @@ class StudySpec(_Strict):
     noise: NoiseSettings | None = Field(None, description="the noise experiment's phases (experiment: noise)")
     pack: Literal["auto", "off"] | int = Field("auto", description="configurations trained together per Ray "
                                                "trial (vaesweep.packing): auto (16 with a GPU, else off), K, or off")
+    callbacks: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="tracking through Ray Tune's logger callbacks (vaesweep.tracking)")
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v) or v in (".", ".."):
+            raise ValueError("a study name is one folder name: letters, digits, '_', '-', '.' but not '.' "
+                             "or '..' (e.g. capacity_v2)")
+        return v
 
     @field_validator("seeds")
     @classmethod

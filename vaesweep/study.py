@@ -6,6 +6,9 @@ with ``vaesweep.trainable``. The experiment lives in ``<storage>/<name>/tune``: 
 study again restores it with Ray's own ``Tuner.restore`` — finished trials are kept, unfinished
 ones resume from their last checkpoint — and trials are retried ``retries`` times
 (``FailureConfig``) from their last checkpoint when a worker or node dies.
+
+Before anything starts, the folder's existing files are checked (``StudyFolderError`` for a corrupt or
+foreign one) and the driver takes the folder's lock (vaesweep.lock: one driver per study folder).
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from pathlib import Path
 import yaml
 
 from .data import check_available
-from .results import Progress, Recorder
+from .lock import driver_lock
+from .results import SPEC_COPY, Progress, Recorder, check_study_folder, read_spec_copy
 from .spec import Choice, Grid, LogUniform, RandInt, SpecError, StudySpec, Uniform
+from .tracking import check_extras, tracking_callbacks
 
 EXPERIMENT_DIR = "tune"
-SPEC_COPY = "study.yaml"
 
 
 def study_dir(spec: StudySpec, storage: str | None = None) -> Path:
@@ -116,7 +120,7 @@ def _claim_dir(spec: StudySpec, out: Path) -> None:
     """Write the spec copy and versions; refuse to mix two different specs in one folder."""
     copy = out / SPEC_COPY
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    if copy.exists() and not _same_study(yaml.safe_load(copy.read_text()), spec):
+    if copy.exists() and not _same_study(read_spec_copy(out), spec):
         raise SpecError(f"'{out}' holds results of a different '{spec.name}' study; give the changed study a new "
                         "name, or remove that folder to start over")
     out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +187,8 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict |
             name=experiment.name, storage_path=str(experiment.parent), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[Recorder(out, progress=progress), JsonLoggerCallback(), CSVLoggerCallback()],
+            callbacks=[Recorder(out, progress=progress), JsonLoggerCallback(), CSVLoggerCallback(),
+                       *tracking_callbacks(spec, out)],
         ),
     )
 
@@ -191,11 +196,18 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict |
 def run_study(spec: StudySpec, address: str | None = None, storage: str | None = None,
               quiet: bool = False) -> Path:
     """Run (or continue) a study; returns its results folder."""
-    import ray
-
     out = study_dir(spec, storage)
+    check_extras(spec)
+    check_study_folder(out)  # a corrupt or foreign folder: refused before Ray starts
     if not (address or os.environ.get("RAY_ADDRESS")):  # a cluster's nodes may hold data this one lacks
         check_data(spec)
+    with driver_lock(out):  # one driver per study folder
+        return _run_locked(spec, out, address, quiet)
+
+
+def _run_locked(spec: StudySpec, out: Path, address: str | None, quiet: bool) -> Path:
+    import ray
+
     init_ray(address)
     claimed = spec
     spec = spec.model_copy(update={"resources": spec.resources.resolved(ray.cluster_resources().get("GPU", 0))})

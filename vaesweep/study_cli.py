@@ -35,11 +35,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_status(path: Path) -> int:
-    import yaml
+    from .results import best_trials, load_study, progress_line, read_spec_copy
 
-    from .results import best_trials, load_study, progress_line
-
-    spec = yaml.safe_load((path / "study.yaml").read_text()) if (path / "study.yaml").exists() else {}
+    spec = read_spec_copy(path)
     metric, mode = spec.get("metric", "elbo"), spec.get("mode", "max")
     trials = load_study(path).trials
     print(progress_line(spec.get("name", path.name), trials, len(trials), metric, mode))
