@@ -134,18 +134,20 @@ def test_same_images_same_score(data, scorer, trained):
 def test_zeroed_equals_prior_when_all_active_and_collapses_when_none(scorer, fid_trial):
     model = train_vae({**fid_trial, "fid": False}).model
     all_on = fid.generation_scores(model, scorer, [True] * 4, seed=0)
-    assert all_on["fid_zeroed"] == all_on["fid_prior"]
-    assert set(all_on) == {"fid_prior", "fid_recon", "fid_zeroed", "fid_seconds"}
+    assert all_on["fid_zeroed"] == all_on["fid_prior"] and all_on["fid_zeroed_pixel_change"] == 0.0
+    assert set(all_on) == {"fid_prior", "fid_recon", "fid_zeroed", "fid_zeroed_pixel_change", "fid_seconds"}
     all_off = fid.generation_scores(model, scorer, [False] * 4, seed=0)  # one image repeated N times
     assert all_off["fid_prior"] == all_on["fid_prior"] and all_off["fid_zeroed"] > all_on["fid_prior"]
+    assert 0.01 < all_off["fid_zeroed_pixel_change"] < 1  # every sample replaced by the decoded origin
 
 
 def test_trial_reports_scores_at_the_end_deterministically(fid_trial):
     reports = []
     a = train_vae(fid_trial, reports.append)
     assert "fid_prior" not in reports[0] and "fid_prior" in reports[-1]
-    scores = {k: reports[-1][k] for k in ("fid_prior", "fid_recon", "fid_zeroed")}
-    assert all(math.isfinite(v) and v > 0 for v in scores.values())
+    scores = {k: reports[-1][k] for k in ("fid_prior", "fid_recon", "fid_zeroed", "fid_zeroed_pixel_change")}
+    assert all(math.isfinite(v) and v >= 0 for v in scores.values())
+    assert scores["fid_prior"] > 0 and scores["fid_zeroed_pixel_change"] < 1
     assert scores["fid_recon"] < scores["fid_prior"]  # reconstructions beat random generations
     assert reports[-1]["fid_net_accuracy"] > 0.97 and reports[-1]["fid_seconds"] > 0
     assert {k: a.summary[k] for k in scores} == scores  # the result's summary carries them too
