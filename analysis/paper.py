@@ -107,7 +107,6 @@ def _rows() -> list[Row]:
 
 
 ROWS = _rows()
-PAPER_RANGES = {r.column: r.paper for r in ROWS if r.arch == "dense"}  # the numbers Table 1 gives
 
 
 # --- which trials -----------------------------------------------------------------------------
@@ -115,9 +114,11 @@ PAPER_RANGES = {r.column: r.paper for r in ROWS if r.arch == "dense"}  # the num
 def paper_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """The finished trials with the paper's settings (dense or conv, latent 16, lambda 1, plain loss)."""
     df = with_defaults(trials)
-    if not len(df):
-        return df
-    keep = df["arch"].isin(["dense", "conv"]) & (df["status"] == "done" if "status" in df else True)
+    if "n_active" not in df:
+        return df.iloc[:0]
+    keep = df["arch"].isin(["dense", "conv"]) & df["n_active"].notna()
+    if "status" in df:
+        keep &= df["status"] == "done"
     for field, value in PAPER_SETTINGS.items():
         keep &= df[field].isna() if value is None else np.isclose(df[field].astype(float), value)
     return df[keep].reset_index(drop=True)
@@ -170,7 +171,7 @@ def _row(row: Row, s: pd.DataFrame, trials: pd.DataFrame) -> dict:
     n = len(values)
     mean = float(values.mean()) if n else np.nan
     sd = float(values.std(ddof=1)) if n > 1 else np.nan
-    return {"paper": row.where, "arch": row.arch, "quantity": row.quantity, "paper value": row.paper_text,
+    return {"in the paper": row.where, "arch": row.arch, "quantity": row.quantity, "paper value": row.paper_text,
             "this study": _mean_sd(mean, sd, n, row.spec), "mean": mean, "sd": sd,
             "min": float(values.min()) if n else np.nan, "max": float(values.max()) if n else np.nan,
             "seeds": n, "data set": _data_text(trials), "minibatches": _steps_text(s["minibatches"]),

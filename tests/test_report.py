@@ -17,8 +17,10 @@ import yaml
 from analysis.capacity import onset_of_sparsity
 from analysis.latents import table1
 from analysis.law import law_heatmap
+from analysis.paper import paper_chart
 from vaesweep.cli import main
 from vaesweep.report import build_report, choose_trials, to_markdown
+from vaesweep.results import load_study
 
 ALL_CHARTS = ("capacity", "law_heatmap", "table1", "fig2_var_mu", "fid", "fig3_samples", "gain_vs_kl")
 
@@ -388,7 +390,7 @@ def test_paper_section_puts_the_papers_numbers_beside_the_seeds(tmp_path):
     assert page.index('id="paper"') < page.index('id="capacity"')  # first, before the other charts
     assert (index.parent / "paper.png").is_file()
     t = paper_table(index)
-    assert list(t.columns[:2]) == ["paper", "paper value"]
+    assert list(t.columns[:2]) == ["in the paper", "paper value"]
     dense = t.loc["dense"]
     active = dense.loc["active variables (of 16)"]
     numbers = [active[c] for c in ("paper value", "mean", "sd", "min", "max", "seeds")]
@@ -414,7 +416,7 @@ def test_paper_section_puts_the_papers_numbers_beside_the_seeds(tmp_path):
     pixel = dense.loc["mean pixel change from zeroing the inactive variables (images in [0, 1])"]
     assert (pixel["mean"], pixel["min"], pixel["max"]) == (pytest.approx(0.002), 0.001, 0.003)
     conv = t.loc[("conv", "active variables (of 16)")]
-    assert (conv["paper"], conv["paper value"], conv["mean"], conv["min"], conv["max"]) == (
+    assert (conv["in the paper"], conv["paper value"], conv["mean"], conv["min"], conv["max"]) == (
         "Sec. 3.1, Fig. 4", "13 of 16", 13.0, 12, 14)
     seeds = pd.read_csv(index.parent / "paper_seeds.csv")
     assert "p_other" not in set(seeds["trial_id"]) and len(seeds) == 6  # the unrelated trial is left out
@@ -424,19 +426,23 @@ def test_paper_section_puts_the_papers_numbers_beside_the_seeds(tmp_path):
 
 
 def test_paper_section_counts_settled_seeds_and_says_when_few(tmp_path):
-    study = paper_study(tmp_path / "few", dense_seeds=(0, 1), conv_seeds=(0, 1, 2),
-                        settled={"p_00002": False}, fid=False)
-    index = build_report(study)
-    page = index.read_text()
-    t = paper_table(index)
+    study = load_study(paper_study(tmp_path / "few", dense_seeds=(0, 1), conv_seeds=(0, 1, 2),
+                                   settled={"p_00002": False}, fid=False))
+    chart = paper_chart(study.trials, study.latents, study.epochs)  # from Python, on the DataFrames
+    t = chart.tables["paper_side_by_side"].set_index(["arch", "quantity"])
     dense = t.loc[("dense", "active variables (of 16)")]
     assert dense["seeds"] == 2 and dense["reading"].endswith("only 2 seeds, fewer than 3.")
     conv = t.loc[("conv", "active variables (of 16)")]
     assert (conv["seeds"], conv["min"], conv["max"]) == (2, 13, 14)  # conv seed 0 (p_00002) left out
-    assert "conv: 2 seeds counted, 1 of 3 seeds left out: not settled" in page
-    assert "Fewer than 3 seeds for dense and conv" in page
+    assert "conv: 2 seeds counted, 1 of 3 seeds left out: not settled" in chart.reading
+    assert "Fewer than 3 seeds for dense and conv" in chart.reading
     pixel = t.loc[("dense", "mean pixel change from zeroing the inactive variables (images in [0, 1])")]
     assert pixel["seeds"] == 0 and pixel["reading"].startswith("Not measured")
+    none = study.trials.assign(settled=False)  # every seed unsettled: the section says so, draws nothing
+    chart = paper_chart(none, study.latents, study.epochs)
+    assert chart.skipped and "dense: 0 seeds counted, 2 of 2 seeds left out: not settled" in chart.reading
+    warm = study.trials.assign(warmup_steps=100)  # a remedy of Sec. 6.1 is not the paper's plain VAE
+    assert paper_chart(warm, study.latents, study.epochs).reading.startswith("No finished trial has the paper")
 
 
 def test_paper_section_absent_without_matching_trials(synthetic_report):
