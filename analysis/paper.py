@@ -171,7 +171,8 @@ def _row(row: Row, s: pd.DataFrame, trials: pd.DataFrame) -> dict:
     n = len(values)
     mean = float(values.mean()) if n else np.nan
     sd = float(values.std(ddof=1)) if n > 1 else np.nan
-    return {"in the paper": row.where, "arch": row.arch, "quantity": row.quantity, "paper value": row.paper_text,
+    return {"in the paper": row.where, "arch": row.arch, "quantity": row.quantity,
+            "paper value": row.paper_text,
             "this study": _mean_sd(mean, sd, n, row.spec), "mean": mean, "sd": sd,
             "min": float(values.min()) if n else np.nan, "max": float(values.max()) if n else np.nan,
             "seeds": n, "data set": _data_text(trials), "minibatches": _steps_text(s["minibatches"]),

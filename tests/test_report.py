@@ -368,7 +368,8 @@ def paper_study(path: Path, dense_seeds=(0, 1, 2), conv_seeds=(0, 1, 2), settled
                             "active": active})
     trials.append({"trial_id": "p_other", "arch": "dense", "latent_dim": 8, "lam": 2.0, "seed": 0,
                    "epochs": 2, "status": "done", "error": None, "n_active": 5, "n_inactive": 3,
-                   "law_residual_max": 0.05, "mean_mu_abs_max": 0.01, "recon": 95.0, "kl": 10.0, "elbo": -105.0, "kl_working": True})
+                   "law_residual_max": 0.05, "mean_mu_abs_max": 0.01, "recon": 95.0, "kl": 10.0, "elbo": -105.0,
+                   "kl_working": True})
     df = pd.DataFrame(trials)
     if settled is not None:
         df["settled"] = df["trial_id"].map(settled).fillna(True).astype(bool)
@@ -442,7 +443,7 @@ def test_paper_section_counts_settled_seeds_and_says_when_few(tmp_path):
     chart = paper_chart(none, study.latents, study.epochs)
     assert chart.skipped and "dense: 0 seeds counted, 2 of 2 seeds left out: not settled" in chart.reading
     warm = study.trials.assign(warmup_steps=100)  # a remedy of Sec. 6.1 is not the paper's plain VAE
-    assert paper_chart(warm, study.latents, study.epochs).reading.startswith("No finished trial has the paper")
+    assert paper_chart(warm, study.latents, study.epochs).reading.startswith("No finished trial has the")
 
 
 def test_paper_section_absent_without_matching_trials(synthetic_report):
