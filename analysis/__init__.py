@@ -13,6 +13,7 @@ figure, its reading saying why. ``python -m vaesweep report runs/<name>`` puts t
     fid_chart(t.trials)                             # FID-proxy against lambda and latent_dim
     sample_grids("runs/capacity", chosen, t.latents)   # Fig. 3, from the trials' checkpoints
     gain_vs_kl(t.latents, t.trials)                 # Sec. 5
+    paper_chart(t.trials, t.latents, t.epochs)      # the paper's numbers beside the study's (latent 16, λ 1)
 """
 
 from .capacity import active_vs_latent_dim, onset_of_sparsity
@@ -20,7 +21,8 @@ from .chart import Chart
 from .fid import fid_chart
 from .latents import gain_vs_kl, table1, var_mu_history
 from .law import law_heatmap
+from .paper import paper_chart
 from .samples import sample_grids
 
 __all__ = ["Chart", "active_vs_latent_dim", "onset_of_sparsity", "law_heatmap", "table1", "var_mu_history",
-           "fid_chart", "sample_grids", "gain_vs_kl"]
+           "fid_chart", "sample_grids", "gain_vs_kl", "paper_chart"]

@@ -10,8 +10,10 @@ import math
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur
@@ -19,6 +21,8 @@ from torchvision.transforms.functional import gaussian_blur
 from conftest import ROOT, vaesweep_cli
 from vaesweep import DataError, fid, load_dataset, train_vae
 from vaesweep.cli import build_parser, main
+from vaesweep.report import build_report
+from vaesweep.results import Recorder
 
 N = 500  # images per set in the distance tests
 
@@ -134,18 +138,20 @@ def test_same_images_same_score(data, scorer, trained):
 def test_zeroed_equals_prior_when_all_active_and_collapses_when_none(scorer, fid_trial):
     model = train_vae({**fid_trial, "fid": False}).model
     all_on = fid.generation_scores(model, scorer, [True] * 4, seed=0)
-    assert all_on["fid_zeroed"] == all_on["fid_prior"]
-    assert set(all_on) == {"fid_prior", "fid_recon", "fid_zeroed", "fid_seconds"}
+    assert all_on["fid_zeroed"] == all_on["fid_prior"] and all_on["fid_zeroed_pixel_change"] == 0.0
+    assert set(all_on) == {"fid_prior", "fid_recon", "fid_zeroed", "fid_zeroed_pixel_change", "fid_seconds"}
     all_off = fid.generation_scores(model, scorer, [False] * 4, seed=0)  # one image repeated N times
     assert all_off["fid_prior"] == all_on["fid_prior"] and all_off["fid_zeroed"] > all_on["fid_prior"]
+    assert 0.01 < all_off["fid_zeroed_pixel_change"] < 1  # every sample replaced by the decoded origin
 
 
 def test_trial_reports_scores_at_the_end_deterministically(fid_trial):
     reports = []
     a = train_vae(fid_trial, reports.append)
     assert "fid_prior" not in reports[0] and "fid_prior" in reports[-1]
-    scores = {k: reports[-1][k] for k in ("fid_prior", "fid_recon", "fid_zeroed")}
-    assert all(math.isfinite(v) and v > 0 for v in scores.values())
+    scores = {k: reports[-1][k] for k in ("fid_prior", "fid_recon", "fid_zeroed", "fid_zeroed_pixel_change")}
+    assert all(math.isfinite(v) and v >= 0 for v in scores.values())
+    assert scores["fid_prior"] > 0 and scores["fid_zeroed_pixel_change"] < 1
     assert scores["fid_recon"] < scores["fid_prior"]  # reconstructions beat random generations
     assert reports[-1]["fid_net_accuracy"] > 0.97 and reports[-1]["fid_seconds"] > 0
     assert {k: a.summary[k] for k in scores} == scores  # the result's summary carries them too
@@ -154,6 +160,31 @@ def test_trial_reports_scores_at_the_end_deterministically(fid_trial):
     assert {k: b.summary[k] for k in scores} == scores  # fixed seed: the same scores
     c = train_vae({**fid_trial, "seed": 1})
     assert c.summary["fid_prior"] != scores["fid_prior"]
+
+
+def test_pixel_change_reaches_the_tables_and_the_papers_section(fid_trial, tmp_path):
+    """A real tiny trial with the paper's settings (latent 16, lambda 1): fid_zeroed_pixel_change goes
+    through the Recorder into the epochs and trials tables, and the report compares it with Fig. 3."""
+    cfg = {**fid_trial, "latent_dim": 16, "lam": 1.0}
+    reports = []
+    result = train_vae(cfg, reports.append)
+    change = result.summary["fid_zeroed_pixel_change"]
+    assert change == reports[-1]["fid_zeroed_pixel_change"] and 0 <= change < 1
+    rec = Recorder(tmp_path, flush_every_s=1e9)
+    trial = SimpleNamespace(trial_id="t_00000", config=cfg, status="TERMINATED")
+    for m in reports:
+        rec.on_trial_result(0, [trial], trial, m)
+    rec.on_trial_complete(0, [trial], trial)
+    tables = rec.tables()
+    assert tables.trials["fid_zeroed_pixel_change"].iloc[0] == change
+    assert tables.epochs["fid_zeroed_pixel_change"].dropna().tolist() == [change]  # the FID epoch only
+    index = build_report(tmp_path)
+    assert 'id="paper"' in index.read_text()
+    side = pd.read_csv(index.parent / "paper_side_by_side.csv").set_index("quantity")
+    row = side.loc["mean pixel change from zeroing the inactive variables (images in [0, 1])"]
+    assert row["mean"] == pytest.approx(change) and row["seeds"] == 1
+    assert row["reading"].endswith("only 1 seed, fewer than 3.")
+    assert row["computed on"] == "300 prior samples against the first 300 eval images"
 
 
 def test_fid_every_does_not_change_training(fid_trial):

@@ -17,8 +17,10 @@ import yaml
 from analysis.capacity import onset_of_sparsity
 from analysis.latents import table1
 from analysis.law import law_heatmap
+from analysis.paper import paper_chart
 from vaesweep.cli import main
 from vaesweep.report import build_report, choose_trials, to_markdown
+from vaesweep.results import load_study
 
 ALL_CHARTS = ("capacity", "law_heatmap", "table1", "fig2_var_mu", "fid", "fig3_samples", "gain_vs_kl")
 
@@ -329,3 +331,121 @@ def test_report_command_rebuilds_for_chosen_trial(real_study, capsys):
     assert [p.name for p in out.glob("table1_*.csv")] == [f"table1_{tid}.csv"]
     assert (out / "fig3_samples.png").is_file()
     assert_refs_exist(out / "index.html")
+
+
+# --- the paper, side by side ------------------------------------------------------------------------
+
+def paper_study(path: Path, dense_seeds=(0, 1, 2), conv_seeds=(0, 1, 2), settled=None, fid=True) -> Path:
+    """Trials with the paper's settings (latent 16, lambda 1) and known numbers, plus one unrelated trial.
+
+    Dense seed s: 8 + s active variables, active laws 0.97 + 0.01 s .. 1.02 + 0.01 s, inactive mean
+    sigma^2 0.95 .. 0.99, inactive Var[mu] up to (s + 1) 1e-4, fid_prior 40 + s, fid_zeroed 0.1 above it,
+    pixel change 0.001 (s + 1). Conv seed s: 12 + s active. ``settled``: the settled column, by trial_id."""
+    trials, latents, epochs = [], [], []
+    runs = [("dense", s, 8 + s) for s in dense_seeds] + [("conv", s, 12 + s) for s in conv_seeds]
+    for i, (arch, seed, n_active) in enumerate(runs):
+        tid = f"p_{i:05d}"
+        row = {"trial_id": tid, "arch": arch, "latent_dim": 16, "lam": 1.0, "seed": seed, "epochs": 2,
+               "max_eval": 500, "fid_samples": 300, "status": "done", "error": None, "n_active": n_active,
+               "n_inactive": 16 - n_active, "law_residual_max": 0.05, "mean_mu_abs_max": 0.01, "recon": 90.0,
+               "kl": 20.0, "elbo": -110.0 - seed, "kl_working": True}
+        if fid:
+            row.update(fid_prior=40.0 + seed, fid_recon=10.0, fid_zeroed=40.1 + seed,
+                       fid_zeroed_pixel_change=0.001 * (seed + 1))
+        trials.append(row)
+        epochs += [{"trial_id": tid, "epoch": e, "step": 32 * e} for e in (1, 2)]
+        n_in = 16 - n_active
+        for j in range(16):
+            active = j < n_active
+            k = j if active else j - n_active
+            var_mu = 0.9 if active else (seed + 1) * 1e-4 * k / max(n_in - 1, 1)
+            if active:
+                sigma2 = 0.07 + 0.01 * seed + 0.05 * k / (n_active - 1)
+            else:
+                sigma2 = 0.95 + 0.04 * k / max(n_in - 1, 1)
+            latents.append({"trial_id": tid, "epoch": 2, "latent": j, "mean_mu": 0.0, "var_mu": var_mu,
+                            "mean_sigma2": sigma2, "law": var_mu + sigma2, "kl": 1.0, "recon_gain": 1.0,
+                            "active": active})
+    trials.append({"trial_id": "p_other", "arch": "dense", "latent_dim": 8, "lam": 2.0, "seed": 0,
+                   "epochs": 2, "status": "done", "error": None, "n_active": 5, "n_inactive": 3,
+                   "law_residual_max": 0.05, "mean_mu_abs_max": 0.01, "recon": 95.0, "kl": 10.0, "elbo": -105.0,
+                   "kl_working": True})
+    df = pd.DataFrame(trials)
+    if settled is not None:
+        df["settled"] = df["trial_id"].map(settled).fillna(True).astype(bool)
+    path.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(path / "trials.parquet", index=False)
+    pd.DataFrame(latents).to_parquet(path / "latents.parquet", index=False)
+    pd.DataFrame(epochs).to_parquet(path / "epochs.parquet", index=False)
+    return path
+
+
+def paper_table(index: Path) -> pd.DataFrame:
+    table = pd.read_csv(index.parent / "paper_side_by_side.csv", dtype={"minibatches": str})
+    return table.set_index(["arch", "quantity"])
+
+
+def test_paper_section_puts_the_papers_numbers_beside_the_seeds(tmp_path):
+    index = build_report(paper_study(tmp_path / "paper"))
+    page = index.read_text()
+    assert page.index('id="paper"') < page.index('id="capacity"')  # first, before the other charts
+    assert (index.parent / "paper.png").is_file()
+    t = paper_table(index)
+    assert list(t.columns[:2]) == ["in the paper", "paper value"]
+    dense = t.loc["dense"]
+    active = dense.loc["active variables (of 16)"]
+    numbers = [active[c] for c in ("paper value", "mean", "sd", "min", "max", "seeds")]
+    assert numbers == ["8 of 16", 9.0, 1.0, 8, 10, 3]
+    assert active["this study"] == "9 ± 1" and active["reading"].startswith("agrees: the paper's 8 of 16")
+    assert active["data set"] == "mnist5k (4,000 train images)" and active["minibatches"] == "64"
+    assert active["computed on"] == "eval split, 500 images"
+    low = dense.loc["lowest law (Var[μ] + mean σ²) of an active variable"]
+    assert low["paper value"] == "0.980" and low["mean"] == pytest.approx(0.98)
+    assert (low["min"], low["max"]) == (pytest.approx(0.97), pytest.approx(0.99))
+    high = dense.loc["highest law of an active variable"]
+    assert high["paper value"] == "1.033" and high["mean"] == pytest.approx(1.03)
+    s2 = dense.loc["lowest mean σ² of an inactive variable"]
+    assert s2["paper value"] == "0.960" and s2["mean"] == pytest.approx(0.95) and s2["sd"] == pytest.approx(0)
+    assert dense.loc["highest mean σ² of an inactive variable", "paper value"] == "0.999"
+    var_mu = dense.loc["largest Var[μ] of an inactive variable"]
+    assert var_mu["paper value"] == "0.00016" and var_mu["mean"] == pytest.approx(2e-4)
+    assert var_mu["reading"].startswith("agrees") and "within a factor of 10" in var_mu["reading"]
+    gap = dense.loc["FID-proxy change from zeroing the inactive variables (fid_zeroed − fid_prior)"]
+    assert gap["mean"] == pytest.approx(0.1) and gap["paper value"] == "≈ 0 (indistinguishable)"
+    assert "0.2% of fid_prior 41" in gap["reading"] and gap["reading"].startswith("agrees")
+    assert gap["computed on"] == "300 prior samples against the first 300 eval images"
+    pixel = dense.loc["mean pixel change from zeroing the inactive variables (images in [0, 1])"]
+    assert (pixel["mean"], pixel["min"], pixel["max"]) == (pytest.approx(0.002), 0.001, 0.003)
+    conv = t.loc[("conv", "active variables (of 16)")]
+    assert (conv["in the paper"], conv["paper value"], conv["mean"], conv["min"], conv["max"]) == (
+        "Sec. 3.1, Fig. 4", "13 of 16", 13.0, 12, 14)
+    seeds = pd.read_csv(index.parent / "paper_seeds.csv")
+    assert "p_other" not in set(seeds["trial_id"]) and len(seeds) == 6  # the unrelated trial is left out
+    assert "settled status unknown" in page and "60,000 digits" in page
+    assert "trained the dense trials on mnist5k (4,000 train images) for 64 minibatches of 128" in page
+    assert "Fewer than 3 seeds" not in page
+
+
+def test_paper_section_counts_settled_seeds_and_says_when_few(tmp_path):
+    study = load_study(paper_study(tmp_path / "few", dense_seeds=(0, 1), conv_seeds=(0, 1, 2),
+                                   settled={"p_00002": False}, fid=False))
+    chart = paper_chart(study.trials, study.latents, study.epochs)  # from Python, on the DataFrames
+    t = chart.tables["paper_side_by_side"].set_index(["arch", "quantity"])
+    dense = t.loc[("dense", "active variables (of 16)")]
+    assert dense["seeds"] == 2 and dense["reading"].endswith("only 2 seeds, fewer than 3.")
+    conv = t.loc[("conv", "active variables (of 16)")]
+    assert (conv["seeds"], conv["min"], conv["max"]) == (2, 13, 14)  # conv seed 0 (p_00002) left out
+    assert "conv: 2 seeds counted, 1 of 3 seeds left out: not settled" in chart.reading
+    assert "Fewer than 3 seeds for dense and conv" in chart.reading
+    pixel = t.loc[("dense", "mean pixel change from zeroing the inactive variables (images in [0, 1])")]
+    assert pixel["seeds"] == 0 and pixel["reading"].startswith("Not measured")
+    none = study.trials.assign(settled=False)  # every seed unsettled: the section says so, draws nothing
+    chart = paper_chart(none, study.latents, study.epochs)
+    assert chart.skipped and "dense: 0 seeds counted, 2 of 2 seeds left out: not settled" in chart.reading
+    warm = study.trials.assign(warmup_steps=100)  # a remedy of Sec. 6.1 is not the paper's plain VAE
+    assert paper_chart(warm, study.latents, study.epochs).reading.startswith("No finished trial has the")
+
+
+def test_paper_section_absent_without_matching_trials(synthetic_report):
+    _, index = synthetic_report  # latent 2..16 with lambda 0.5 and 2: none has the paper's settings
+    assert 'id="paper"' not in index.read_text() and not (index.parent / "paper_side_by_side.csv").exists()

@@ -18,7 +18,8 @@ This module owns:
   written atomically), with its test accuracy recorded beside the weights;
 - ``FidScorer``: real-image features computed once, any number of image sets scored against them;
 - ``generation_scores``: a trained VAE's ``fid_prior`` (z ~ N(0, I)), ``fid_recon`` (reconstructions)
-  and ``fid_zeroed`` (prior codes with the inactive variables set to 0: the Fig. 3 check).
+  and ``fid_zeroed`` (prior codes with the inactive variables set to 0: the Fig. 3 check), and the
+  mean pixel change that zeroing makes (``fid_zeroed_pixel_change``).
 
 Scores are comparable only at the same number of images and the same feature network (the Fréchet
 distance of finite samples is biased upward by roughly 1/N).
@@ -282,8 +283,9 @@ class FidScorer:
 
 
 def trial_scores(data: ImageData, cfg, model, active: list[bool], seed: int, scorer=None) -> tuple[dict, object]:
-    """A trial's FID-proxy scores (fid_prior, fid_recon, fid_zeroed, fid_seconds, fid_net_accuracy) and
-    the (scorer, feature net) pair to reuse next time; no scores, with a warning, for unlabelled data."""
+    """A trial's FID-proxy scores (fid_prior, fid_recon, fid_zeroed, fid_zeroed_pixel_change, fid_seconds,
+    fid_net_accuracy) and the (scorer, feature net) pair to reuse next time; no scores, with a warning, for
+    unlabelled data."""
     if not has_labels(data):
         warnings.warn(f"fid: dataset '{data.name}' has no labels to train the FID-proxy's feature "
                       "network; no fid_* scores (save labels as key 'y' in the npz, or set fid: false)")
@@ -310,18 +312,23 @@ def reconstructions(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Ten
 
 
 def generation_scores(model, scorer: FidScorer, active: list[bool], seed: int) -> dict:
-    """``fid_prior``, ``fid_recon``, ``fid_zeroed`` of a VAE against the scorer's N real images, plus
-    ``fid_seconds``, what the three cost.
+    """``fid_prior``, ``fid_recon``, ``fid_zeroed`` of a VAE against the scorer's N real images,
+    ``fid_zeroed_pixel_change`` and ``fid_seconds``, what they cost.
 
     N prior codes come from ``seed`` (the same z every call); ``fid_recon`` scores the mean
     reconstructions of the real images themselves; ``fid_zeroed`` decodes the prior codes with every
     inactive variable set to 0 (Fig. 3: close to ``fid_prior`` when those are truly unused).
+    ``fid_zeroed_pixel_change`` compares the two image sets directly: the mean absolute change of a
+    pixel (images in [0, 1]) between each prior sample and the same sample with the inactive variables
+    zeroed (Fig. 3: "indistinguishable" means close to 0).
     """
     t0 = time.perf_counter()
     real = scorer.real
     z = prior_codes(len(real), model.latent_dim, seed, real.device)
-    out = {"fid_prior": scorer.score(decode_images(model, z)),
+    prior, zeroed = decode_images(model, z), decode_images(model, zero_inactive(z, active))
+    out = {"fid_prior": scorer.score(prior),
            "fid_recon": scorer.score(reconstructions(model, real)),
-           "fid_zeroed": scorer.score(decode_images(model, zero_inactive(z, active)))}
+           "fid_zeroed": scorer.score(zeroed),
+           "fid_zeroed_pixel_change": float((prior - zeroed).abs().mean())}
     out["fid_seconds"] = time.perf_counter() - t0
     return out

@@ -25,6 +25,7 @@ from analysis.fid import FID_COLUMNS, fid_chart
 from analysis.latents import describe_trial, gain_vs_kl, table1, var_mu_history
 from analysis.law import law_heatmap
 from analysis.noise import noise_chart
+from analysis.paper import paper_chart, paper_trials
 from analysis.two_stage import two_stage_chart
 from analysis.samples import sample_grids
 
@@ -81,6 +82,8 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
     ]
     if spec.get("experiment") == "noise":
         charts.insert(0, noise_chart(t.epochs))
+    if len(paper_trials(t.trials)):  # trials with the paper's settings: its numbers beside ours, first
+        charts.insert(0, paper_chart(t.trials, t.latents, t.epochs))
     d = frame(t.trials)
     facts = {"name": spec.get("name", study_dir.name), "n_trials": len(t.trials), "n_done": len(d.trials),
              "varied": [f for f in d.varied if f != "threads"],
