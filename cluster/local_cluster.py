@@ -5,11 +5,15 @@
     python cluster/local_cluster.py kill-worker 1            # simulate losing a node
     python cluster/local_cluster.py stop
 
-The head and every worker are separate ``ray start`` processes bound to 127.0.0.1, the head
-with no CPUs (so trials run on the workers) and the dashboard off. Each worker gets its own
-custom resource ``worker_<i>`` and node-manager port, so a node can be told apart and killed.
-Token authentication is on (RAY_AUTH_MODE=token, token in ~/.ray/auth_token).
-``stop`` ends exactly the processes of this cluster (matched by its GCS port), nothing else.
+The head and every worker are separate ``ray start`` processes, the head with no CPUs (so trials
+run on the workers) and the dashboard off. Each worker gets its own custom resource ``worker_<i>``
+and node-manager port, so a node can be told apart and killed. Unlike a study's own local Ray,
+these nodes are not loopback-only: ``ray start`` registers every node under the machine's network
+address (it replaces --node-ip-address=127.0.0.1), and its GCS, raylets, agents and workers listen
+on all interfaces, so token authentication is on (RAY_AUTH_MODE=token, token in ~/.ray/auth_token).
+``stop`` ends exactly the processes of this cluster (matched by its GCS port), nothing else, and
+removes Ray's pointer to "the current cluster" when it names this one: a plain ``ray.init()`` (or
+``tune.Tuner(...).fit()``) afterwards starts a fresh local Ray instead of retrying a dead address.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 
 import psutil
+from ray._common.utils import get_ray_address_file
 
 HOST = "127.0.0.1"
 
@@ -124,7 +129,16 @@ def stop(port: int = 6390) -> int:
             pass
     psutil.wait_procs(procs, timeout=10)
     _state_file(port).unlink(missing_ok=True)
+    _forget_current_cluster(port)
     return len(procs)
+
+
+def _forget_current_cluster(port: int) -> None:
+    """Remove the file where ``ray start --head`` left this cluster's address ('HOST:PORT') as the
+    one a plain ``ray.init()`` joins (what ``ray stop`` does too), if it still names this cluster."""
+    pointer = Path(get_ray_address_file(None))
+    if pointer.is_file() and pointer.read_text().strip().rpartition(":")[2] == str(port):
+        pointer.unlink(missing_ok=True)
 
 
 def _children(p: psutil.Process) -> list[psutil.Process]:

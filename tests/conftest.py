@@ -1,10 +1,13 @@
-"""Shared fixtures: tiny, fast trial settings on the embedded data."""
+"""Shared fixtures: tiny, fast trial settings on the embedded data; one real tiny study per session."""
 
 import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,3 +30,64 @@ def vaesweep_cli(*args, cwd=None, timeout=600, env=None):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "vaesweep", *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+REAL_STUDY = """
+name: tiny
+dataset: mnist5k
+base: {epochs: 2, max_train: 512, max_eval: 128, hidden: [32], lam: 1.0, track_every: 2, gain_every: 1, fid: false}
+space:
+  arch: {grid: [dense]}
+  latent_dim: {grid: [2, 8]}
+seeds: 1
+resources: {cpu: 1, gpu: 0}
+max_concurrent: 2
+retries: 0
+"""
+
+
+@dataclass
+class RealStudy:
+    study: Path  # runs/tiny, with its report in report/index.html
+    returncode: int
+    printed: str  # stdout and the tail of stderr
+    listening: set[tuple[str, str, int]]  # (process name, address, port) of every listening TCP socket seen
+
+
+def listening_sockets(pid: int) -> set[tuple[str, str, int]]:
+    """Every listening TCP socket of process ``pid`` and all its descendants (Ray's GCS, raylet,
+    agents and workers of a local Ray are descendants of the driver that started it)."""
+    found = set()
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return found
+    for p in procs:
+        try:
+            found |= {(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+@pytest.fixture(scope="session")
+def real_study(tmp_path_factory) -> RealStudy:
+    """One real study through ``python -m vaesweep run`` (its own process and local Ray), which writes
+    the report at its end. While it runs, the listening sockets of its processes are collected."""
+    root = tmp_path_factory.mktemp("real")
+    spec = root / "tiny.yaml"
+    spec.write_text(REAL_STUDY)
+    out, err = root / "stdout.txt", root / "stderr.txt"
+    with out.open("w") as o, err.open("w") as e:
+        driver = subprocess.Popen([sys.executable, "-m", "vaesweep", "run", str(spec), "--storage", str(root),
+                                   "--quiet"], cwd=ROOT, stdout=o, stderr=e, text=True,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        listening, deadline = set(), time.monotonic() + 400
+        while driver.poll() is None and time.monotonic() < deadline:
+            listening |= listening_sockets(driver.pid)
+            time.sleep(0.5)
+        if driver.poll() is None:
+            driver.kill()
+        driver.wait()
+    return RealStudy(root / "tiny", driver.returncode, out.read_text() + err.read_text()[-3000:], listening)

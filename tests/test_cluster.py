@@ -1,4 +1,5 @@
-"""A real multi-node Ray cluster on loopback: a study spread over two workers survives losing one.
+"""A real multi-node Ray cluster on one machine: a study spread over two workers survives losing one,
+and stopping a cluster leaves no pointer to it behind.
 
 Also checks the cluster configs offline: the launcher config, the KubeRay manifests and the
 container image agree with pyproject and keep the dashboard and GCS off the internet.
@@ -12,9 +13,11 @@ import subprocess
 import sys
 import time
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
+from ray._common.utils import get_ray_address_file
 
 from conftest import ROOT
 from vaesweep.results import load_study
@@ -42,6 +45,13 @@ def cluster(monkeypatch):
     finally:
         lc.stop(port)
         assert not lc.cluster_processes(port), "processes of the test cluster are left"
+        assert not names_cluster(port), "Ray's pointer to the current cluster still names the stopped one"
+
+
+def names_cluster(port: int) -> bool:
+    """Whether Ray's "current cluster" file (what a plain ray.init() joins) names the cluster on ``port``."""
+    pointer = Path(get_ray_address_file(None))
+    return pointer.is_file() and pointer.read_text().strip().endswith(f":{port}")
 
 
 def test_study_survives_losing_a_worker_node(cluster, tmp_path):
@@ -81,6 +91,35 @@ def test_study_survives_losing_a_worker_node(cluster, tmp_path):
     assert len(t.trials) == 4 and (t.trials["status"] == "done").all(), t.trials[["trial_id", "status", "error"]]
     assert len(t.epochs) == 4 * 40 and not t.epochs.duplicated(["trial_id", "epoch"]).any()
     assert t.epochs["node"].nunique() == 2  # the study used both worker nodes
+
+
+# README's reuse example (the trainable in a plain Tune sweep, which starts or joins a Ray of its own), tiny
+README_REUSE = """
+import vaesweep
+from ray import tune
+
+tune.Tuner(vaesweep.trainable, param_space={"epochs": 1, "max_train": 256, "max_eval": 128, "hidden": [32],
+                                            "threads": 1, "fid": False, "lam": tune.grid_search([1.0])}).fit()
+"""
+
+
+@pytest.mark.slow
+def test_stopped_cluster_leaves_no_pointer_and_readme_reuse_runs_right_after(tmp_path):
+    lc = local_cluster()
+    port = 7600 + os.getpid() % 300
+    lc.start(workers=0, port=port)  # just a head: `ray start --head` points plain ray.init() at it
+    try:
+        assert names_cluster(port)
+    finally:
+        lc.stop(port)
+    assert not names_cluster(port)
+    # a dead cluster's pointer would make this retry its address for minutes, with no error
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["HOME"] = str(tmp_path)  # Tune's ~/ray_results and the new Ray's token stay in tmp_path
+    res = subprocess.run([sys.executable, "-c", README_REUSE], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(list((tmp_path / "ray_results").glob("*/*/result.json"))) == 1  # the trial ran and reported
 
 
 def test_launcher_config_is_safe_and_installs_the_package():

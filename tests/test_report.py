@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
-import subprocess
-import sys
+import shutil
+import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -270,36 +271,9 @@ def test_run_survives_a_failing_report(tmp_path, monkeypatch, capsys):
 
 # --- a report from a real (tiny) Ray study --------------------------------------------------------
 
-REAL_STUDY = """
-name: tiny
-dataset: mnist5k
-base: {epochs: 2, max_train: 512, max_eval: 128, hidden: [32], lam: 1.0, track_every: 2, gain_every: 1, fid: false}
-space:
-  arch: {grid: [dense]}
-  latent_dim: {grid: [2, 8]}
-seeds: 1
-resources: {cpu: 1, gpu: 0}
-max_concurrent: 2
-retries: 0
-"""
-
-
-@pytest.fixture(scope="module")
-def real_study(tmp_path_factory):
-    """One real study through ``python -m vaesweep run`` (its own process and Ray), which writes
-    the report at its end."""
-    root = tmp_path_factory.mktemp("real")
-    spec = root / "tiny.yaml"
-    spec.write_text(REAL_STUDY)
-    res = subprocess.run([sys.executable, "-m", "vaesweep", "run", str(spec), "--storage", str(root), "--quiet"],
-                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=400,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return root / "tiny", res.returncode, res.stdout + res.stderr[-3000:]
-
-
 @pytest.mark.slow
 def test_run_writes_a_report_with_every_applicable_chart(real_study):
-    study, rc, printed = real_study
+    study, rc, printed = real_study.study, real_study.returncode, real_study.printed
     assert rc == 0, printed
     index = study / "report" / "index.html"
     assert f"report: {index}" in printed
@@ -323,7 +297,7 @@ def test_run_writes_a_report_with_every_applicable_chart(real_study):
 
 @pytest.mark.slow
 def test_report_command_rebuilds_for_chosen_trial(real_study, capsys):
-    study, _, _ = real_study
+    study = real_study.study
     tid = pd.read_parquet(study / "trials.parquet")["trial_id"].iloc[-1]
     out = study / "again"
     assert main(["report", str(study), "--out", str(out), "--trial", tid]) == 0
@@ -449,3 +423,55 @@ def test_paper_section_counts_settled_seeds_and_says_when_few(tmp_path):
 def test_paper_section_absent_without_matching_trials(synthetic_report):
     _, index = synthetic_report  # latent 2..16 with lambda 0.5 and 2: none has the paper's settings
     assert 'id="paper"' not in index.read_text() and not (index.parent / "paper_side_by_side.csv").exists()
+
+
+# --- the report in a real browser ----------------------------------------------------------------
+
+# Chromium without a desktop: no sandbox (CI runs as root), no GPU, no network of its own.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str:
+    """The operating system's Chromium, driven by Playwright; skipped where either is missing,
+    except in CI (CI=true), which installs both (.ci/run) and so must fail without them."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    playwright = importlib.util.find_spec("playwright")
+    missing = [name for name, ok in (("chromium", path), ("playwright", playwright)) if not ok]
+    if missing:
+        why = f"{' and '.join(missing)} not installed (apt-get install chromium; pip install -e '.[test]')"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    return path
+
+
+@pytest.mark.slow
+def test_report_in_a_real_browser(real_study):
+    """index.html of the real study in headless Chromium: every image decodes, no console errors,
+    every in-page link lands on a section."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium()
+    index = real_study.study / "report" / "index.html"
+    assert real_study.returncode == 0, real_study.printed
+    errors = []
+    with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+        browser = pw.chromium.launch_persistent_context(profile, executable_path=executable, headless=True,
+                                                        args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(index.as_uri(), wait_until="load")
+            images = page.evaluate("[...document.images].map(i => [i.getAttribute('src'), i.naturalWidth])")
+            anchors = page.evaluate("[...document.querySelectorAll('a[href^=\"#\"]')].map(a => "
+                                    "[a.getAttribute('href'), !!document.getElementById(a.hash.slice(1))])")
+            title = page.title()
+        finally:
+            browser.close()
+    assert "tiny" in title
+    assert {f"{k}.png" for k in ALL_CHARTS if k != "fid"} <= {src for src, _ in images}  # fid: false
+    assert all(width > 0 for _, width in images), images  # every image decoded
+    assert anchors and all(ok for _, ok in anchors), anchors
+    assert not errors, errors

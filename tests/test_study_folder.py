@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, vaesweep_cli
+from conftest import vaesweep_cli
 from test_study import SMOKE, write_study
 from vaesweep.cli import main
 from vaesweep.lock import INFO_FILE, StudyInUse, driver_lock

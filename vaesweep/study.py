@@ -74,16 +74,30 @@ def init_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     # Every checkpoint forces an experiment snapshot (num_to_keep=1): that is what makes a killed
     # driver resumable without re-running finished trials, so Ray's warning about it is noise.
-    # Ray's JSON and CSV loggers stay (added in build_tuner); TensorBoard cannot log per-latent lists.
+    # Ray's JSON and CSV loggers stay (added in build_tuner); TensorBoard and MLflow are opt-in
+    # (the spec's callbacks, vaesweep/tracking.py: scalars only, no per-latent lists).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # a diverged trial's last report
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:
-        # address="local": always a new Ray of our own, never some other Ray found on this machine
+        return
+    # address="local": always a new Ray of our own, never some other Ray found on this machine (nor
+    # the one a stale /tmp/ray/ray_current_cluster names). On Linux Ray swaps a loopback node address
+    # for the machine's (services.resolve_ip_for_localhost) and its servers then listen on every
+    # interface; with Ray's own switch for a local-only Ray (ray_constants.ENABLE_RAY_CLUSTER, False
+    # on macOS/Windows or with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) the node stays 127.0.0.1, and the
+    # GCS, raylet, workers, driver and runtime-env agent all listen on 127.0.0.1 only
+    # (tests/test_network.py checks a running study). Switched only while this node starts.
+    from ray._private import ray_constants
+
+    multi_node = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = multi_node
 
 
 def check_resources(spec: StudySpec) -> None:
