@@ -103,7 +103,8 @@ def active_vs_latent_dim(trials: pd.DataFrame) -> Chart:
         table = table.drop(columns="n_left_out (not settled)")
     reading = _reading(onset, df)
     if len(left):
-        reading = f"{reading.removesuffix('.')} ({settled.left_out(len(left), len(d.trials))}, hollow circles)."
+        note = settled.left_out(len(left), len(d.trials))
+        reading = f"{reading.removesuffix('.')} ({note}, hollow circles)."
     return Chart(KEY, TITLE, reading, fig, {"onset": table})
 
 

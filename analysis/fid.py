@@ -34,8 +34,8 @@ def fid_chart(trials: pd.DataFrame) -> Chart:
                     "in the trials table.")
     hue = "latent_dim" if x == "lam" and df["latent_dim"].nunique() > 1 else None
     df = df.assign(_unsettled=settled.unsettled(df))
-    long = df.melt(id_vars=["panel", "lam", "latent_dim", "seed", "n_inactive", "_unsettled"], value_vars=kinds,
-                   var_name="kind", value_name="score").dropna(subset=["score"])
+    ids = ["panel", "lam", "latent_dim", "seed", "n_inactive", "_unsettled"]
+    long = df.melt(id_vars=ids, value_vars=kinds, var_name="kind", value_name="score").dropna(subset=["score"])
     long["kind"] = long["kind"].str.removeprefix("fid_")
     dims = sorted(long["latent_dim"].unique())
     long["latent dim"] = pd.Categorical(long["latent_dim"].map(fmt), [fmt(v) for v in dims], ordered=True)

@@ -185,7 +185,8 @@ def gain_vs_kl(latents: pd.DataFrame, trials: pd.DataFrame) -> Chart:
                     "of training and every gain_every epochs).")
     d = frame(trials).trials
     d = d.assign(_unsettled=settled.unsettled(d))
-    df = latents.dropna(subset=["recon_gain", "kl"]).merge(d[["trial_id", "panel", "_unsettled"]], on="trial_id")
+    df = latents.dropna(subset=["recon_gain", "kl"])
+    df = df.merge(d[["trial_id", "panel", "_unsettled"]], on="trial_id")
     if not len(df):
         return skip(key, title, "No finished trial has per-variable reconstruction gains.")
     df = df.assign(state=np.where(df["active"], "active", "inactive"))
@@ -197,8 +198,8 @@ def gain_vs_kl(latents: pd.DataFrame, trials: pd.DataFrame) -> Chart:
         sub = df[df["panel"] == panel]
         if (~sub["_unsettled"]).any():
             sns.scatterplot(sub[~sub["_unsettled"]], x="kl", y="recon_gain", hue="state",
-                            hue_order=["active", "inactive"], palette=colors, s=22, alpha=0.6, edgecolor="none",
-                            ax=ax)
+                            hue_order=["active", "inactive"], palette=colors, s=22, alpha=0.6,
+                            edgecolor="none", ax=ax)
         moving = sub[sub["_unsettled"]]
         if len(moving):  # variables of trials whose collapse had not settled: hollow
             ax.scatter(moving["kl"], moving["recon_gain"], s=26, facecolors="none", linewidths=0.9,
@@ -214,8 +215,8 @@ def gain_vs_kl(latents: pd.DataFrame, trials: pd.DataFrame) -> Chart:
     reading = _gain_reading(df)
     n_moving = df.loc[df["_unsettled"], "trial_id"].nunique()
     if n_moving:
-        reading = (f"{reading.removesuffix('.')} ({n_moving} of {df['trial_id'].nunique()} trials not settled: "
-                   "their variables hollow).")
+        n_all = df["trial_id"].nunique()
+        reading = f"{reading.removesuffix('.')} ({n_moving} of {n_all} trials not settled: their variables hollow)."
     return Chart(key, title, reading, fig)
 
 

@@ -68,7 +68,8 @@ def law_heatmap(trials: pd.DataFrame, lambda_star: pd.DataFrame | None = None) -
         for (i, j) in zip(*np.nonzero(works.fillna(0).to_numpy() > 0.5)):
             ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="#00a0b0", linewidth=2.5))
         out = n_left[n_left["facet"] == facet].pivot(index="lam_level", columns="latent_dim", values="left_out")
-        for (i, j) in zip(*np.nonzero(out.reindex(index=levels[::-1], columns=dims).fillna(0).to_numpy() > 0)):
+        out = out.reindex(index=levels[::-1], columns=dims).fillna(0).to_numpy()
+        for (i, j) in zip(*np.nonzero(out > 0)):
             ax.add_patch(Rectangle((j, i), 1, 1, **settled.HATCH))
         if lambda_star is not None and len(lambda_star):
             facet_row = df[df["facet"] == facet].iloc[0]

@@ -37,7 +37,7 @@ def two_stage_chart(trials: pd.DataFrame) -> Chart:
     df = df.assign(improvement=df["fid_prior"] - df["fid_two_stage"], _unsettled=settled.unsettled(df))
     x = "lam" if df["lam"].nunique() > 1 or df["latent_dim"].nunique() == 1 else "latent_dim"
     kinds = {**KINDS, **{k: v for k, v in BASELINE.items() if k in df and df[k].notna().any()}}
-    cells = (df.groupby(["panel", "lam_level", "latent_dim"], observed=True)[[*kinds, "improvement", "_unsettled"]]
+    cells = (df.groupby(["panel", "lam_level", "latent_dim"], observed=True)
              .agg({**{k: "mean" for k in [*kinds, "improvement"]}, "_unsettled": "sum"})
              .reset_index())  # lam_level: one row per lambda (log bins for a random search), mean over seeds
     dims = sorted(df["latent_dim"].unique())
@@ -76,8 +76,8 @@ def two_stage_chart(trials: pd.DataFrame) -> Chart:
         columns={"improvement": "fid_prior - fid_two_stage", "_unsettled": "n_not_settled"})
     reading = _reading(cells)
     if df["_unsettled"].any():
-        reading = (f"{reading.removesuffix('.')} ({int(df['_unsettled'].sum())} of {len(df)} trials not settled: "
-                   "hollow circles).")
+        n_moving = int(df["_unsettled"].sum())
+        reading = f"{reading.removesuffix('.')} ({n_moving} of {len(df)} trials not settled: hollow circles)."
     return Chart(KEY, TITLE, reading, fig, {"two_stage": table})
 
 

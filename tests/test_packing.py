@@ -37,14 +37,14 @@ def assert_same_trial(a, b, rel=1e-4, abs_=1e-4):
     assert [h["epoch"] for h in a.history] == [h["epoch"] for h in b.history]
     for ha, hb in zip(a.history, b.history):
         assert {k: hb[k] for k in TRAIN_KEYS} == pytest.approx({k: ha[k] for k in TRAIN_KEYS}, rel=rel, abs=abs_)
-        assert (ha["settled"], ha["settled_step"]) == (hb["settled"], hb["settled_step"])  # vaesweep/settle.py
+        assert (ha["settled"], ha["settled_step"]) == (hb["settled"], hb["settled_step"])
 
 
 def test_packed_configurations_equal_separate_runs(small):
-    fast_settle = {"settle_patience": 2, "settle_min_steps": 0, "settle_law_tol": 100.0}  # the 3rd settles at 2
+    fast = {"settle_patience": 2, "settle_min_steps": 0, "settle_law_tol": 100.0}  # the 3rd settles at epoch 2
     cfgs = [{**small, "lam": 0.5, "seed": 1, "track_every": 3},
-            {**small, "lam": 2.0, "seed": 2, "latent_dim": 6, "free_bits": 0.1, "track_every": 3, **fast_settle},
-            {**small, "lam": 1.0, "seed": 3, "latent_dim": 3, "warmup_steps": 5, "track_every": 3, **fast_settle},
+            {**small, "lam": 2.0, "seed": 2, "latent_dim": 6, "free_bits": 0.1, "track_every": 3, **fast},
+            {**small, "lam": 1.0, "seed": 3, "latent_dim": 3, "warmup_steps": 5, "track_every": 3, **fast},
             {**small, "seed": 4, "capacity_max": 5.0, "capacity_steps": 10, "gamma": 10.0, "track_every": 3}]
     reports = []
     packed = train_packed(cfgs, report=reports.append)

@@ -236,7 +236,8 @@ def test_report_marks_unsettled_trials_and_reads_settled_ones_only(tmp_path):
     out, page = index.parent, index.read_text()
     assert_refs_exist(index)
     onset = pd.read_csv(out / "onset.csv")
-    assert set(onset[onset["lam"] == "λ=0.5"]["onset"]) == {16} and set(onset[onset["lam"] == "λ=2"]["onset"]) == {8}
+    assert set(onset[onset["lam"] == "λ=0.5"]["onset"]) == {16}
+    assert set(onset[onset["lam"] == "λ=2"]["onset"]) == {8}
     assert list(onset[onset["lam"] == "λ=0.5"]["n_left_out (not settled)"]) == [2, 2]  # 2 seeds per arch
     assert "4 of 32 trials left out: not settled, hollow circles)." in page  # the onset's reading
     law = pd.read_csv(out / "law_residual.csv")
@@ -258,7 +259,7 @@ def test_report_when_no_trial_settled(tmp_path, capsys):
     study = synthetic_study(tmp_path / "none", archs=("dense",), settled=False, fid=False, lambda_star=False)
     assert main(["report", str(study)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("No trial settled: their active set was still changing at the end. Raise epochs")
+    assert printed[0].startswith("No trial settled: their active set was still changing at the end. Raise")
     page = (study / "report" / "index.html").read_text()
     assert page.split("<body>")[1].strip().startswith('<p class="warning">No trial settled:')
     assert "All 16 trials left out: not settled" in page  # onset of sparsity and law heatmap: not read
@@ -327,7 +328,10 @@ def test_run_survives_a_failing_report(tmp_path, monkeypatch, capsys):
 REAL_STUDY = """
 name: tiny
 dataset: mnist5k
-base: {epochs: 2, max_train: 512, max_eval: 128, hidden: [32], lam: 1.0, track_every: 2, gain_every: 1, fid: false}
+base: {epochs: 2, max_train: 512, max_eval: 128, hidden: [32], lam: 1.0, track_every: 2, gain_every: 1,
+       fid: false, settle_patience: 2, settle_min_steps: 0, settle_law_tol: 100.0, active_threshold: 1.0e-6}
+# (a two-epoch window and every variable counted active: each trial settles at its second epoch, so the
+# charts that read settled trials only are drawn)
 space:
   arch: {grid: [dense]}
   latent_dim: {grid: [2, 8]}
@@ -373,6 +377,10 @@ def test_run_writes_a_report_with_every_applicable_chart(real_study):
     for table in ("trials", "onset", "law_residual"):
         assert (index.parent / f"{table}.csv").is_file() and (index.parent / f"{table}.md").is_file()
     assert len(pd.read_csv(index.parent / "trials.csv")) == 2
+    assert trials["settled"].all() and (trials["settled_step"] == 8).all()  # 4 minibatches an epoch: epoch 2
+    epochs = pd.read_parquet(study / "epochs.parquet")
+    assert list(epochs.sort_values(["trial_id", "epoch"])["settled"]) == [False, True] * 2
+    assert '<p class="warning">' not in page  # every trial settled: no warning line
 
 
 @pytest.mark.slow

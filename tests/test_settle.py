@@ -111,8 +111,9 @@ def test_resume_gives_the_same_settled_columns(tiny):
 
 
 def test_train_json_and_table_print_the_settled_columns(capsys):
-    args = ["train", "--epochs", "3", "--max-train", "512", "--max-eval", "200", "--hidden", "32", "--threads", "1",
-            "--no-fid", "--latent-dim", "3", "--settle-patience", "2", "--settle-min-steps", "0", "--settle-law-tol", "100"]
+    args = ["train", "--epochs", "3", "--max-train", "512", "--max-eval", "200", "--hidden", "32",
+            "--threads", "1", "--no-fid", "--latent-dim", "3",
+            "--settle-patience", "2", "--settle-min-steps", "0", "--settle-law-tol", "100"]
     assert main([*args, "--json"]) == 0
     printed = capsys.readouterr()
     out = json.loads(printed.out)

@@ -149,8 +149,8 @@ def _table_block(name: str, df: pd.DataFrame, out: Path, max_rows: int = 200) ->
     if "active" in df:
         styler = styler.apply(lambda r: ["background: #f9d3d3" if not r["active"] else ""] * len(r), axis=1)
     if "settled" in df:  # unsettled trials greyed: their collapse numbers were still moving
-        styler = styler.apply(lambda r: [UNSETTLED_ROW if r.get("status", "done") == "done" and flag(r) else ""]
-                              * len(r), axis=1)
+        styler = styler.apply(lambda r: [UNSETTLED_ROW if r.get("status", "done") == "done" and flag(r)
+                                         else ""] * len(r), axis=1)
     return (f'<div class="table"><h3>{html.escape(name)} <a href="{name}.csv">CSV</a> '
             f'<a href="{name}.md">Markdown</a></h3>{styler.to_html()}{more}</div>')
 

@@ -114,7 +114,8 @@ def lambda_star(trials: pd.DataFrame, setting_cols: list[str]) -> pd.DataFrame:
             best = ok.iloc[0]
             row.update(lam_star=best["lam"], lam_star_trial=best["trial_id"],
                        lam_star_law_residual=best["law_residual_max"])
-            below = counted[(counted["lam"] < best["lam"]) & ~counted["kl_working"].astype(bool)].sort_values("lam")
+            failed = ~counted["kl_working"].astype(bool)
+            below = counted[(counted["lam"] < best["lam"]) & failed].sort_values("lam")
             if len(below):
                 row.update(lam_below=below.iloc[-1]["lam"], lam_below_law_residual=below.iloc[-1]["law_residual_max"])
         rows.append(row)
