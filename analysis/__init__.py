@@ -13,6 +13,10 @@ figure, its reading saying why. ``python -m vaesweep report runs/<name>`` puts t
     fid_chart(t.trials)                             # FID-proxy against lambda and latent_dim
     sample_grids("runs/capacity", chosen, t.latents)   # Fig. 3, from the trials' checkpoints
     gain_vs_kl(t.latents, t.trials)                 # Sec. 5
+    settled.split(t.trials)                         # (settled trials, unsettled ones): vaesweep/settle.py
+
+Only trials whose collapse had settled count for the onset of sparsity, the law heatmap and
+lambda*; every chart marks the others.
 """
 
 from .capacity import active_vs_latent_dim, onset_of_sparsity
@@ -20,7 +24,8 @@ from .chart import Chart
 from .fid import fid_chart
 from .latents import gain_vs_kl, table1, var_mu_history
 from .law import law_heatmap
+from . import settled
 from .samples import sample_grids
 
 __all__ = ["Chart", "active_vs_latent_dim", "onset_of_sparsity", "law_heatmap", "table1", "var_mu_history",
-           "fid_chart", "sample_grids", "gain_vs_kl"]
+           "fid_chart", "sample_grids", "gain_vs_kl", "settled"]
