@@ -57,7 +57,7 @@ def _print_status(path: Path) -> int:
     best = best_trials(trials, metric, mode, 5)
     if len(best):
         cols = [c for c in ("trial_id", "arch", "latent_dim", "lam", "seed", "n_active", "law_residual_max",
-                            "mean_mu_abs_max", "kl_working", "elbo", metric) if c in best]
+                            "mean_mu_abs_max", "kl_working", "settled", "elbo", metric) if c in best]
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             print(f"best trials by {metric} ({mode}):")
             print(best[list(dict.fromkeys(cols))].to_string(index=False))
