@@ -90,7 +90,7 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
     d = frame(t.trials)
     facts = {"name": spec.get("name", study_dir.name), "n_trials": len(t.trials), "n_done": len(d.trials),
              "varied": [f for f in d.varied if f != "threads"],
-             "chosen": [describe_trial(r) for _, r in chosen.iterrows()],
+             "chosen": [describe_trial(r) + flag(r) for _, r in chosen.iterrows()],
              "trials": _trials_table(t.trials, d.varied), "headline": headline(t.trials)}
     return charts, facts
 
