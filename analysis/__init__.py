@@ -14,6 +14,10 @@ figure, its reading saying why. ``python -m vaesweep report runs/<name>`` puts t
     sample_grids("runs/capacity", chosen, t.latents)   # Fig. 3, from the trials' checkpoints
     gain_vs_kl(t.latents, t.trials)                 # Sec. 5
     paper_chart(t.trials, t.latents, t.epochs)      # the paper's numbers beside the study's (latent 16, λ 1)
+    settled.split(t.trials)                         # (settled trials, unsettled ones): vaesweep/settle.py
+
+Only trials whose collapse had settled count for the onset of sparsity, the law heatmap and
+lambda*; every chart marks the others.
 """
 
 from .capacity import active_vs_latent_dim, onset_of_sparsity
@@ -21,8 +25,9 @@ from .chart import Chart
 from .fid import fid_chart
 from .latents import gain_vs_kl, table1, var_mu_history
 from .law import law_heatmap
+from . import settled
 from .paper import paper_chart
 from .samples import sample_grids
 
 __all__ = ["Chart", "active_vs_latent_dim", "onset_of_sparsity", "law_heatmap", "table1", "var_mu_history",
-           "fid_chart", "sample_grids", "gain_vs_kl", "paper_chart"]
+           "fid_chart", "sample_grids", "gain_vs_kl", "paper_chart", "settled"]

@@ -4,7 +4,8 @@ The paper's methodology (Sec. 7): with the KL term working, "progressively augme
 dimension of the latent space to attain sparsity". The chart draws the number of active
 variables (Var[mu_i] > threshold, Table 1) against the latent dimension, one line per lambda
 (and per other setting), a panel per architecture, with the y = x line of "all variables used";
-``onset_of_sparsity`` finds the latent dimension where the lines leave it.
+``onset_of_sparsity`` finds the latent dimension where the lines leave it. Only trials whose
+collapse had settled count (analysis/settled.py): the unsettled ones are drawn hollow and left out.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from . import settled
 from .chart import Chart, new_figure, skip
 from .design import fmt, frame, span
 
@@ -57,21 +59,29 @@ def active_vs_latent_dim(trials: pd.DataFrame) -> Chart:
     if d.trials["latent_dim"].nunique() < 2:
         return skip(KEY, TITLE, f"The study tried one latent dimension only "
                     f"({fmt(d.trials['latent_dim'].iloc[0])}); vary latent_dim to see where sparsity starts.")
-    df = d.trials
     by = ["panel", "lam_level", "setting"]
+    df, left = settled.split(d.trials)  # a count still moving is no onset (Sec. 3, Fig. 2)
+    if not len(df):
+        return skip(KEY, TITLE, settled.none_settled(len(left), "onset of sparsity"))
     onset = onset_of_sparsity(df, by)
+    n_left = left.groupby(by, observed=True).size().to_dict() if len(left) else {}
+    onset["n_left_out (not settled)"] = [n_left.get(tuple(r), 0) for r in onset[by].itertuples(index=False)]
     levels = list(df["lam_level"].cat.categories)
     palette = dict(zip(levels, sns.color_palette("flare", len(levels))))
     style = "setting" if d.settings else None
     fig, axes = new_figure(len(d.panels), (5.4, 4.4), ncols=3, sharey=True)
-    dims = sorted(df["latent_dim"].unique())
+    dims = sorted(d.trials["latent_dim"].unique())
     for ax, panel in zip(axes, d.panels):
         sub = df[df["panel"] == panel]
         ax.plot(dims, dims, color="0.6", lw=4, alpha=0.35, zorder=0, label="all used (y = x)")
         marks = {"style": style, "markers": True, "dashes": True} if style else {"marker": "o"}
-        sns.lineplot(sub.rename(columns={"lam_level": "λ"}), x="latent_dim", y="n_active", hue="λ",
-                     hue_order=levels, palette=palette,
-                     errorbar=("pi", 100), err_kws={"alpha": 0.15}, ax=ax, **marks)
+        if len(sub):
+            sns.lineplot(sub.rename(columns={"lam_level": "λ"}), x="latent_dim", y="n_active", hue="λ",
+                         hue_order=levels, palette=palette,
+                         errorbar=("pi", 100), err_kws={"alpha": 0.15}, ax=ax, **marks)
+        out = left[left["panel"] == panel]
+        if len(out):
+            ax.scatter(out["latent_dim"], out["n_active"], **settled.MARK, label=settled.LABEL + ", left out")
         mark = onset[(onset["panel"] == panel) & onset["onset"].notna()]
         for i, (_, r) in enumerate(mark.iterrows()):
             ax.scatter([r["onset"]], [r["n_active_at_onset"]], s=160, marker="v", zorder=5,
@@ -86,10 +96,16 @@ def active_vs_latent_dim(trials: pd.DataFrame) -> Chart:
     fig.suptitle(TITLE)
     table = onset.assign(lam=onset["lam_level"].astype(str)).drop(columns="lam_level")
     table = table.rename(columns={"panel": "arch"})[["arch", "lam", "setting", "onset", "n_active_at_onset",
-                                                      "largest_tested"]]
+                                                      "largest_tested", "n_left_out (not settled)"]]
     if not d.settings:
         table = table.drop(columns="setting")
-    return Chart(KEY, TITLE, _reading(onset, df), fig, {"onset": table})
+    if not settled.known(d.trials):  # a study from before the settled column: nothing known to leave out
+        table = table.drop(columns="n_left_out (not settled)")
+    reading = _reading(onset, df)
+    if len(left):
+        note = settled.left_out(len(left), len(d.trials))
+        reading = f"{reading.removesuffix('.')} ({note}, hollow circles)."
+    return Chart(KEY, TITLE, reading, fig, {"onset": table})
 
 
 def _reading(onset: pd.DataFrame, df: pd.DataFrame) -> str:

@@ -27,7 +27,8 @@ PANEL_FIELDS = ("arch", "dataset")
 AXIS_FIELDS = ("latent_dim", "lam")
 # Fields that do not change the trained model (or are the repeats): never a line of their own.
 NOT_SETTINGS = {"seed", "threads", "device", "data_root", "download", "eval_every", "gain_every", "track_every",
-                "fid", "fid_every", "fid_samples", "cache_dir"}
+                "fid", "fid_every", "fid_samples", "cache_dir", "settle_patience", "settle_min_steps",
+                "settle_law_tol"}
 MAX_LAM_LEVELS = 8
 
 

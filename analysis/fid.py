@@ -4,6 +4,7 @@ The trials table carries ``fid_prior`` (prior samples vs data), ``fid_recon`` (r
 and ``fid_zeroed`` (prior samples with the inactive variables zeroed, Fig. 3) when the study
 computed them; lower is better. Each present kind is one line style; lambda on the x axis and
 one colour per latent dimension (or latent dimension on the x axis when lambda was fixed).
+Trials whose collapse had not settled (vaesweep/settle.py) get a hollow grey circle on their point.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from . import settled
 from .chart import Chart, new_figure, skip
 from .design import fmt, frame
 
@@ -31,8 +33,9 @@ def fid_chart(trials: pd.DataFrame) -> Chart:
         return skip(KEY, TITLE, "The study fixed both λ and the latent dimension; the FID-proxy of each trial is "
                     "in the trials table.")
     hue = "latent_dim" if x == "lam" and df["latent_dim"].nunique() > 1 else None
-    long = df.melt(id_vars=["panel", "lam", "latent_dim", "seed", "n_inactive"], value_vars=kinds, var_name="kind",
-                   value_name="score").dropna(subset=["score"])
+    df = df.assign(_unsettled=settled.unsettled(df))
+    ids = ["panel", "lam", "latent_dim", "seed", "n_inactive", "_unsettled"]
+    long = df.melt(id_vars=ids, value_vars=kinds, var_name="kind", value_name="score").dropna(subset=["score"])
     long["kind"] = long["kind"].str.removeprefix("fid_")
     dims = sorted(long["latent_dim"].unique())
     long["latent dim"] = pd.Categorical(long["latent_dim"].map(fmt), [fmt(v) for v in dims], ordered=True)
@@ -40,6 +43,9 @@ def fid_chart(trials: pd.DataFrame) -> Chart:
     fig, axes = new_figure(len(d.panels), (5.4, 4.2), ncols=3, sharey=True)
     for i, (ax, panel) in enumerate(zip(axes, d.panels)):
         sub = long[long["panel"] == panel]
+        moving = sub[sub["_unsettled"]]
+        if len(moving):  # first, so seaborn's legend below takes it in
+            ax.scatter(moving[x], moving["score"], **settled.MARK, label=settled.LABEL)
         sns.lineplot(sub, x=x, y="score", hue="latent dim" if hue else None, palette=colors if hue else None,
                      style="kind", markers=True, errorbar=("pi", 100), err_kws={"alpha": 0.15}, ax=ax)
         ax.set_xscale("log", base=2 if x == "latent_dim" else 10)
@@ -53,7 +59,11 @@ def fid_chart(trials: pd.DataFrame) -> Chart:
         else:
             ax.get_legend().remove()
     fig.suptitle(TITLE)
-    return Chart(KEY, TITLE, _reading(long, kinds), fig)
+    reading = _reading(long, kinds)
+    n_moving = int(df["_unsettled"].sum())
+    if n_moving:
+        reading = f"{reading.removesuffix('.')} ({n_moving} of {len(df)} trials not settled: hollow circles)."
+    return Chart(KEY, TITLE, reading, fig)
 
 
 def _reading(long: pd.DataFrame, kinds: list[str]) -> str:

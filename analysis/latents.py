@@ -8,6 +8,10 @@
 - ``gain_vs_kl``: Sec. 5, each variable's reconstruction gain (recon error with z_i zeroed
   minus recon error with every variable) against its KL divergence: a variable whose gain
   falls below its KL cost collapses.
+
+A chosen trial whose collapse had not settled (vaesweep/settle.py) says "(not settled)" in its
+title and reading; Fig. 2 marks the minibatch at which a trial settled; in the gain-against-KL
+scatter the variables of unsettled trials are hollow.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from . import settled
 from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, new_figure, skip
 from .design import fmt, frame, span, with_defaults
 
@@ -49,9 +54,13 @@ def table1(latents: pd.DataFrame, chosen: pd.DataFrame) -> Chart:
         t = latents[latents["trial_id"] == row["trial_id"]].sort_values("latent")
         _bars(ax, t)
         n_in = int((~t["active"]).sum())
-        ax.set_title(f"{describe_trial(row)}: {n_in} of {len(t)} variables inactive (red)", fontsize=10)
-        tables[f"table1_{row['trial_id']}"] = t[[c for c in TABLE1_COLUMNS if c in t]].reset_index(drop=True)
-        parts.append(_table1_reading(t, row))
+        ax.set_title(f"{describe_trial(row)}: {n_in} of {len(t)} variables inactive (red){settled.flag(row)}",
+                     fontsize=10, color="0.4" if settled.flag(row) else "black")
+        table = t[[c for c in TABLE1_COLUMNS if c in t]].reset_index(drop=True)
+        if settled.known(chosen):  # the trial's status on every row: Table 1 counts only once settled
+            table["settled"] = not settled.flag(row)
+        tables[f"table1_{row['trial_id']}"] = table
+        parts.append(_table1_reading(t, row) + settled.flag(row))
     reading = "; ".join(parts)
     return Chart(key, title, reading[0].upper() + reading[1:] + ".", fig, tables)
 
@@ -105,12 +114,16 @@ def var_mu_history(chosen: pd.DataFrame, latent_history: pd.DataFrame, epochs: p
             active = final.get(latent, True)
             ax.plot(g["x"], g["var_mu"], lw=1.1, alpha=0.85, zorder=2 if active else 3,
                     color=ACTIVE_COLOR if active else INACTIVE_COLOR)
-        ax.set(title=f"{describe_trial(row)}", xlabel=xlabel, ylabel="Var[μ]")
+        ax.set(title=f"{describe_trial(row)}{settled.flag(row)}", xlabel=xlabel, ylabel="Var[μ]")
         ax.title.set_fontsize(9)
-        ax.legend(handles=[Line2D([], [], color=ACTIVE_COLOR, label="active at the end"),
-                           Line2D([], [], color=INACTIVE_COLOR, label="inactive at the end")],
-                  fontsize=8, title=source, title_fontsize=7)
-        parts.append(_fig2_reading(h, final, row))
+        handles = [Line2D([], [], color=ACTIVE_COLOR, label="active at the end"),
+                   Line2D([], [], color=INACTIVE_COLOR, label="inactive at the end")]
+        step = row.get("settled_step")
+        if xlabel.startswith("minibatches") and not settled.flag(row) and pd.notna(step):
+            ax.axvline(step, color="0.3", ls="--", lw=1)  # from here on the active set held still
+            handles.append(Line2D([], [], color="0.3", ls="--", label=f"settled (minibatch {step:.0f})"))
+        ax.legend(handles=handles, fontsize=8, title=source, title_fontsize=7)
+        parts.append(_fig2_reading(h, final, row) + _settled_reading(row))
         sources.add(source)
     fig.suptitle(title)
     return Chart(key, title, "; ".join(parts) + f" (from the {' and the '.join(sorted(sources))}).", fig)
@@ -129,6 +142,13 @@ def _history_of(trial_id, latent_history, epochs, trace):
         h = h.merge(steps, on="epoch", how="left").rename(columns={"step": "x"})
         return h, "per-epoch evaluation", "minibatches (at each evaluated epoch)"
     return h.rename(columns={"epoch": "x"}), "per-epoch evaluation", "epoch"
+
+
+def _settled_reading(row) -> str:
+    if settled.flag(row):
+        return " (not settled: the active set was still changing at the end)"
+    step = row.get("settled_step")
+    return f" (settled at minibatch {step:.0f})" if settled.COLUMN in row and pd.notna(step) else ""
 
 
 def _final_active(trial_id, h: pd.DataFrame, latents) -> dict:
@@ -163,18 +183,27 @@ def gain_vs_kl(latents: pd.DataFrame, trials: pd.DataFrame) -> Chart:
     if not len(latents) or "recon_gain" not in latents or latents["recon_gain"].isna().all():
         return skip(key, title, "No trial has per-variable reconstruction gains (they are computed at the end "
                     "of training and every gain_every epochs).")
-    df = latents.dropna(subset=["recon_gain", "kl"]).merge(frame(trials).trials[["trial_id", "panel"]], on="trial_id")
+    d = frame(trials).trials
+    d = d.assign(_unsettled=settled.unsettled(d))
+    df = latents.dropna(subset=["recon_gain", "kl"])
+    df = df.merge(d[["trial_id", "panel", "_unsettled"]], on="trial_id")
     if not len(df):
         return skip(key, title, "No finished trial has per-variable reconstruction gains.")
     df = df.assign(state=np.where(df["active"], "active", "inactive"))
+    colors = {"active": ACTIVE_COLOR, "inactive": INACTIVE_COLOR}
     panels = list(dict.fromkeys(df["panel"]))
     fig, axes = new_figure(len(panels), (5.2, 4.4), ncols=3)
     hi = float(max(df["kl"].max(), df["recon_gain"].max(), 1.0)) * 1.3
     for ax, panel in zip(axes, panels):
         sub = df[df["panel"] == panel]
-        sns.scatterplot(sub, x="kl", y="recon_gain", hue="state", hue_order=["active", "inactive"],
-                        palette={"active": ACTIVE_COLOR, "inactive": INACTIVE_COLOR}, s=22, alpha=0.6,
-                        edgecolor="none", ax=ax)
+        if (~sub["_unsettled"]).any():
+            sns.scatterplot(sub[~sub["_unsettled"]], x="kl", y="recon_gain", hue="state",
+                            hue_order=["active", "inactive"], palette=colors, s=22, alpha=0.6,
+                            edgecolor="none", ax=ax)
+        moving = sub[sub["_unsettled"]]
+        if len(moving):  # variables of trials whose collapse had not settled: hollow
+            ax.scatter(moving["kl"], moving["recon_gain"], s=26, facecolors="none", linewidths=0.9,
+                       edgecolors=[colors[s] for s in moving["state"]], label="trial not settled (hollow)")
         line = np.geomspace(1e-3, hi, 50)
         ax.plot(line, line, ls=":", color="0.3", label="gain = KL")
         ax.set_xscale("symlog", linthresh=0.01)
@@ -183,7 +212,12 @@ def gain_vs_kl(latents: pd.DataFrame, trials: pd.DataFrame) -> Chart:
                ylabel="reconstruction gain (error with z_i = 0 − error)")
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
-    return Chart(key, title, _gain_reading(df), fig)
+    reading = _gain_reading(df)
+    n_moving = df.loc[df["_unsettled"], "trial_id"].nunique()
+    if n_moving:
+        n_all = df["trial_id"].nunique()
+        reading = f"{reading.removesuffix('.')} ({n_moving} of {n_all} trials not settled: their variables hollow)."
+    return Chart(key, title, reading, fig)
 
 
 def _gain_reading(df: pd.DataFrame) -> str:

@@ -6,7 +6,8 @@ mean_sigma2_i - 1| (mean over seeds) per lambda and latent dimension; outlined c
 where the KL term works (kl_working: residual and |E[mu_i]| within tolerance) for most seeds.
 The minimal working lambda found by an Optuna search (``lambda_star.parquet``: the fixed
 setting columns, e.g. arch, latent_dim, dataset, seed, and ``lam_star``) is drawn over it when
-given, per latent dimension (the geometric mean over seeds).
+given, per latent dimension (the geometric mean over seeds). Only trials whose collapse had
+settled count (analysis/settled.py); cells with trials left out are hatched.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from . import settled
 from .chart import Chart, new_figure, skip
 from .design import fmt, frame
 
@@ -39,9 +41,14 @@ def law_heatmap(trials: pd.DataFrame, lambda_star: pd.DataFrame | None = None) -
                     "the residual of each trial is in the trials table.")
     df = df.assign(facet=[p if not s else f"{p} · {s}" for p, s in zip(df["panel"], df["setting"])])
     facets = list(dict.fromkeys(df["facet"]))
-    cells = (df.groupby(["facet", "lam_level", "latent_dim"], observed=True)
+    counted, left = settled.split(df)  # a residual still moving says nothing yet (Sec. 3, Fig. 2)
+    if not len(counted):
+        return skip(KEY, TITLE, settled.none_settled(len(left), "variance-law residual"))
+    cell = ["facet", "lam_level", "latent_dim"]
+    cells = (counted.groupby(cell, observed=True)
              .agg(residual=(VALUE, "mean"), working=("kl_working", "mean"))
              .reset_index())
+    n_left = left.groupby(cell, observed=True).size().rename("left_out").reset_index()
     positive = cells["residual"][cells["residual"] > 0]
     norm = LogNorm(vmin=max(positive.min(), 1e-3), vmax=max(positive.max(), 1.0)) if len(positive) else None
     dims = sorted(df["latent_dim"].unique())
@@ -60,6 +67,10 @@ def law_heatmap(trials: pd.DataFrame, lambda_star: pd.DataFrame | None = None) -
             index=levels[::-1], columns=dims)
         for (i, j) in zip(*np.nonzero(works.fillna(0).to_numpy() > 0.5)):
             ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="#00a0b0", linewidth=2.5))
+        out = n_left[n_left["facet"] == facet].pivot(index="lam_level", columns="latent_dim", values="left_out")
+        out = out.reindex(index=levels[::-1], columns=dims).fillna(0).to_numpy()
+        for (i, j) in zip(*np.nonzero(out > 0)):
+            ax.add_patch(Rectangle((j, i), 1, 1, **settled.HATCH))
         if lambda_star is not None and len(lambda_star):
             facet_row = df[df["facet"] == facet].iloc[0]
             drew_star |= _draw_lambda_star(ax, lambda_star, facet_row, dims, levels, centers)
@@ -67,15 +78,26 @@ def law_heatmap(trials: pd.DataFrame, lambda_star: pd.DataFrame | None = None) -
         ax.tick_params(axis="y", rotation=0)
     handles = [Rectangle((0, 0), 1, 1, fill=False, edgecolor="#00a0b0", linewidth=2.5,
                          label="KL term works (most seeds)")]
+    if len(left):
+        handles.append(Rectangle((0, 0), 1, 1, **settled.HATCH, label="trials left out: not settled"))
     if drew_star:
         handles.append(Line2D([], [], **STAR_STYLE))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
     fig.suptitle(TITLE)
-    table = cells.assign(lam=cells["lam_level"].astype(str)).rename(columns={"facet": "panel"})
-    table = table[["panel", "lam", "latent_dim", "residual", "working"]].rename(
-        columns={"residual": VALUE + " (mean)", "working": "kl_working (fraction of seeds)"})
+    table = cells.merge(n_left, on=cell, how="outer").fillna({"left_out": 0})
+    table = table.assign(lam=table["lam_level"].astype(str)).rename(columns={"facet": "panel"})
+    table = table[["panel", "lam", "latent_dim", "residual", "working", "left_out"]].rename(
+        columns={"residual": VALUE + " (mean)", "working": "kl_working (fraction of seeds)",
+                 "left_out": "n_left_out (not settled)"})
+    if not settled.known(df):  # a study from before the settled column: nothing known to leave out
+        table = table.drop(columns="n_left_out (not settled)")
     note = "" if lambda_star is not None and len(lambda_star) else (
         " (no lambda_star.parquet in the study: no Optuna λ* to draw)")
+    if len(left):
+        note += f" ({settled.left_out(len(left), len(df))}; hatched cells)"
+    if lambda_star is not None and lambda_star.get("n_unsettled", pd.Series(dtype=float)).fillna(0).sum() > 0:
+        note += (f" (λ* from settled trials only: {int(lambda_star['n_unsettled'].sum())} unsettled search "
+                 "trials left out)")
     reading = _reading(cells, dims, float(df["law_tol"].max())).removesuffix(".") + note + "."
     return Chart(KEY, TITLE, reading, fig, {"law_residual": table})
 

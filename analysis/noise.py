@@ -7,6 +7,8 @@ reconstruction gain (with the noise, and decoding the means) and KL in nats per 
 noise sigma shaded behind them (symlog scale: the gain < KL crossing and the collapse happen
 near zero); below, its var_mu and mean_sigma2. The phases (noise rising,
 held, recovery) are tinted and the threshold (gain < KL), collapse and revival epochs marked.
+The experiment degrades a variable of a trained model, so the base phase's collapse should have
+settled first (vaesweep/settle.py): each trial's title and the events table say whether it had.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import settled
 from .chart import Chart, new_figure, skip
 
 PHASE_COLORS = {"noise_rising": "#fde0c5", "noise_held": "#f9b98c", "recovery": "#d4ecd4"}
@@ -50,7 +53,19 @@ def plot_noise_experiment(epochs: pd.DataFrame, path: str | Path) -> Path:
 
 def _events(epochs: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c, _, _ in EVENTS if c in epochs]
-    return epochs.groupby("trial_id")[cols].max().reset_index() if cols and "trial_id" in epochs else pd.DataFrame()
+    if not cols or "trial_id" not in epochs:
+        return pd.DataFrame()
+    events = epochs.groupby("trial_id")[cols].max().reset_index()
+    if settled.known(epochs):
+        events["base_settled"] = events["trial_id"].map(
+            {t: _base_settled(g) for t, g in epochs.groupby("trial_id")})
+    return events
+
+
+def _base_settled(df: pd.DataFrame) -> bool:
+    """Whether the collapse had settled at the end of the base phase, before any noise."""
+    base = df[df["phase"] == "base"].sort_values("epoch")
+    return bool(len(base)) and not settled.flag(base.iloc[-1])
 
 
 def _reading(epochs: pd.DataFrame) -> str:
@@ -59,8 +74,12 @@ def _reading(epochs: pd.DataFrame) -> str:
         return "The chosen variable's gain, KL and variances along the noise phases."
     r = ev.iloc[0]
     said = [f"{label} at epoch {r[c]:.0f}" for c, label, _ in EVENTS if c in r and pd.notna(r[c])]
-    return ("The noised variable's gain fell below its KL, " + ", ".join(said) + "." if said else
-            "The noised variable never crossed gain < KL within the noise budget.")
+    text = ("The noised variable's gain fell below its KL, " + ", ".join(said) if said else
+            "The noised variable never crossed gain < KL within the noise budget")
+    if "base_settled" in ev and not ev["base_settled"].all():
+        text += (f"; the collapse had not settled before the noise in {int((~ev['base_settled']).sum())} of "
+                 f"{len(ev)} trials (raise noise.base_epochs)")
+    return text + "."
 
 
 def _plot_trial(top, bottom, df: pd.DataFrame, trial_id: str) -> None:
@@ -88,8 +107,9 @@ def _plot_trial(top, bottom, df: pd.DataFrame, trial_id: str) -> None:
     top.set_yscale("symlog", linthresh=0.1)  # the crossing and the collapse happen near 0 nats
     top.set_ylabel("nats per image (symlog)")
     variable = shown["noise_variable"].dropna().iloc[-1] if "noise_variable" in shown else float("nan")
+    moving = " — base phase NOT settled" if settled.known(df) and not _base_settled(df) else ""
     top.set_title(f"{trial_id + ': ' if trial_id else ''}latent variable {variable:.0f} under Gaussian noise "
-                  "(Sec. 5, Fig. 7)")
+                  f"(Sec. 5, Fig. 7){moving}")
     bottom.plot(x, shown["noise_var_mu"], color="tab:purple", label="var_mu = Var[mu(X)]")
     bottom.set_ylabel("var_mu")
     bottom.set_xlabel("epoch")

@@ -22,6 +22,7 @@ from vaesweep.data import DataError, load_dataset
 from vaesweep.sampling import decode_images, prior_codes, zero_inactive
 from vaesweep.trial import CHECKPOINT_FILE, build_trained, load_trained
 
+from . import settled
 from .chart import Chart, new_figure, skip
 from .design import with_defaults
 from .latents import describe_trial
@@ -108,11 +109,13 @@ def sample_grids(study_dir: str | Path, chosen: pd.DataFrame, latents: pd.DataFr
         h = grid.shape[0]
         ax.set_yticks([h / 4, 3 * h / 4], ["prior z", f"{n_in} inactive\nzeroed"], fontsize=8)
         ax.set_xticks([])
-        ax.set_title(f"{describe_trial(row)}: mean |Δpixel| = {diff:.2g}", fontsize=9)
+        ax.set_title(f"{describe_trial(row)}: mean |Δpixel| = {diff:.2g}{settled.flag(row)}", fontsize=9)
     reading = "; ".join(
         f"{row['arch']} d={row['latent_dim']} λ={row['lam']:g}: zeroing the {n_in} inactive variables changes pixels by "
         f"{diff:.2g} on average ({'indistinguishable' if diff < 0.01 else 'visible' if diff > 0.05 else 'slight'})"
+        f"{settled.flag(row)}"
         if n_in else f"{row['arch']} d={row['latent_dim']} λ={row['lam']:g}: no inactive variable, the rows are identical"
+        f"{settled.flag(row)}"
         for row, _, diff, n_in in panels)
     if missing:
         reading += f" (no usable checkpoint for {', '.join(missing)})"

@@ -8,7 +8,9 @@ approach as described in [7] might suffice". A study run with ``two_stage: true`
 panel draws both against lambda (or the latent dimension when lambda was fixed), one colour per
 latent dimension, and the baseline ``fid_q_gaussian`` (z from the Gaussian with Q(z)'s Sec. 4
 moments) when present; the right panel maps the improvement fid_prior - fid_two_stage (mean over
-seeds) over lambda x latent dimension: positive where the second stage helps.
+seeds) over lambda x latent dimension: positive where the second stage helps. Trials whose
+collapse had not settled (vaesweep/settle.py) get a hollow grey circle on their points and are
+counted per cell in the table.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import pandas as pd
 import seaborn as sns
 
+from . import settled
 from .chart import Chart, new_figure, skip
 from .design import fmt, frame
 
@@ -31,20 +34,24 @@ def two_stage_chart(trials: pd.DataFrame) -> Chart:
     if not all(c in df for c in KINDS) or not len(df := df.dropna(subset=list(KINDS))):
         return skip(KEY, TITLE, "The study has no fid_two_stage values (set two_stage: true with fid: true), so "
                     "this chart is left out.")
-    df = df.assign(improvement=df["fid_prior"] - df["fid_two_stage"])
+    df = df.assign(improvement=df["fid_prior"] - df["fid_two_stage"], _unsettled=settled.unsettled(df))
     x = "lam" if df["lam"].nunique() > 1 or df["latent_dim"].nunique() == 1 else "latent_dim"
     kinds = {**KINDS, **{k: v for k, v in BASELINE.items() if k in df and df[k].notna().any()}}
-    cells = (df.groupby(["panel", "lam_level", "latent_dim"], observed=True)[[*kinds, "improvement"]].mean()
+    cells = (df.groupby(["panel", "lam_level", "latent_dim"], observed=True)
+             .agg({**{k: "mean" for k in [*kinds, "improvement"]}, "_unsettled": "sum"})
              .reset_index())  # lam_level: one row per lambda (log bins for a random search), mean over seeds
     dims = sorted(df["latent_dim"].unique())
     colors = dict(zip([fmt(v) for v in dims], sns.color_palette("viridis", len(dims) + 1)))
-    long = df.melt(id_vars=["panel", "lam", "latent_dim", "seed"], value_vars=list(kinds), var_name="kind",
-                   value_name="score").dropna(subset=["score"])
+    long = df.melt(id_vars=["panel", "lam", "latent_dim", "seed", "_unsettled"], value_vars=list(kinds),
+                   var_name="kind", value_name="score").dropna(subset=["score"])
     long["kind"] = long["kind"].map(kinds)
     long["latent dim"] = pd.Categorical(long["latent_dim"].map(fmt), [fmt(v) for v in dims], ordered=True)
     fig, axes = new_figure(2 * len(d.panels), (5.4, 4.2), ncols=2)
     for n, panel in enumerate(d.panels):
         left, right = axes[2 * n], axes[2 * n + 1]
+        moving = long[(long["panel"] == panel) & long["_unsettled"]]
+        if len(moving):  # first, so seaborn's legend below takes it in
+            left.scatter(moving[x], moving["score"], **settled.MARK, label=settled.LABEL)
         sns.lineplot(long[long["panel"] == panel], x=x, y="score", hue="latent dim", palette=colors, style="kind",
                      style_order=list(kinds.values()), markers=True, errorbar=("pi", 100), err_kws={"alpha": 0.15},
                      ax=left)
@@ -65,9 +72,13 @@ def two_stage_chart(trials: pd.DataFrame) -> Chart:
         right.tick_params(axis="y", rotation=0)
     fig.suptitle(TITLE)
     table = cells.assign(lam=cells["lam_level"].astype(str)).drop(columns="lam_level")
-    table = table[["panel", "lam", "latent_dim", *kinds, "improvement"]].rename(
-        columns={"improvement": "fid_prior - fid_two_stage"})
-    return Chart(KEY, TITLE, _reading(cells), fig, {"two_stage": table})
+    table = table[["panel", "lam", "latent_dim", *kinds, "improvement", "_unsettled"]].rename(
+        columns={"improvement": "fid_prior - fid_two_stage", "_unsettled": "n_not_settled"})
+    reading = _reading(cells)
+    if df["_unsettled"].any():
+        n_moving = int(df["_unsettled"].sum())
+        reading = f"{reading.removesuffix('.')} ({n_moving} of {len(df)} trials not settled: hollow circles)."
+    return Chart(KEY, TITLE, reading, fig, {"two_stage": table})
 
 
 def _reading(cells: pd.DataFrame) -> str:

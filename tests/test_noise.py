@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from analysis.noise import plot_noise_experiment
+from analysis.noise import noise_chart, plot_noise_experiment
 from conftest import vaesweep_cli
 from vaesweep.noise import PHASES, NoiseExperiment, NoiseSettings, run_noise_experiment
 from vaesweep.results import Recorder, load_study
@@ -120,6 +120,11 @@ def test_recorder_keeps_the_phase_and_noise_columns(short_run, tmp_path):
     assert {*NOISE_COLS, "noise_sigma", "noise_variable", "noise_threshold_epoch", "noise_revived_epoch"} <= set(epochs)
     png = plot_noise_experiment(epochs, tmp_path / "fig7.png")
     assert png.stat().st_size > 10_000
+    # 3 base epochs of 4 minibatches: the default settle window (1,500 minibatches) is far off
+    assert {"settled", "settled_step"} <= set(epochs) and not epochs["settled"].any()
+    chart = noise_chart(epochs)
+    assert list(chart.tables["noise_events"]["base_settled"]) == [False]
+    assert "had not settled before the noise in 1 of 1 trials" in chart.reading
 
 
 @pytest.mark.parametrize("change, message", [

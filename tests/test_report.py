@@ -53,20 +53,26 @@ def assert_refs_exist(index: Path) -> list[str]:
 
 
 def synthetic_study(path: Path, archs=("dense", "conv"), dims=(2, 4, 8, 16), lams=(0.5, 2.0), seeds=(0, 1),
-                    fid=True, lambda_star=True) -> Path:
+                    fid=True, lambda_star=True, settled=True, moving=None) -> Path:
     """A study folder with known answers: with lambda=0.5 a model uses at most 10 variables, with
-    lambda=2 at most 6 (so sparsity starts at d=16 and d=8); the KL term works when lambda=2."""
-    cap = {0.5: 10, 2.0: 6}
+    lambda=2 at most 6 (so sparsity starts at d=16 and d=8); the KL term works when lambda=2.
+
+    ``moving`` {(latent_dim, lam): n_active}: those trials had not settled and show that (moving)
+    count instead; ``settled`` False: no trial settled; None: a study from before the column."""
+    cap, moving = {0.5: 10, 2.0: 6}, moving or {}
     trials, latents, history, epochs = [], [], [], []
     for i, (arch, d, lam, seed) in enumerate(itertools.product(archs, dims, lams, seeds)):
         tid = f"syn_{i:05d}"
-        n_active = min(d, cap[lam])
+        n_active = moving.get((d, lam), min(d, cap[lam]))
         residual = 0.05 if lam == 2.0 else 0.8
         row = {"trial_id": tid, "arch": arch, "latent_dim": d, "lam": lam, "seed": seed, "epochs": 3,
                "hidden": [32, 16], "status": "done", "error": None, "n_active": n_active,
                "n_inactive": d - n_active, "law_residual_max": residual * (1 + 0.1 * seed),
                "mean_mu_abs_max": 0.05, "recon": 100.0 - n_active, "kl": 2.0 * n_active, "elbo": -100 - n_active,
                "kl_working": lam == 2.0, "epochs_done": 3, "time_total": 1.0}
+        if settled is not None:
+            row["settled"] = bool(settled) and (d, lam) not in moving
+            row["settled_step"] = 20.0 if row["settled"] else None
         if fid:
             row.update(fid_prior=50.0 / lam + d, fid_recon=10.0 + d, fid_zeroed=50.0 / lam + d + 0.1)
         trials.append(row)
@@ -225,6 +231,57 @@ def test_report_of_a_study_with_no_finished_trial(tmp_path):
     assert page.count('class="note"') == len(ALL_CHARTS) and "0 of 1 trials finished" in page
 
 
+def test_report_marks_unsettled_trials_and_reads_settled_ones_only(tmp_path):
+    # at d=8, lambda=0.5 the trials had not settled and show a count still moving (5 active):
+    # counted, they would move that line's onset of sparsity from 16 to 8
+    study = synthetic_study(tmp_path / "moving", moving={(8, 0.5): 5})
+    index = build_report(study)
+    out, page = index.parent, index.read_text()
+    assert_refs_exist(index)
+    onset = pd.read_csv(out / "onset.csv")
+    assert set(onset[onset["lam"] == "λ=0.5"]["onset"]) == {16}
+    assert set(onset[onset["lam"] == "λ=2"]["onset"]) == {8}
+    assert list(onset[onset["lam"] == "λ=0.5"]["n_left_out (not settled)"]) == [2, 2]  # 2 seeds per arch
+    assert "4 of 32 trials left out: not settled, hollow circles)." in page  # the onset's reading
+    law = pd.read_csv(out / "law_residual.csv")
+    cell = law[(law["lam"] == "λ=0.5") & (law["latent_dim"] == 8)]
+    assert cell["law_residual_max (mean)"].isna().all() and (cell["n_left_out (not settled)"] == 2).all()
+    assert "4 of 32 trials left out: not settled; hatched cells" in page  # the heatmap's reading
+    assert "in 8 of 14 cells" in page  # the two unsettled-only cells are not read
+    trials = pd.read_csv(out / "trials.csv")
+    assert (~trials.loc[trials["latent_dim"].eq(8) & trials["lam"].eq(0.5), "settled"]).all()
+    assert trials["settled"].sum() == 28
+    assert "| **no** |" in (out / "trials.md").read_text() and "font-style: italic" in page
+    first = page.split("<body>")[1].strip().splitlines()[0]
+    assert first.startswith('<p class="warning">4 of 32 finished trials did not settle')
+    fid = pd.read_csv(out / "trials.csv")  # the FID-proxy and gain charts say so too
+    assert "(4 of 32 trials not settled: hollow circles)" in page and len(fid) == 33
+
+
+def test_report_when_no_trial_settled(tmp_path, capsys):
+    study = synthetic_study(tmp_path / "none", archs=("dense",), settled=False, fid=False, lambda_star=False)
+    assert main(["report", str(study)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("No trial settled: their active set was still changing at the end. Raise")
+    page = (study / "report" / "index.html").read_text()
+    assert page.split("<body>")[1].strip().startswith('<p class="warning">No trial settled:')
+    assert "All 16 trials left out: not settled" in page  # onset of sparsity and law heatmap: not read
+    for key in ("capacity", "law_heatmap"):
+        assert not (study / "report" / f"{key}.png").exists()
+    assert "(not settled)" in page  # Table 1 and Fig. 2 of the chosen trial say it
+    assert set(pd.read_csv(next((study / "report").glob("table1_*.csv")))["settled"]) == {False}
+
+
+def test_report_of_a_study_from_before_the_settled_column(tmp_path):
+    study = synthetic_study(tmp_path / "old", archs=("dense",), settled=None, fid=False, lambda_star=False)
+    index = build_report(study)
+    page = index.read_text()
+    assert page.split("<body>")[1].strip().startswith('<p class="warning">Settled status unknown')
+    assert (index.parent / "capacity.png").is_file() and (index.parent / "law_heatmap.png").is_file()
+    assert "not settled" not in page and "settled" not in pd.read_csv(index.parent / "trials.csv")
+    assert "n_left_out (not settled)" not in pd.read_csv(index.parent / "onset.csv")
+
+
 def test_table1_is_callable_from_python_on_dataframes(synthetic_report):
     study, _ = synthetic_report
     latents = pd.read_parquet(study / "latents.parquet")
@@ -293,6 +350,10 @@ def test_run_writes_a_report_with_every_applicable_chart(real_study):
     for table in ("trials", "onset", "law_residual"):
         assert (index.parent / f"{table}.csv").is_file() and (index.parent / f"{table}.md").is_file()
     assert len(pd.read_csv(index.parent / "trials.csv")) == 2
+    assert trials["settled"].all() and (trials["settled_step"] == 8).all()  # 4 minibatches an epoch: epoch 2
+    epochs = pd.read_parquet(study / "epochs.parquet")
+    assert list(epochs.sort_values(["trial_id", "epoch"])["settled"]) == [False, True] * 2
+    assert '<p class="warning">' not in page  # every trial settled: no warning line
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The Optuna searcher: minimal lambda with a working KL term (Sec. 6.1), through Ray Tune."""
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -14,7 +15,10 @@ TINY_SEARCH = {
     "name": "lam_tiny",
     # loose tolerances so a 2-epoch model can pass the laws at large lambda
     "base": {"latent_dim": 4, "epochs": 2, "max_train": 500, "max_eval": 200, "hidden": [32],
-             "law_tol": 0.5, "mu_tol": 0.5},
+             "law_tol": 0.5, "mu_tol": 0.5,
+             # lambda* counts settled trials only: a 2-epoch window, every variable counted active (a tiny
+             # model's var_mu stays above 1e-3), so each trial settles at its second epoch
+             "settle_patience": 2, "settle_min_steps": 0, "settle_law_tol": 100.0, "active_threshold": 1e-6},
     "space": {"lam": {"loguniform": [0.1, 10.0]}},
     "search": {"type": "optuna", "num_samples": 4, "sampler": {"type": "gp", "n_startup_trials": 1},
                "start": [{"lam": 10.0}]},
@@ -42,9 +46,11 @@ def test_search_runs_through_ray_writes_sqlite_resumes_and_finds_lambda_star(tmp
     trials = load_study(study).trials.set_index("trial_id")
     best = trials.loc[star["lam_star_trial"].iloc[0]]
     assert best["kl_working"] and best["law_residual_max"] <= 0.5 and best["mean_mu_abs_max"] <= 0.5
-    assert best["lam"] == star["lam_star"].iloc[0] == trials[trials["kl_working"]]["lam"].min()
+    counted = trials[trials["kl_working"] & trials["settled"].eq(True)]  # unsettled trials cannot be lambda*
+    assert best["settled"] and best["lam"] == star["lam_star"].iloc[0] == counted["lam"].min()
+    assert star["n_unsettled"].iloc[0] == (~trials["settled"].eq(True)).sum()
     feasible = [t for t in complete if max(t.constraints.values()) <= 0]
-    assert min(t.params["lam"] for t in feasible) == pytest.approx(star["lam_star"].iloc[0])
+    assert min(t.params["lam"] for t in feasible) <= star["lam_star"].iloc[0] * (1 + 1e-9)
 
     # running it again resumes the same Optuna study: nothing new is tried
     res = vaesweep_cli("run", path, "--storage", tmp_path / "runs")
@@ -63,6 +69,21 @@ def test_lambda_star_brackets_on_a_known_table():
     star = lambda_star(trials, ["arch"]).set_index("arch")
     assert star.loc["dense", "lam_star"] == 1.0 and star.loc["dense", "lam_below"] == 0.5
     assert star.loc["conv", "lam_star"] == 1.2 and star.loc["conv", "lam_below_law_residual"] == 0.2
+    assert star["n_unsettled"].isna().all()  # a study from before the settled column: unknown
+
+
+def test_lambda_star_counts_settled_trials_only():
+    trials = pd.DataFrame({
+        "trial_id": list("abcde"), "arch": "dense", "status": "done", "lam": [0.3, 0.5, 1.0, 2.0, 4.0],
+        "kl_working": [False, False, True, True, True], "law_residual_max": [0.6, 0.4, 0.1, 0.05, 0.04],
+        "settled": [True, False, False, True, True],  # 0.5 and 1.0 were still moving when they stopped
+    })
+    star = lambda_star(trials, ["arch"]).iloc[0]
+    assert star["lam_star"] == 2.0 and star["lam_star_trial"] == "d"  # not the unsettled 1.0
+    assert star["lam_below"] == 0.3  # nor the unsettled 0.5 as the bracket
+    assert star["n_unsettled"] == 2 and star["n_trials"] == 5
+    none = lambda_star(trials.assign(settled=False), ["arch"]).iloc[0]
+    assert np.isnan(none["lam_star"]) and none["n_unsettled"] == 5
 
 
 @pytest.mark.parametrize("change,needle", [

@@ -57,7 +57,8 @@ def test_smoke_study_end_to_end(smoke):
     # one row per trial per latent variable
     assert len(t.latents) == sum(t.trials["latent_dim"])
     assert set(t.trials.columns) >= {"latent_dim", "lam", "arch", "seed", "n_active", "law_residual_max",
-                                     "kl_working", "elbo", "status", "error"}
+                                     "kl_working", "elbo", "status", "error", "settled", "settled_step"}
+    assert {"settled", "settled_step"} <= set(t.epochs.columns)
     merged = t.latents.groupby("trial_id")["active"].sum().rename("n").to_frame().join(t.trials.set_index("trial_id"))
     assert (merged["n"] == merged["n_active"]).all()
     assert (study / "study.yaml").exists() and "torch" in json.loads((study / "versions.json").read_text())

@@ -59,6 +59,9 @@ def _print_table(latents: list[dict], summary: dict) -> None:
     print()
     for k, v in summary.items():
         print(f"{k:>18}: {v:.6g}" if isinstance(v, float) else f"{k:>18}: {v}")
+    if not summary.get("settled", True):
+        print("not settled: the active set or the law residual still moved over the last evaluations; "
+              "raise --epochs or relax --settle-patience / --settle-min-steps / --settle-law-tol")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -72,6 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         line = f"epoch {m['epoch']:>4}/{cfg.epochs}  loss {m['train_loss']:9.3f}  {m['epoch_time']:.2f}s"
         if m["evaluated"]:
             line += f"  active {m['n_active']}/{cfg.latent_dim}  law_residual_max {m['law_residual_max']:.3f}"
+            line += f"  settled at step {m['settled_step']}" if m["settled"] else "  not settled"
         print(line, file=sys.stderr, flush=True)
     result = run.result()
     if out is not None:

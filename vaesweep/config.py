@@ -53,6 +53,12 @@ class TrialConfig(BaseModel):
     active_threshold: float = Field(0.01, gt=0, description="active if Var[mu_i] > threshold")
     law_tol: float = Field(0.15, gt=0, description="KL works if max_i |var_mu + mean_sigma2 - 1| <= law_tol")
     mu_tol: float = Field(0.15, gt=0, description="KL works if max_i |E[mu_i]| <= mu_tol")
+    settle_patience: int = Field(5, ge=2, description="settled: the same set of active variables and a still "
+                                 "law residual over at least this many evaluations (vaesweep/settle.py)")
+    settle_min_steps: int = Field(1500, ge=0, description="settled: the evaluations compared span at least "
+                                  "this many minibatches")
+    settle_law_tol: float = Field(0.05, gt=0, description="settled: law_residual_max moves (max - min) at "
+                                  "most this much over those evaluations")
     # generation quality: FID-proxy (vaesweep/fid.py)
     fid: bool = Field(True, description="FID-proxy scores fid_prior, fid_recon, fid_zeroed at the end")
     fid_every: int = Field(0, ge=0, description="FID-proxy also every N epochs (0: only at the end)")

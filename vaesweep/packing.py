@@ -46,11 +46,13 @@ from .data import load_dataset
 from .latents import evaluate
 from .losses import kl_per_variable, kl_weight, reconstruction_error
 from .models import build_model, reparameterize
+from .settle import SettleTracker, active_indices
 from .trial import CHECKPOINT_FILE, TrainingDiverged, TrialResult, resolve_device
 
 # Fields that may differ between the configurations of one pack; all others must be equal.
 PACK_VARIES = frozenset({"lam", "warmup_steps", "free_bits", "capacity_max", "capacity_steps", "gamma",
-                         "seed", "latent_dim", "active_threshold", "law_tol", "mu_tol"})
+                         "seed", "latent_dim", "active_threshold", "law_tol", "mu_tol",
+                         "settle_patience", "settle_min_steps", "settle_law_tol"})
 PACK_KEY = "_pack"  # param_space key of a packed trial: the list of its configurations
 GPU_PACK = 16  # pack: auto on a GPU
 
@@ -155,6 +157,7 @@ class PackedRun:
         self.histories: list[list[dict]] = [[] for _ in self.cfgs]
         self.last_evals: list[dict | None] = [None] * self.k
         self.diverged: list[str | None] = [None] * self.k
+        self.settles = [SettleTracker.for_config(c) for c in self.cfgs]  # as TrialRun.settle
         self._fid = None
 
     def _build(self, latent_dim: int, seed: int) -> nn.Module:
@@ -275,7 +278,9 @@ class PackedRun:
             if evaluated:
                 self.last_evals[i] = self.evaluate(i, with_gain=with_gain)
                 metrics["latents"] = self.last_evals[i]["latents"]
-            metrics.update(self.last_evals[i]["summary"], evaluated=evaluated)
+                self.settles[i].observe(self.step, active_indices(self.last_evals[i]["latents"]),
+                                        self.last_evals[i]["summary"]["law_residual_max"])
+            metrics.update(self.last_evals[i]["summary"], **self.settles[i].status(), evaluated=evaluated)
             if fid_now:
                 metrics.update(self.generation_scores(i))
             out.append(metrics)
@@ -301,7 +306,8 @@ class PackedRun:
             raise TrainingDiverged(f"configuration {i} (seed {c.seed}, lam {c.lam}): {self.diverged[i]}")
         final = self.last_evals[i] or self.evaluate(i)
         fid = {k: v for k, v in (hist[-1] if hist else {}).items() if k.startswith("fid_") and k != "fid_seconds"}
-        return TrialResult(c, {**final["summary"], **fid}, final["latents"], hist, self.model(i))
+        return TrialResult(c, {**final["summary"], **self.settles[i].status(), **fid}, final["latents"], hist,
+                           self.model(i))
 
     def results(self) -> list[TrialResult]:
         return [self.result(i) for i in range(self.k)]
@@ -321,7 +327,8 @@ class PackedRun:
                         "optimizer": {"state": state, "param_groups": copy.deepcopy(opt["param_groups"])},
                         "gen": self.gens[i].get_state(), "epoch": self.epoch, "step": self.step,
                         "elapsed": self.elapsed, "history": list(self.histories[i]), "last_eval": self.last_evals[i],
-                        "config": c.model_dump(), "diverged": self.diverged[i]})
+                        "settle": self.settles[i].state_dict(), "config": c.model_dump(),
+                        "diverged": self.diverged[i]})
         return out
 
     @torch.no_grad()
@@ -344,6 +351,8 @@ class PackedRun:
             self.gens[i].set_state(st["gen"])
             self.histories[i], self.last_evals[i] = list(st["history"]), st["last_eval"]
             self.diverged[i] = st.get("diverged")
+            self.settles[i] = SettleTracker.from_state(st["settle"]) if "settle" in st \
+                else SettleTracker.for_config(self.cfgs[i])  # an older checkpoint: the rule starts afresh
         self.optimizer.load_state_dict({"state": adam, "param_groups": states[0]["optimizer"]["param_groups"]})
         self.epoch, self.step, self.elapsed = states[0]["epoch"], states[0]["step"], states[0]["elapsed"]
 

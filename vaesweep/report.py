@@ -9,6 +9,8 @@
 Charts the study cannot support (it did not vary latent_dim, has no FID-proxy, no checkpoints)
 appear as a one-line note. The per-trial charts (Table 1, Fig. 2, Fig. 3) are drawn for the
 *chosen trials*: one representative per architecture (see ``choose_trials``), or the ids given.
+Trials whose collapse had not settled (vaesweep/settle.py) are marked everywhere; when some or all
+did not settle, or the study predates the ``settled`` column, the page's first line says so.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from analysis.latents import describe_trial, gain_vs_kl, table1, var_mu_history
 from analysis.law import law_heatmap
 from analysis.noise import noise_chart
 from analysis.paper import paper_chart, paper_trials
+from analysis.settled import flag, headline, unsettled
 from analysis.two_stage import two_stage_chart
 from analysis.samples import sample_grids
 
@@ -33,7 +36,8 @@ from .results import load_study, read_spec_copy
 
 REPORT_DIR = "report"
 LAMBDA_STAR = "lambda_star.parquet"
-SUMMARY_COLUMNS = ("status", "n_active", "n_inactive", "law_residual_max", "mean_mu_abs_max", "kl_working",
+SUMMARY_COLUMNS = ("status", "settled", "settled_step", "n_active", "n_inactive", "law_residual_max",
+                   "mean_mu_abs_max", "kl_working",
                    "recon", "kl", "elbo", *FID_COLUMNS, "fid_two_stage", "fid_q_gaussian", "epochs_done",
                    "time_total", "error")
 
@@ -41,8 +45,9 @@ SUMMARY_COLUMNS = ("status", "n_active", "n_inactive", "law_residual_max", "mean
 def choose_trials(trials: pd.DataFrame, metric: str = "elbo", mode: str = "max",
                   ids: list[str] | None = None) -> pd.DataFrame:
     """The trials drawn one by one (Table 1, Fig. 2, Fig. 3): ``ids`` when given, else one per
-    architecture (and data set): among its finished trials, prefer one whose KL term works (Sec. 4),
-    then one with inactive variables (sparsity to look at), then the best ``metric``."""
+    architecture (and data set): among its finished trials, prefer one whose collapse settled, then
+    one whose KL term works (Sec. 4), then one with inactive variables (sparsity to look at), then
+    the best ``metric``."""
     df = with_defaults(trials)
     if ids:
         unknown = [i for i in ids if i not in set(df["trial_id"])]
@@ -56,11 +61,11 @@ def choose_trials(trials: pd.DataFrame, metric: str = "elbo", mode: str = "max",
     if metric not in done or done[metric].isna().all():
         metric, mode = "elbo", "max"
     score = done[metric] if mode == "max" else -done[metric]
-    ranked = done.assign(_works=done["kl_working"].fillna(False).astype(bool), _sparse=done["n_inactive"] > 0,
-                         _score=score.fillna(-float("inf")))
-    ranked = ranked.sort_values(["_works", "_sparse", "_score"], ascending=False)
+    ranked = done.assign(_settled=~unsettled(done), _works=done["kl_working"].fillna(False).astype(bool),
+                         _sparse=done["n_inactive"] > 0, _score=score.fillna(-float("inf")))
+    ranked = ranked.sort_values(["_settled", "_works", "_sparse", "_score"], ascending=False)
     best = ranked.groupby(panel_fields(varied_fields(df)), sort=True).head(1)
-    return best.drop(columns=["_works", "_sparse", "_score"]).reset_index(drop=True)
+    return best.drop(columns=["_settled", "_works", "_sparse", "_score"]).reset_index(drop=True)
 
 
 def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> tuple[list[Chart], dict]:
@@ -87,8 +92,8 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
     d = frame(t.trials)
     facts = {"name": spec.get("name", study_dir.name), "n_trials": len(t.trials), "n_done": len(d.trials),
              "varied": [f for f in d.varied if f != "threads"],
-             "chosen": [describe_trial(r) for _, r in chosen.iterrows()],
-             "trials": _trials_table(t.trials, d.varied)}
+             "chosen": [describe_trial(r) + flag(r) for _, r in chosen.iterrows()],
+             "trials": _trials_table(t.trials, d.varied), "headline": headline(t.trials)}
     return charts, facts
 
 
@@ -136,7 +141,7 @@ def _write_chart(chart: Chart, out: Path) -> str:
 
 def _table_block(name: str, df: pd.DataFrame, out: Path, max_rows: int = 200) -> str:
     """Write ``name``.csv and .md; the HTML table (its first ``max_rows`` rows) with inactive rows
-    (active == False) in red."""
+    (active == False) in red and unsettled trials (settled == False) in grey italics."""
     df.to_csv(out / f"{name}.csv", index=False)
     (out / f"{name}.md").write_text(to_markdown(df), encoding="utf-8")
     more = f"<p>The first {max_rows} of {len(df)} rows; all are in the CSV.</p>" if len(df) > max_rows else ""
@@ -145,14 +150,18 @@ def _table_block(name: str, df: pd.DataFrame, out: Path, max_rows: int = 200) ->
     styler = df.style.hide(axis="index").format("{:.4g}", subset=floats, na_rep="—")
     if "active" in df:
         styler = styler.apply(lambda r: ["background: #f9d3d3" if not r["active"] else ""] * len(r), axis=1)
+    if "settled" in df:  # unsettled trials greyed: their collapse numbers were still moving
+        styler = styler.apply(lambda r: [UNSETTLED_ROW if r.get("status", "done") == "done" and flag(r)
+                                         else ""] * len(r), axis=1)
     return (f'<div class="table"><h3>{html.escape(name)} <a href="{name}.csv">CSV</a> '
             f'<a href="{name}.md">Markdown</a></h3>{styler.to_html()}{more}</div>')
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub Markdown table; floats to 4 significant digits, inactive variables in bold."""
+    """A GitHub Markdown table; floats to 4 significant digits, inactive variables and unsettled
+    trials in bold."""
     def cell(col, v):
-        if col == "active":
+        if col in ("active", "settled") and not pd.isna(v):
             return "yes" if bool(v) else "**no**"
         if isinstance(v, float):
             return "" if pd.isna(v) else f"{v:.4g}"
@@ -167,16 +176,25 @@ STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em aut
 img{max-width:100%;border:1px solid #ddd}p.reading{font-style:italic;margin:.4em 0 1.2em}
 p.note{color:#666;background:#f4f4f4;padding:.5em}table{border-collapse:collapse;font-size:12px;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}h3{font-size:14px}h3 a{font-weight:normal;font-size:12px}
-section{margin-bottom:2.5em}nav a{margin-right:1em}"""
+section{margin-bottom:2.5em}nav a{margin-right:1em}
+p.warning{background:#fff3cd;border:1px solid #e0c060;padding:.6em;font-weight:bold}"""
+UNSETTLED_ROW = "color: #888; font-style: italic"
 
 
 def _page(facts: dict, charts: list[Chart], sections: list[str]) -> str:
     name = html.escape(facts["name"])
     nav = " ".join(f'<a href="#{c.key}">{html.escape(c.title.split(":")[0])}</a>' for c in charts)
     chosen = "".join(f"<li>{html.escape(c)}</li>" for c in facts["chosen"]) or "<li>none yet</li>"
-    head = (f"<h1>vaesweep study report: {name}</h1>"
+    warning = f'<p class="warning">{html.escape(facts["headline"])}</p>' if facts.get("headline") else ""
+    head = (f"{warning}<h1>vaesweep study report: {name}</h1>"
             f"<p>{facts['n_done']} of {facts['n_trials']} trials finished; varied: "
             f"{html.escape(', '.join(facts['varied']) or 'nothing')}.</p>"
             f"<p>Trials drawn one by one (Table 1, Fig. 2, Fig. 3):</p><ul>{chosen}</ul><nav>{nav}</nav>")
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>vaesweep report: {name}</title>'
             f"<style>{STYLE}</style></head><body>\n{head}\n" + "\n".join(sections) + "\n</body></html>\n")
+
+
+def report_headline(study_dir: str | Path) -> str | None:
+    """The report's first line about settling (None when every finished trial settled): what the
+    CLI prints before the report's path."""
+    return headline(load_study(study_dir).trials)

@@ -4,7 +4,8 @@ In ``runs/<name>/``:
 
 - ``trials.parquet``: one row per trial: ``trial_id``, config columns, final summary metrics,
   ``status`` (pending / running / done / failed) and ``error``;
-- ``epochs.parquet``: one row per trial per epoch (train loss parts, timing, collapse summary);
+- ``epochs.parquet``: one row per trial per epoch (train loss parts, timing, collapse summary,
+  ``settled`` / ``settled_step``: whether the collapse had settled, vaesweep/settle.py);
 - ``latents.parquet``: one row per trial per latent variable, the final per-variable metrics;
 - ``latent_history.parquet``: the same per-variable metrics at every evaluated epoch (Fig. 2, 7);
 - ``trace.parquet``: per-variable minibatch var_mu every K steps, when ``track_every`` is set.
@@ -281,7 +282,8 @@ def describe(row) -> str:
 
 EXTRA_PREFIXES = ("fid_", "noise_", "two_stage_")  # scalar keys kept as they come: FID-proxy, Sec. 5, two-stage
 SUMMARY_KEYS = ("n_active", "n_inactive", "law_residual_max", "law_residual_mean", "mean_mu_abs_max",
-                "recon", "kl", "elbo", "kl_working", "law_excess", "mu_excess")
+                "recon", "kl", "elbo", "kl_working", "law_excess", "mu_excess",
+                "settled", "settled_step")  # vaesweep/settle.py: has the collapse stopped moving?
 EPOCH_KEYS = {"epoch", "step", "evaluated", "node", "train_loss", "train_recon", "train_kl", "lam_effective", "epoch_time",
               "time_total", "phase", *SUMMARY_KEYS}  # phase and noise_*: the Sec. 5 experiment (vaesweep.noise)
 

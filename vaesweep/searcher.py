@@ -93,22 +93,29 @@ def lambda_star(trials: pd.DataFrame, setting_cols: list[str]) -> pd.DataFrame:
 
     Columns: the setting, ``lam_star`` (smallest lam of a finished trial with kl_working), its
     residuals, ``lam_below`` (the largest lam below lam_star that failed the laws) with its
-    residual, and how many trials the search used.
+    residual, how many trials the search used, and ``n_unsettled``: how many of them were left out
+    because their collapse had not settled (vaesweep/settle.py; a number read from a trial still
+    changing is not the paper's phenomenon, so it can be neither lam_star nor lam_below). A study
+    from before the ``settled`` column counts every trial and has n_unsettled NaN (unknown).
     """
     rows = []
     done = trials[trials["status"] == "done"]
     groups = done.groupby(setting_cols, dropna=False) if setting_cols else [((), done)]
     for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
-        ok = group[group["kl_working"].astype(bool)].sort_values("lam")
-        row = dict(zip(setting_cols, key), n_trials=len(group), lam_star=float("nan"),
-                   lam_star_trial=None, lam_star_law_residual=float("nan"), lam_below=float("nan"),
-                   lam_below_law_residual=float("nan"))
+        settled = group["settled"].eq(True) if "settled" in group else pd.Series(True, index=group.index)
+        counted = group[settled]
+        ok = counted[counted["kl_working"].astype(bool)].sort_values("lam")
+        row = dict(zip(setting_cols, key), n_trials=len(group),
+                   n_unsettled=int((~settled).sum()) if "settled" in group else float("nan"),
+                   lam_star=float("nan"), lam_star_trial=None, lam_star_law_residual=float("nan"),
+                   lam_below=float("nan"), lam_below_law_residual=float("nan"))
         if len(ok):
             best = ok.iloc[0]
             row.update(lam_star=best["lam"], lam_star_trial=best["trial_id"],
                        lam_star_law_residual=best["law_residual_max"])
-            below = group[(group["lam"] < best["lam"]) & ~group["kl_working"].astype(bool)].sort_values("lam")
+            failed = ~counted["kl_working"].astype(bool)
+            below = counted[(counted["lam"] < best["lam"]) & failed].sort_values("lam")
             if len(below):
                 row.update(lam_below=below.iloc[-1]["lam"], lam_below_law_residual=below.iloc[-1]["law_residual_max"])
         rows.append(row)

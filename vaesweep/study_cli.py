@@ -16,9 +16,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = run_study(spec, address=args.address, storage=args.storage, quiet=args.quiet)
     print(f"results: {out}")
     try:  # the results are on disk already: a failing report must not lose them
-        from .report import build_report
+        from .report import build_report, report_headline
 
-        print(f"report: {build_report(out)}")
+        index = build_report(out)
+        line = report_headline(out)  # e.g. "No trial settled: ..." (the page's first line too)
+        if line:
+            print(line)
+        print(f"report: {index}")
     except Exception as err:  # noqa: BLE001
         print(f"report: not written ({type(err).__name__}: {err}); the results are safe, "
               f"retry with: python -m vaesweep report {out}")
@@ -51,7 +55,7 @@ def _print_status(path: Path) -> int:
     best = best_trials(trials, metric, mode, 5)
     if len(best):
         cols = [c for c in ("trial_id", "arch", "latent_dim", "lam", "seed", "n_active", "law_residual_max",
-                            "mean_mu_abs_max", "kl_working", "elbo", metric) if c in best]
+                            "mean_mu_abs_max", "kl_working", "settled", "elbo", metric) if c in best]
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             print(f"best trials by {metric} ({mode}):")
             print(best[list(dict.fromkeys(cols))].to_string(index=False))

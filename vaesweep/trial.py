@@ -26,6 +26,7 @@ from .data import load_dataset
 from .latents import evaluate
 from .losses import kl_weight, vae_loss
 from .models import build_model, reparameterize
+from .settle import SettleTracker, active_indices
 
 LatentTransform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -76,6 +77,7 @@ class TrialRun:
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.history: list[dict] = []
         self.last_eval: dict | None = None
+        self.settle = SettleTracker.for_config(cfg)  # has the collapse settled? (vaesweep/settle.py)
         self._fid = None  # (FidScorer, TrainedFeatureNet), built on the first FID epoch
         self.second_stage = None  # vaesweep.two_stage.TwoStageVAE, fitted at the end when two_stage is on
 
@@ -136,8 +138,10 @@ class TrialRun:
         if evaluated:
             self.last_eval = self.evaluate(with_gain=with_gain)
             metrics["latents"] = self.last_eval["latents"]
+            self.settle.observe(self.step, active_indices(self.last_eval["latents"]),
+                                self.last_eval["summary"]["law_residual_max"])
         # every report carries the latest collapse summary (schedulers need it each epoch)
-        metrics.update(self.last_eval["summary"], evaluated=evaluated)
+        metrics.update(self.last_eval["summary"], **self.settle.status(), evaluated=evaluated)
         if fid_now:
             metrics.update(self.generation_scores())
         if self.epoch == self.cfg.epochs and self.cfg.two_stage:
@@ -173,8 +177,8 @@ class TrialRun:
         final = self.last_eval or self.evaluate()
         fid = {k: v for k, v in (self.history[-1] if self.history else {}).items()
                if k.startswith(("fid_", "two_stage_")) and k not in ("fid_seconds", "two_stage_seconds")}  # no timings
-        return TrialResult(self.cfg, {**final["summary"], **fid}, final["latents"], self.history, self.model,
-                           self.second_stage)
+        return TrialResult(self.cfg, {**final["summary"], **self.settle.status(), **fid}, final["latents"],
+                           self.history, self.model, self.second_stage)
 
     def final_metrics(self) -> dict | None:
         """The last epoch's report again (history row plus per-variable table), or None before any."""
@@ -187,7 +191,7 @@ class TrialRun:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "gen": self.gen.get_state(), "epoch": self.epoch, "step": self.step,
                 "elapsed": self.elapsed, "history": self.history, "last_eval": self.last_eval,
-                "config": self.cfg.model_dump()}
+                "settle": self.settle.state_dict(), "config": self.cfg.model_dump()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -195,13 +199,17 @@ class TrialRun:
         self.gen.set_state(state["gen"])
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
         self.history, self.last_eval = state["history"], state["last_eval"]
+        # a checkpoint from before the settle columns holds no active sets: the rule starts afresh
+        self.settle = SettleTracker.from_state(state["settle"]) if "settle" in state \
+            else SettleTracker.for_config(self.cfg)
 
 
 def train_vae(config: TrialConfig | dict, report: Callable[[dict], None] | None = None) -> TrialResult:
     """Train one VAE from ``config`` (a dict of TrialConfig fields or a TrialConfig).
 
     Calls ``report(metrics)`` after every epoch: epoch, train loss parts, timing and (on eval
-    epochs) the collapse summary (n_active, law_residual_max, kl_working, ...) plus ``latents``,
+    epochs) the collapse summary (n_active, law_residual_max, kl_working, ..., and whether the collapse
+    has settled: settled, settled_step; vaesweep/settle.py) plus ``latents``,
     one dict per latent variable (mean_mu, var_mu, mean_sigma2, law, kl, recon_gain, active).
     Returns a TrialResult with the final summary, per-variable table, history and model.
     """

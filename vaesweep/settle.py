@@ -1,0 +1,97 @@
+"""Has a trial's collapse settled? A collapse number counts only once it has stopped moving.
+
+Sec. 3, Fig. 2: the variables collapse one by one *along training* (the x axis is minibatches);
+Table 1 is the picture "at the end of training", read once the set of active variables has
+stopped changing. A trial stopped before that reports a count that is still moving, which is not
+the paper's phenomenon. So at every evaluation i (step s_i, set of active variables A_i by index,
+variance-law residual r_i = law_residual_max, Sec. 4) a trial records:
+
+- the *window*: the shortest suffix of evaluations j..i holding at least ``patience`` evaluations
+  and spanning s_i - s_j >= ``min_steps`` minibatches; none yet: not settled;
+- ``settled`` at i iff A_j = ... = A_i (the same *set* of indices, not just the same count) and
+  max(r_j..r_i) - min(r_j..r_i) <= ``law_tol``;
+- ``settled_step``: the step of the first evaluation of the current unbroken run of settled
+  evaluations (the minibatch at which the trial could first tell it had settled); None while not
+  settled. A variable that revives (the set changes) breaks the run until a new window holds.
+
+``settle_history`` is the rule over a whole list of evaluations; ``SettleTracker`` applies it one
+evaluation at a time, its state plain data (saved in a trial's checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+Evaluation = tuple[int, Iterable[int], float]  # (step, indices of the active variables, law_residual_max)
+
+
+@dataclass
+class SettleTracker:
+    """The settle rule applied evaluation by evaluation. ``evals`` keeps only the evaluations a
+    future window can start from (windows only move forward), as (step, sorted indices, residual)."""
+
+    patience: int
+    min_steps: int
+    law_tol: float
+    evals: list[tuple[int, list[int], float]] = field(default_factory=list)
+    settled_step: int | None = None
+
+    @classmethod
+    def for_config(cls, cfg) -> "SettleTracker":
+        """A tracker with a TrialConfig's ``settle_patience``, ``settle_min_steps``, ``settle_law_tol``."""
+        return cls(cfg.settle_patience, cfg.settle_min_steps, cfg.settle_law_tol)
+
+    @property
+    def settled(self) -> bool:
+        return self.settled_step is not None
+
+    def status(self) -> dict:
+        """The two columns every report carries: ``settled`` and ``settled_step``."""
+        return {"settled": self.settled, "settled_step": self.settled_step}
+
+    def observe(self, step: int, active: Iterable[int], residual: float) -> dict:
+        """Add evaluation (step, active indices, law_residual_max); returns ``status()`` after it."""
+        self.evals.append((int(step), sorted(int(a) for a in active), float(residual)))
+        start = self._window_start()
+        if start is None:
+            self.settled_step = None
+            return self.status()
+        del self.evals[:start]  # later windows start here or later
+        sets = {tuple(a) for _, a, _ in self.evals}
+        residuals = [r for _, _, r in self.evals]
+        still = (len(sets) == 1 and not any(math.isnan(r) for r in residuals)
+                 and max(residuals) - min(residuals) <= self.law_tol)
+        if not still:
+            self.settled_step = None
+        elif self.settled_step is None:  # a new run of settled evaluations starts here
+            self.settled_step = self.evals[-1][0]
+        return self.status()
+
+    def _window_start(self) -> int | None:
+        """Index in ``evals`` of the shortest suffix with >= patience evaluations spanning >= min_steps."""
+        last = self.evals[-1][0]
+        for j in range(len(self.evals) - self.patience, -1, -1):
+            if last - self.evals[j][0] >= self.min_steps:
+                return j
+        return None
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> "SettleTracker":
+        return cls(**{**state, "evals": [(s, list(a), r) for s, a, r in state["evals"]]})
+
+
+def settle_history(evaluations: Iterable[Evaluation], patience: int, min_steps: int,
+                   law_tol: float) -> list[dict]:
+    """``{"settled", "settled_step"}`` at every evaluation of a history, by the rule above."""
+    tracker = SettleTracker(patience, min_steps, law_tol)
+    return [tracker.observe(step, active, residual) for step, active, residual in evaluations]
+
+
+def active_indices(latents: list[dict]) -> list[int]:
+    """The indices of the active variables of a per-variable table (vaesweep.latents)."""
+    return [r["latent"] for r in latents if r["active"]]
