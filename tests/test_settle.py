@@ -35,6 +35,19 @@ def test_a_law_residual_that_keeps_moving_never_settles():
     assert settled == [False, False] + [True] * 6
 
 
+def test_a_noisy_plateau_settles_but_a_drift_does_not():
+    """law_residual_max jumps +-0.05 between evaluations on a plateau (mnist5k): the half means hold
+    still, so it settles, though max - min over the window (0.1) exceeds the tolerance; the same jumps
+    on a downward trend of 0.04 per evaluation do not settle."""
+    sets = [{0, 1}] * 10
+    plateau = [0.30, 0.40] * 5
+    settled, step = answers(sets, plateau, patience=4, min_steps=300)
+    assert settled == [False] * 3 + [True] * 7 and step[-1] == 400
+    trend = [r - 0.04 * i for i, r in enumerate(plateau)]
+    settled, _ = answers(sets, trend, patience=4, min_steps=300)
+    assert not any(settled)
+
+
 def test_a_variable_that_revives_breaks_the_settled_run():
     sets = [{0, 1}] * 6 + [{0, 1, 2}] * 3
     settled, step = answers(sets)

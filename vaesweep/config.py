@@ -57,8 +57,8 @@ class TrialConfig(BaseModel):
                                  "law residual over at least this many evaluations (vaesweep/settle.py)")
     settle_min_steps: int = Field(1500, ge=0, description="settled: the evaluations compared span at least "
                                   "this many minibatches")
-    settle_law_tol: float = Field(0.05, gt=0, description="settled: law_residual_max moves (max - min) at "
-                                  "most this much over those evaluations")
+    settle_law_tol: float = Field(0.05, gt=0, description="settled: law_residual_max drifts at most this much "
+                                  "over those evaluations (mean of the last half - mean of the first half)")
     # generation quality: FID-proxy (vaesweep/fid.py)
     fid: bool = Field(True, description="FID-proxy scores fid_prior, fid_recon, fid_zeroed at the end")
     fid_every: int = Field(0, ge=0, description="FID-proxy also every N epochs (0: only at the end)")
