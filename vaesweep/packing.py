@@ -351,8 +351,7 @@ class PackedRun:
             self.gens[i].set_state(st["gen"])
             self.histories[i], self.last_evals[i] = list(st["history"]), st["last_eval"]
             self.diverged[i] = st.get("diverged")
-            self.settles[i] = SettleTracker.from_state(st["settle"]) if "settle" in st \
-                else SettleTracker.for_config(self.cfgs[i])  # an older checkpoint: the rule starts afresh
+            self.settles[i] = SettleTracker.from_checkpoint(st, self.cfgs[i])
         self.optimizer.load_state_dict({"state": adam, "param_groups": states[0]["optimizer"]["param_groups"]})
         self.epoch, self.step, self.elapsed = states[0]["epoch"], states[0]["step"], states[0]["elapsed"]
 

@@ -89,6 +89,12 @@ class SettleTracker:
     def from_state(cls, state: dict) -> "SettleTracker":
         return cls(**{**state, "evals": [(s, list(a), r) for s, a, r in state["evals"]]})
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict, cfg) -> "SettleTracker":
+        """The tracker saved in a trial's checkpoint (its ``"settle"`` entry); a checkpoint from before
+        the settle columns holds no active sets, so the rule starts afresh with ``cfg``'s settings."""
+        return cls.from_state(checkpoint["settle"]) if "settle" in checkpoint else cls.for_config(cfg)
+
 
 def law_drift(residuals: list[float]) -> float:
     """|mean of the last half - mean of the first half| of a window's residuals (halves of n // 2)."""

@@ -199,9 +199,7 @@ class TrialRun:
         self.gen.set_state(state["gen"])
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
         self.history, self.last_eval = state["history"], state["last_eval"]
-        # a checkpoint from before the settle columns holds no active sets: the rule starts afresh
-        self.settle = SettleTracker.from_state(state["settle"]) if "settle" in state \
-            else SettleTracker.for_config(self.cfg)
+        self.settle = SettleTracker.from_checkpoint(state, self.cfg)
 
 
 def train_vae(config: TrialConfig | dict, report: Callable[[dict], None] | None = None) -> TrialResult:
