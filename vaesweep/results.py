@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from ray import tune
 
@@ -61,11 +62,13 @@ def load_study(path: str | Path) -> StudyTables:
 
 
 def check_study_folder(path: Path) -> None:
-    """Raise ``StudyFolderError`` unless the vaesweep files already in ``path`` are readable and vaesweep's."""
-    if (path / "trials.parquet").exists():
-        load_study(path)
-    else:
-        read_spec_copy(path)
+    """Raise ``StudyFolderError`` unless the vaesweep files already in ``path`` are readable and vaesweep's.
+    Reads each table's footer only (the Recorder reads the rows themselves when the study resumes)."""
+    read_spec_copy(path)
+    if (path / "trials.parquet").exists():  # the tables load_study would read
+        for table in TABLES:
+            if (path / f"{table}.parquet").exists():
+                _check_table(path, table)
 
 
 def read_spec_copy(path: Path) -> dict:
@@ -85,19 +88,24 @@ def read_spec_copy(path: Path) -> dict:
 
 
 def _read_table(path: Path, table: str) -> pd.DataFrame:
-    file = path / f"{table}.parquet"
-    if not file.exists():
+    if not (path / f"{table}.parquet").exists():
         return pd.DataFrame()
+    return pd.read_parquet(_check_table(path, table))
+
+
+def _check_table(path: Path, table: str) -> Path:
+    """The table's file, once its Parquet footer reads and names vaesweep's key columns."""
+    file = path / f"{table}.parquet"
     try:
-        df = pd.read_parquet(file)
+        columns = pq.read_schema(file).names
     except (pa.ArrowException, OSError) as err:
         why = str(err).split("': ", 1)[-1].split(". ")[0].rstrip(".")  # drop pyarrow's own path and advice
         raise _foreign(file, "is not a vaesweep results table", why) from None
-    missing = [c for c in REQUIRED_COLUMNS.get(table, ("trial_id",)) if c not in df]
-    if len(df.columns) and missing:  # an empty table (no trials yet) has no columns
+    missing = [c for c in REQUIRED_COLUMNS.get(table, ("trial_id",)) if c not in columns]
+    if columns and missing:  # an empty table (no trials yet) has no columns
         why = f"no {', '.join(missing)} column" + "s" * (len(missing) > 1)
         raise _foreign(file, "is not a vaesweep results table", why)
-    return df
+    return file
 
 
 def _foreign(file: Path, what: str, why: str) -> StudyFolderError:
