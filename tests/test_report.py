@@ -319,7 +319,7 @@ def test_run_survives_a_failing_report(tmp_path, monkeypatch, capsys):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(vaesweep.study, "run_study", lambda *a, **k: study)
-    monkeypatch.setattr(vaesweep.report, "build_report", broken)
+    monkeypatch.setattr(vaesweep.report, "report_lines", broken)
     assert main(["run", str(spec)]) == 0
     out = capsys.readouterr().out
     assert "report: not written (RuntimeError: disk full)" in out

@@ -105,6 +105,18 @@ def _asks_two_stage(trials: pd.DataFrame) -> bool:
 def build_report(study_dir: str | Path, out: str | Path | None = None,
                  chosen_ids: list[str] | None = None) -> Path:
     """Write the report folder (default ``<study>/report``); returns the path of its index.html."""
+    return _build(study_dir, out, chosen_ids)[0]
+
+
+def report_lines(study_dir: str | Path, out: str | Path | None = None,
+                 chosen_ids: list[str] | None = None) -> list[str]:
+    """Write the report; the lines a command prints: the page's first line about settling (when
+    not every finished trial settled, e.g. "No trial settled: ..."), then ``report: <index.html>``."""
+    index, facts = _build(study_dir, out, chosen_ids)
+    return [line for line in (facts["headline"], f"report: {index}") if line]
+
+
+def _build(study_dir: str | Path, out: str | Path | None, chosen_ids: list[str] | None) -> tuple[Path, dict]:
     study_dir = Path(study_dir)
     out = Path(out) if out else study_dir / REPORT_DIR
     charts, facts = study_charts(study_dir, chosen_ids)
@@ -116,7 +128,7 @@ def build_report(study_dir: str | Path, out: str | Path | None = None,
     sections.append(_table_block("trials", facts["trials"], out))
     index = out / "index.html"
     index.write_text(_page(facts, charts, sections), encoding="utf-8")
-    return index
+    return index, facts
 
 
 # --- files ----------------------------------------------------------------------------------------
@@ -193,8 +205,3 @@ def _page(facts: dict, charts: list[Chart], sections: list[str]) -> str:
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>vaesweep report: {name}</title>'
             f"<style>{STYLE}</style></head><body>\n{head}\n" + "\n".join(sections) + "\n</body></html>\n")
 
-
-def report_headline(study_dir: str | Path) -> str | None:
-    """The report's first line about settling (None when every finished trial settled): what the
-    CLI prints before the report's path."""
-    return headline(load_study(study_dir).trials)

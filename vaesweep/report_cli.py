@@ -8,7 +8,7 @@ from pathlib import Path
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .cli import UsageError
-    from .report import build_report, report_headline
+    from .report import report_lines
     from .results import load_study
 
     path = Path(args.results)
@@ -20,11 +20,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if unknown:
             raise UsageError(f"--trial {unknown[0]}: no such trial in '{path}'; see the trial ids in "
                              f"`python -m vaesweep status {path}` or {path}/report/trials.csv")
-    index = build_report(path, args.out, args.trial)
-    line = report_headline(path)  # the page's first line, printed first too
-    if line:
-        print(line)
-    print(f"report: {index}")
+    print("\n".join(report_lines(path, args.out, args.trial)))
     return 0
 
 

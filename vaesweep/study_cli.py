@@ -16,13 +16,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = run_study(spec, address=args.address, storage=args.storage, quiet=args.quiet)
     print(f"results: {out}")
     try:  # the results are on disk already: a failing report must not lose them
-        from .report import build_report, report_headline
+        from .report import report_lines
 
-        index = build_report(out)
-        line = report_headline(out)  # e.g. "No trial settled: ..." (the page's first line too)
-        if line:
-            print(line)
-        print(f"report: {index}")
+        print("\n".join(report_lines(out)))
     except Exception as err:  # noqa: BLE001
         print(f"report: not written ({type(err).__name__}: {err}); the results are safe, "
               f"retry with: python -m vaesweep report {out}")
