@@ -101,11 +101,8 @@ def active_vs_latent_dim(trials: pd.DataFrame) -> Chart:
         table = table.drop(columns="setting")
     if not settled.known(d.trials):  # a study from before the settled column: nothing known to leave out
         table = table.drop(columns="n_left_out (not settled)")
-    reading = _reading(onset, df)
-    if len(left):
-        note = settled.left_out(len(left), len(d.trials))
-        reading = f"{reading.removesuffix('.')} ({note}, hollow circles)."
-    return Chart(KEY, TITLE, reading, fig, {"onset": table})
+    note = f"{settled.left_out(len(left), len(d.trials))}, hollow circles" if len(left) else ""
+    return Chart(KEY, TITLE, settled.with_note(_reading(onset, df), note), fig, {"onset": table})
 
 
 def _reading(onset: pd.DataFrame, df: pd.DataFrame) -> str:

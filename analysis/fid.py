@@ -59,10 +59,7 @@ def fid_chart(trials: pd.DataFrame) -> Chart:
         else:
             ax.get_legend().remove()
     fig.suptitle(TITLE)
-    reading = _reading(long, kinds)
-    n_moving = int(df["_unsettled"].sum())
-    if n_moving:
-        reading = f"{reading.removesuffix('.')} ({n_moving} of {len(df)} trials not settled: hollow circles)."
+    reading = settled.with_note(_reading(long, kinds), settled.not_settled(int(df["_unsettled"].sum()), len(df)))
     return Chart(KEY, TITLE, reading, fig)
 
 

@@ -212,12 +212,9 @@ def gain_vs_kl(latents: pd.DataFrame, trials: pd.DataFrame) -> Chart:
                ylabel="reconstruction gain (error with z_i = 0 − error)")
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
-    reading = _gain_reading(df)
-    n_moving = df.loc[df["_unsettled"], "trial_id"].nunique()
-    if n_moving:
-        n_all = df["trial_id"].nunique()
-        reading = f"{reading.removesuffix('.')} ({n_moving} of {n_all} trials not settled: their variables hollow)."
-    return Chart(key, title, reading, fig)
+    note = settled.not_settled(df.loc[df["_unsettled"], "trial_id"].nunique(), df["trial_id"].nunique(),
+                               "their variables hollow")
+    return Chart(key, title, settled.with_note(_gain_reading(df), note), fig)
 
 
 def _gain_reading(df: pd.DataFrame) -> str:

@@ -44,6 +44,16 @@ def left_out(n_left: int, n_total: int) -> str:
     return f"{n_left} of {n_total} trials left out: not settled" if n_left else ""
 
 
+def not_settled(n_moving: int, n_total: int, how: str = "hollow circles") -> str:
+    """'2 of 9 trials not settled: hollow circles' (empty when none was): how a chart marks them."""
+    return f"{n_moving} of {n_total} trials not settled: {how}" if n_moving else ""
+
+
+def with_note(reading: str, note: str) -> str:
+    """A chart's reading with ``note`` in parentheses before its full stop (unchanged without a note)."""
+    return f"{reading.removesuffix('.')} ({note})." if note else reading
+
+
 def none_settled(n_total: int, what: str) -> str:
     """The note of a chart that reads settled trials only when none of them settled."""
     return (f"All {n_total} trials left out: not settled (their active set or variance-law residual was "

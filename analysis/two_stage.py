@@ -74,10 +74,7 @@ def two_stage_chart(trials: pd.DataFrame) -> Chart:
     table = cells.assign(lam=cells["lam_level"].astype(str)).drop(columns="lam_level")
     table = table[["panel", "lam", "latent_dim", *kinds, "improvement", "_unsettled"]].rename(
         columns={"improvement": "fid_prior - fid_two_stage", "_unsettled": "n_not_settled"})
-    reading = _reading(cells)
-    if df["_unsettled"].any():
-        n_moving = int(df["_unsettled"].sum())
-        reading = f"{reading.removesuffix('.')} ({n_moving} of {len(df)} trials not settled: hollow circles)."
+    reading = settled.with_note(_reading(cells), settled.not_settled(int(df["_unsettled"].sum()), len(df)))
     return Chart(KEY, TITLE, reading, fig, {"two_stage": table})
 
 
