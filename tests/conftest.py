@@ -6,9 +6,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
+
+from vaesweep.results import Recorder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +26,17 @@ def tiny():
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("VAESWEEP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def recorded(out, config, reports, trial_id="t_00000"):
+    """One finished trial's reports fed through the study's Recorder as Ray Tune would (no Ray);
+    returns the recorder's tables (vaesweep.results.StudyTables), with ``out`` its study folder."""
+    rec = Recorder(out, flush_every_s=1e9)
+    trial = SimpleNamespace(trial_id=trial_id, config=config, status="TERMINATED")
+    for m in reports:
+        rec.on_trial_result(0, [trial], trial, m)
+    rec.on_trial_complete(0, [trial], trial)
+    return rec.tables()
 
 
 def vaesweep_cli(*args, cwd=None, timeout=600, env=None):

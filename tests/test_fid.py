@@ -10,7 +10,6 @@ import math
 import subprocess
 import sys
 import textwrap
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -18,11 +17,10 @@ import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from conftest import ROOT, vaesweep_cli
+from conftest import ROOT, recorded, vaesweep_cli
 from vaesweep import DataError, fid, load_dataset, train_vae
 from vaesweep.cli import build_parser, main
 from vaesweep.report import build_report
-from vaesweep.results import Recorder
 
 N = 500  # images per set in the distance tests
 
@@ -174,12 +172,7 @@ def test_pixel_change_reaches_the_tables_and_the_papers_section(fid_trial, tmp_p
     change = result.summary["fid_zeroed_pixel_change"]
     assert change == reports[-1]["fid_zeroed_pixel_change"] and 0 <= change < 1
     assert result.summary["settled"]
-    rec = Recorder(tmp_path, flush_every_s=1e9)
-    trial = SimpleNamespace(trial_id="t_00000", config=cfg, status="TERMINATED")
-    for m in reports:
-        rec.on_trial_result(0, [trial], trial, m)
-    rec.on_trial_complete(0, [trial], trial)
-    tables = rec.tables()
+    tables = recorded(tmp_path, cfg, reports)
     assert tables.trials["fid_zeroed_pixel_change"].iloc[0] == change
     assert tables.epochs["fid_zeroed_pixel_change"].dropna().tolist() == [change]  # the FID epoch only
     index = build_report(tmp_path)

@@ -8,7 +8,6 @@ the tmp VAESWEEP_CACHE, as in test_fid.py).
 """
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,11 +15,11 @@ import pytest
 import torch
 
 from analysis.two_stage import two_stage_chart
+from conftest import recorded
 from vaesweep import TrialConfig, load_dataset, train_vae
 from vaesweep.cli import _trial_config, build_parser
 from vaesweep.config import one_line
 from vaesweep.report import build_report
-from vaesweep.results import Recorder
 from vaesweep.two_stage import (TwoStageSettings, TwoStageVAE, fit_two_stage, kept_variables, two_stage_scores,
                                 w2_to_standard_normal)
 
@@ -164,12 +163,7 @@ def test_trial_reports_fid_two_stage_at_the_end_deterministically(trial_cfg, two
 
 def test_recorder_keeps_the_columns_and_the_report_draws_the_chart(trial_cfg, two_stage_trial, tmp_path):
     _, reports = two_stage_trial
-    rec = Recorder(tmp_path, flush_every_s=1e9)
-    trial = SimpleNamespace(trial_id="t_00000", config=trial_cfg, status="TERMINATED")
-    for m in reports:
-        rec.on_trial_result(0, [trial], trial, m)
-    rec.on_trial_complete(0, [trial], trial)
-    tables = rec.tables()
+    tables = recorded(tmp_path, trial_cfg, reports)
     for k in ("fid_two_stage", "fid_q_gaussian", "two_stage_u_law_residual_max", "two_stage_z_law_residual_max"):
         assert tables.trials[k].iloc[0] == reports[-1][k] and k in tables.epochs
     index = build_report(tmp_path)
