@@ -26,6 +26,7 @@ import pandas as pd
 
 from vaesweep.config import TrialConfig
 
+from . import settled
 from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, new_figure, skip
 from .design import fmt, with_defaults
 
@@ -143,8 +144,8 @@ def per_seed(matched: pd.DataFrame, latents: pd.DataFrame, epochs: pd.DataFrame)
     has_steps = len(epochs) and "step" in epochs
     steps = epochs.groupby("trial_id")["step"].max() if has_steps else pd.Series(dtype=float)
     out["minibatches"] = out["trial_id"].map(steps).astype(float)  # the step of the last epoch
-    if "settled" in matched:
-        out["settled"] = matched["settled"].fillna(False).astype(bool)
+    if settled.known(matched):
+        out[settled.COLUMN] = ~settled.unsettled(matched)
     return out
 
 
@@ -157,7 +158,7 @@ def paper_chart(trials: pd.DataFrame, latents: pd.DataFrame, epochs: pd.DataFram
         return skip(KEY, TITLE, "No finished trial has the paper's settings (dense or conv, latent_dim 16, "
                     "lam 1, no warm-up, free bits or capacity).")
     seeds = per_seed(matched, latents, epochs)
-    used = seeds[seeds["settled"]] if "settled" in seeds else seeds
+    used, _ = settled.split(seeds)
     table = pd.DataFrame([_row(r, used[used["arch"] == r.arch], matched[matched["arch"] == r.arch])
                           for r in ROWS if (seeds["arch"] == r.arch).any()])
     fig = _figure(used, latents) if len(used) else None
@@ -239,15 +240,14 @@ def _settled_sentence(seeds: pd.DataFrame) -> str:
     parts = []
     for arch, g in seeds.groupby("arch", sort=False):
         n = len(g)
-        if "settled" not in g:
+        if not settled.known(g):
             parts.append(f"{arch}: {n} seed{'s' if n != 1 else ''}, settled status unknown "
                          "(no settled column)")
             continue
-        left = int((~g["settled"]).sum())
+        left = int(settled.unsettled(g).sum())
         parts.append(f"{arch}: {n - left} seed{'s' if n - left != 1 else ''} counted"
                      + (f", {left} of {n} seeds left out: not settled" if left else ", all settled"))
-    few = [arch for arch, g in seeds.groupby("arch", sort=False)
-           if int(g["settled"].sum() if "settled" in g else len(g)) < MIN_SEEDS]
+    few = [arch for arch, g in seeds.groupby("arch", sort=False) if len(settled.split(g)[0]) < MIN_SEEDS]
     warn = (f" Fewer than {MIN_SEEDS} seeds for {' and '.join(few)}: the spread over seeds is not reliable."
             if few else "")
     return "Trials with the paper's settings (latent 16, λ = 1): " + "; ".join(parts) + "." + warn
