@@ -1,4 +1,4 @@
-"""Charts of a vaesweep study, from its DataFrames (``vaesweep.results.load_study(path)``).
+"""Charts of a vaesweep study, from its DataFrames (``vaesweep.study.tables.load_study(path)``).
 
 Every chart function returns a ``Chart``: a matplotlib Figure (shown inline in a notebook), a
 one-sentence reading, and its tables; a chart the study cannot support comes back without a
@@ -14,7 +14,7 @@ figure, its reading saying why. ``python -m vaesweep report runs/<name>`` puts t
     sample_grids("runs/capacity", chosen, t.latents)   # Fig. 3, from the trials' checkpoints
     gain_vs_kl(t.latents, t.trials)                 # Sec. 5
     paper_chart(t.trials, t.latents, t.epochs)      # the paper's numbers beside the study's (latent 16, λ 1)
-    settled.split(t.trials)                         # (settled trials, unsettled ones): vaesweep/settle.py
+    settled.split(t.trials)                         # (settled trials, unsettled ones): vaesweep/engine/settle.py
 
 Only trials whose collapse had settled count for the onset of sparsity, the law heatmap and
 lambda*; every chart marks the others.

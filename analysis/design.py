@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vaesweep.config import TrialConfig
+from vaesweep.config.trial import TrialConfig
 
 PANEL_FIELDS = ("arch", "dataset")
 AXIS_FIELDS = ("latent_dim", "lam")

@@ -4,7 +4,7 @@ The trials table carries ``fid_prior`` (prior samples vs data), ``fid_recon`` (r
 and ``fid_zeroed`` (prior samples with the inactive variables zeroed, Fig. 3) when the study
 computed them; lower is better. Each present kind is one line style; lambda on the x axis and
 one colour per latent dimension (or latent dimension on the x axis when lambda was fixed).
-Trials whose collapse had not settled (vaesweep/settle.py) get a hollow grey circle on their point.
+Trials whose collapse had not settled (vaesweep/engine/settle.py) get a hollow grey circle on their point.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
   minus recon error with every variable) against its KL divergence: a variable whose gain
   falls below its KL cost collapses.
 
-A chosen trial whose collapse had not settled (vaesweep/settle.py) says "(not settled)" in its
+A chosen trial whose collapse had not settled (vaesweep/engine/settle.py) says "(not settled)" in its
 title and reading; Fig. 2 marks the minibatch at which a trial settled; in the gain-against-KL
 scatter the variables of unsettled trials are hollow.
 """

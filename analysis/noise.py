@@ -1,4 +1,4 @@
-"""The Fig. 7 chart of the noise experiment (Sec. 5, vaesweep.noise), from a study's epochs table.
+"""The Fig. 7 chart of the noise experiment (Sec. 5, vaesweep.engine.noise), from a study's epochs table.
 
     plot_noise_experiment(load_study("runs/noise").epochs, "fig7.png")
 
@@ -8,7 +8,7 @@ noise sigma shaded behind them (symlog scale: the gain < KL crossing and the col
 near zero); below, its var_mu and mean_sigma2. The phases (noise rising,
 held, recovery) are tinted and the threshold (gain < KL), collapse and revival epochs marked.
 The experiment degrades a variable of a trained model, so the base phase's collapse should have
-settled first (vaesweep/settle.py): each trial's title and the events table say whether it had.
+settled first (vaesweep/engine/settle.py): each trial's title and the events table say whether it had.
 """
 
 from __future__ import annotations

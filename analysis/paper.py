@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vaesweep.config import TrialConfig
+from vaesweep.config.trial import TrialConfig
 
 from . import settled
 from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, new_figure, skip
@@ -50,7 +50,7 @@ CONV_ACTIVE = 16 - 3  # Sec. 3.1: "only 3 of the 16 latent variables are zeroed 
 PAPER_SETTINGS = {"latent_dim": 16, "lam": 1.0, "warmup_steps": 0, "free_bits": 0.0, "capacity_max": None}
 PAPER_HIDDEN, PAPER_CONV_WIDTH = (256, 64, 32), 32  # Table 1's 784-256-64-32-16; Fig. 4's 32 channels
 MIN_SEEDS = 3
-# Official train / eval split sizes (vaesweep/data.py), to state what a metric was computed on.
+# Official train / eval split sizes (vaesweep/engine/data.py), to state what a metric was computed on.
 SPLIT_SIZES = {"mnist5k": (4000, 1000), "mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
                "cifar10": (50000, 10000)}
 # How close counts as agreeing (stated in every reading):

@@ -17,10 +17,10 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from vaesweep.config import TrialConfig
-from vaesweep.data import DataError, load_dataset
-from vaesweep.sampling import decode_images, prior_codes, zero_inactive
-from vaesweep.trial import CHECKPOINT_FILE, build_trained, load_trained
+from vaesweep.config.trial import TrialConfig
+from vaesweep.engine.data import DataError, load_dataset
+from vaesweep.engine.sampling import decode_images, prior_codes, zero_inactive
+from vaesweep.engine.trial import CHECKPOINT_FILE, build_trained, load_trained
 
 from . import settled
 from .chart import Chart, new_figure, skip

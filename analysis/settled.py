@@ -1,4 +1,4 @@
-"""Which trials' collapse had settled (vaesweep/settle.py), as the charts need it.
+"""Which trials' collapse had settled (vaesweep/engine/settle.py), as the charts need it.
 
 Sec. 3, Fig. 2: the variables collapse along training and Table 1 is read once the picture stops
 moving; a count taken from a trial still changing is not the paper's phenomenon. So the onset of

@@ -3,13 +3,13 @@
 Sec. 7: "if the reconstruction error is low but generation is bad, it is a clear indication of a
 mismatch between the aggregate posterior Q(z) and the prior P(z); in this case, a simple two-stage
 approach as described in [7] might suffice". A study run with ``two_stage: true``
-(vaesweep/two_stage.py, Dai & Wipf 2019) has, per trial, ``fid_prior`` (z ~ N(0, I) decoded) and
+(vaesweep/engine/two_stage.py, Dai & Wipf 2019) has, per trial, ``fid_prior`` (z ~ N(0, I) decoded) and
 ``fid_two_stage`` (u ~ N(0, I) through the second stage, then decoded). Per architecture, the left
 panel draws both against lambda (or the latent dimension when lambda was fixed), one colour per
 latent dimension, and the baseline ``fid_q_gaussian`` (z from the Gaussian with Q(z)'s Sec. 4
 moments) when present; the right panel maps the improvement fid_prior - fid_two_stage (mean over
 seeds) over lambda x latent dimension: positive where the second stage helps. Trials whose
-collapse had not settled (vaesweep/settle.py) get a hollow grey circle on their points and are
+collapse had not settled (vaesweep/engine/settle.py) get a hollow grey circle on their points and are
 counted per cell in the table.
 """
 

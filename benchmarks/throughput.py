@@ -8,7 +8,7 @@
     every epoch; the same 784-256-64-32-16 network and lambda (beta) weighting the KL term;
 (b) ``trial``: vaesweep's trial function (``train_vae``) one configuration at a time: data on the
     device, collapse metrics every epoch (each call loads the data set, as each Ray trial does);
-(c) ``packed``: ``vaesweep.packing.PackedRun``, all configurations in one set of batched kernels,
+(c) ``packed``: ``vaesweep.engine.packing.PackedRun``, all configurations in one set of batched kernels,
     with the same per-configuration metrics as (b).
 
 Prints images/second (training images through forward and backward), trial-epochs/second and
@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from vaesweep import TrialConfig, load_dataset, train_vae
-from vaesweep.packing import train_packed
+from vaesweep.engine.packing import train_packed
 
 
 # --- (a) the pytorch/examples-style reference ---------------------------------------------------

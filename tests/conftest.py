@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from vaesweep.results import Recorder
+from vaesweep.study.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def _cache(tmp_path_factory, monkeypatch):
 
 def recorded(out, config, reports, trial_id="t_00000"):
     """One finished trial's reports fed through the study's Recorder as Ray Tune would (no Ray);
-    returns the recorder's tables (vaesweep.results.StudyTables), with ``out`` its study folder."""
+    returns the recorder's tables (vaesweep.study.tables.StudyTables), with ``out`` its study folder."""
     rec = Recorder(out, flush_every_s=1e9)
     trial = SimpleNamespace(trial_id=trial_id, config=config, status="TERMINATED")
     for m in reports:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import vaesweep_cli
-from vaesweep.cli import main
+from vaesweep.cli.main import main
 
 TINY = ["--epochs", "2", "--max-train", "512", "--max-eval", "200", "--hidden", "64,32", "--threads", "1"]
 

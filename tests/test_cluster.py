@@ -20,7 +20,7 @@ import yaml
 from ray._common.utils import get_ray_address_file
 
 from conftest import ROOT
-from vaesweep.results import load_study
+from vaesweep.study.tables import load_study
 
 CLUSTER = ROOT / "cluster"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaesweep.data import DataError, check_dataset_name, load_dataset
-from vaesweep.models import ConvVAE, DenseVAE, build_model
+from vaesweep.engine.data import DataError, check_dataset_name, load_dataset
+from vaesweep.engine.models import ConvVAE, DenseVAE, build_model
 
 
 def test_mnist5k_is_the_real_embedded_digits_with_a_fixed_split():

@@ -1,4 +1,4 @@
-"""Full MNIST in the data cache (vaesweep/fetch.py): both source formats on small fixtures, the
+"""Full MNIST in the data cache (vaesweep/engine/fetch.py): both source formats on small fixtures, the
 SHA-256 check, and every failure path offline (one line, exit 2). No test here uses the network."""
 
 import gzip
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torchvision.datasets as tvd
 
-from vaesweep import fetch
-from vaesweep.cli import main
-from vaesweep.data import DataError, load_dataset
+from vaesweep.engine import fetch
+from vaesweep.cli.main import main
+from vaesweep.engine.data import DataError, load_dataset
 
 N_TRAIN, N_VALID, N_TEST = 150, 50, 120  # the pickle's three parts; train + valid = 200 training digits
 

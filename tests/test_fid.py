@@ -1,4 +1,4 @@
-"""The FID-proxy (vaesweep/fid.py): its feature network and cache, the distance's behaviour on
+"""The FID-proxy (vaesweep/engine/fid.py): its feature network and cache, the distance's behaviour on
 known image sets, the per-trial scores and the ``fid`` command.
 
 The mnist5k feature network is trained once per test session into the session's tmp cache
@@ -18,9 +18,10 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from conftest import ROOT, recorded, vaesweep_cli
-from vaesweep import DataError, fid, load_dataset, train_vae
-from vaesweep.cli import build_parser, main
-from vaesweep.report import build_report
+from vaesweep import DataError, load_dataset, train_vae
+from vaesweep.engine import fid
+from vaesweep.cli.main import build_parser, main
+from analysis.report import build_report
 
 N = 500  # images per set in the distance tests
 
@@ -90,7 +91,8 @@ def test_concurrent_processes_train_once(data, tmp_path):
     np.savez(tmp_path / "small.npz", x=images, y=labels)
     script = textwrap.dedent(f"""
         import pathlib, sys, time, torch
-        from vaesweep import fid, load_dataset
+        from vaesweep import load_dataset
+        from vaesweep.engine import fid
         torch.set_num_threads(1)
         data = load_dataset("npz:{tmp_path / 'small.npz'}")
         (pathlib.Path("{tmp_path}") / f"ready{{sys.argv[1]}}").touch()

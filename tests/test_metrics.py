@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from vaesweep.latents import Tolerances, evaluate, moment_stats, reconstruction_gain, summarize
-from vaesweep.losses import KLSchedule, kl_per_variable, kl_term, kl_weight, reconstruction_error
+from vaesweep.engine.latents import Tolerances, evaluate, moment_stats, reconstruction_gain, summarize
+from vaesweep.engine.losses import KLSchedule, kl_per_variable, kl_term, kl_weight, reconstruction_error
 
 
 class KnownModel(torch.nn.Module):

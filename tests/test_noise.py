@@ -1,4 +1,4 @@
-"""The Sec. 5 noise experiment (vaesweep.noise): phases, transform, restore, spec, study, Fig. 7 chart."""
+"""The Sec. 5 noise experiment (vaesweep.engine.noise): phases, transform, restore, spec, study, Fig. 7 chart."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import yaml
 
 from analysis.noise import noise_chart, plot_noise_experiment
 from conftest import vaesweep_cli
-from vaesweep.noise import PHASES, NoiseExperiment, NoiseSettings, run_noise_experiment
-from vaesweep.results import Recorder, load_study
-from vaesweep.spec import SpecError, spec_from_dict
+from vaesweep.engine.noise import PHASES, NoiseExperiment, NoiseSettings, run_noise_experiment
+from vaesweep.study.recorder import Recorder
+from vaesweep.study.tables import load_study
+from vaesweep.config.spec import SpecError, spec_from_dict
 
 TINY = {"max_train": 256, "max_eval": 128, "hidden": [64, 16], "latent_dim": 4, "batch_size": 64,
         "threads": 1, "fid": False}
@@ -142,8 +143,8 @@ def test_bad_noise_specs_name_the_field(change, message):
 
 def test_shipped_noise_study_is_valid():
     from conftest import ROOT
-    from vaesweep.spec import load_spec
-    from vaesweep.study import param_space
+    from vaesweep.config.spec import load_spec
+    from vaesweep.study.runner import param_space
 
     spec = load_spec(ROOT / "studies" / "noise.yaml")
     assert spec.experiment == "noise" and spec.trial_base()["latent_dim"] == 16

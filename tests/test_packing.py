@@ -1,4 +1,4 @@
-"""Packed trials (vaesweep.packing): K configurations in one set of batched kernels give each
+"""Packed trials (vaesweep.engine.packing): K configurations in one set of batched kernels give each
 configuration the numbers of its own TrialRun, a smaller latent dimension is exactly masked, and
 packed results land as separate trial rows."""
 
@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from vaesweep import TrainingDiverged, TrialRun, train_vae
-from vaesweep.losses import vae_loss
-from vaesweep.packing import (PACK_KEY, PackError, PackedRun, check_packable, make_packs, pack_param_space,
-                              pack_size, packed_loss, train_packed)
-from vaesweep.results import Recorder
-from vaesweep.spec import SpecError, spec_from_dict
+from vaesweep.engine.losses import vae_loss
+from vaesweep.config.errors import PackError
+from vaesweep.config.packing import PACK_KEY, check_packable, make_packs, pack_size
+from vaesweep.engine.packing import PackedRun, packed_loss, train_packed
+from vaesweep.study.runner import pack_param_space
+from vaesweep.study.recorder import Recorder
+from vaesweep.config.spec import SpecError, spec_from_dict
 
 TRAIN_KEYS = ("train_loss", "train_recon", "train_kl", "lam_effective")
 
@@ -67,7 +69,7 @@ def test_packed_loss_is_each_configurations_vae_loss():
     cfgs = [dict(lam=0.5, latent=3, free_bits=0.2), dict(lam=2.0, latent=5, free_bits=0.1),
             dict(lam=1.0, latent=2, warmup=10),
             dict(latent=5, capacity=(4.0, 20), gamma=30.0)]
-    from vaesweep.losses import KLSchedule
+    from vaesweep.engine.losses import KLSchedule
     scheds = [KLSchedule(c.get("lam", 1.0), c.get("warmup", 0), c.get("free_bits", 0.0),
                          c["capacity"][0] if "capacity" in c else None, c["capacity"][1] if "capacity" in c else 0,
                          c.get("gamma", 1000.0)) for c in cfgs]
@@ -237,8 +239,8 @@ def test_pack_setting_of_a_study():
 @pytest.mark.slow
 def test_packed_study_on_ray(tmp_path):
     """One small real study: two configurations in one Ray trial, two trial rows, TrialRun's numbers."""
-    from vaesweep.results import load_study
-    from vaesweep.study import run_study
+    from vaesweep.study.tables import load_study
+    from vaesweep.study.runner import run_study
 
     base = {"epochs": 1, "max_train": 128, "max_eval": 64, "hidden": [16], "batch_size": 64, "fid": False}
     spec = spec_from_dict({"name": "packed", "base": base, "space": {"lam": {"grid": [0.5, 2.0]}}, "pack": 2,

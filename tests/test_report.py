@@ -19,9 +19,9 @@ from analysis.capacity import onset_of_sparsity
 from analysis.latents import table1
 from analysis.law import law_heatmap
 from analysis.paper import paper_chart
-from vaesweep.cli import main
-from vaesweep.report import build_report, choose_trials, to_markdown
-from vaesweep.results import load_study
+from vaesweep.cli.main import main
+from analysis.report import build_report, choose_trials, to_markdown
+from vaesweep.study.tables import load_study
 
 ALL_CHARTS = ("capacity", "law_heatmap", "table1", "fig2_var_mu", "fid", "fig3_samples", "gain_vs_kl")
 
@@ -308,8 +308,7 @@ def test_report_cli_errors(tmp_path, capsys):
 
 
 def test_run_survives_a_failing_report(tmp_path, monkeypatch, capsys):
-    import vaesweep.report
-    import vaesweep.study
+    import vaesweep.cli.study
 
     study = synthetic_study(tmp_path / "s", archs=("dense",), dims=(4,), lams=(2.0,), seeds=(0,), fid=False)
     spec = tmp_path / "s.yaml"
@@ -318,8 +317,8 @@ def test_run_survives_a_failing_report(tmp_path, monkeypatch, capsys):
     def broken(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(vaesweep.study, "run_study", lambda *a, **k: study)
-    monkeypatch.setattr(vaesweep.report, "report_lines", broken)
+    monkeypatch.setattr(vaesweep.cli.study, "run_study", lambda *a, **k: study)
+    monkeypatch.setattr(vaesweep.cli.study, "report_lines", broken)
     assert main(["run", str(spec)]) == 0
     out = capsys.readouterr().out
     assert "report: not written (RuntimeError: disk full)" in out

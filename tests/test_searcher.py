@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from conftest import vaesweep_cli
-from vaesweep.results import load_study
-from vaesweep.searcher import lambda_star
-from vaesweep.spec import SpecError, spec_from_dict
+from vaesweep.study.tables import load_study
+from vaesweep.study.searcher import lambda_star
+from vaesweep.config.spec import SpecError, spec_from_dict
 
 TINY_SEARCH = {
     "name": "lam_tiny",

@@ -1,4 +1,4 @@
-"""When a trial's collapse has settled (vaesweep/settle.py): the rule on synthetic histories with
+"""When a trial's collapse has settled (vaesweep/engine/settle.py): the rule on synthetic histories with
 known answers, and the settled columns of real trials (history, checkpoints, train --json)."""
 
 import json
@@ -7,8 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from vaesweep import TrialConfig, TrialRun, train_vae
-from vaesweep.cli import main
-from vaesweep.settle import SettleTracker, settle_history
+from vaesweep.cli.main import main
+from vaesweep.engine.settle import SettleTracker, settle_history
 
 RULE = {"patience": 3, "min_steps": 200, "law_tol": 0.05}  # evaluations every 100 steps: windows of 3
 

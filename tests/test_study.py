@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, vaesweep_cli
-from vaesweep.cli import main
-from vaesweep.results import load_study
+from vaesweep.cli.main import main
+from vaesweep.study.tables import load_study
 
 SMOKE = ROOT / "studies" / "smoke.yaml"
 

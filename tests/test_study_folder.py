@@ -15,10 +15,10 @@ import yaml
 
 from conftest import vaesweep_cli
 from test_study import SMOKE, write_study
-from vaesweep.cli import main
-from vaesweep.lock import INFO_FILE, StudyInUse, driver_lock
-from vaesweep.results import StudyFolderError, load_study
-from vaesweep.tracking import scalar_metrics
+from vaesweep.cli.main import main
+from vaesweep.study.lock import INFO_FILE, StudyInUse, driver_lock
+from vaesweep.study.tables import StudyFolderError, load_study
+from vaesweep.study.tracking import scalar_metrics
 
 
 def one_error_line(capsys) -> str:

@@ -1,4 +1,4 @@
-"""The two-stage VAE (vaesweep/two_stage.py, Dai & Wipf 2019): the second stage trains and samples,
+"""The two-stage VAE (vaesweep/engine/two_stage.py, Dai & Wipf 2019): the second stage trains and samples,
 its codes are closer to N(0, I) than the first stage's, the trial reports fid_two_stage, the study
 tables keep the two_stage_* columns, and the report chart draws (or says why not).
 
@@ -17,10 +17,11 @@ import torch
 from analysis.two_stage import two_stage_chart
 from conftest import recorded
 from vaesweep import TrialConfig, load_dataset, train_vae
-from vaesweep.cli import _trial_config, build_parser
-from vaesweep.config import one_line
-from vaesweep.report import build_report
-from vaesweep.two_stage import (TwoStageSettings, TwoStageVAE, fit_two_stage, kept_variables, two_stage_scores,
+from vaesweep.cli.main import build_parser
+from vaesweep.cli.train import _trial_config
+from vaesweep.config.trial import one_line
+from analysis.report import build_report
+from vaesweep.engine.two_stage import (TwoStageSettings, TwoStageVAE, fit_two_stage, kept_variables, two_stage_scores,
                                 w2_to_standard_normal)
 
 # lambda = 0.05: good reconstructions, codes far from N(0, I) (measured: law residual 4.0, |E[mu]| 7.9)

@@ -5,12 +5,31 @@ Public API:
     trainable(config)                                the same, as a Ray Tune function trainable
     TrialConfig                                      the validated trial configuration
     load_dataset(name, root=None, download=False)    the data registry
+    load_study(path) -> StudyTables                  a study's results tables (pandas only)
+
+The layers, imports flowing one way: ``config`` (pydantic, yaml) -> ``engine`` (torch) ->
+``study`` (Ray Tune) -> ``cli``. Names load on first use (PEP 562), so ``vaesweep.load_study`` and
+``vaesweep.TrialConfig`` import neither torch nor Ray.
 """
 
-from .config import TrialConfig
-from .data import DataError, load_dataset
-from .trial import TrainingDiverged, TrialResult, TrialRun, train_vae, trainable
+from importlib import import_module
 
-__all__ = ["TrialConfig", "DataError", "load_dataset", "TrainingDiverged", "TrialResult", "TrialRun",
-           "train_vae", "trainable"]
+_PUBLIC = {
+    "TrialConfig": "vaesweep.config.trial",
+    "DataError": "vaesweep.config.errors",
+    "TrainingDiverged": "vaesweep.config.errors",
+    "load_dataset": "vaesweep.engine.data",
+    "TrialResult": "vaesweep.engine.trial",
+    "TrialRun": "vaesweep.engine.trial",
+    "train_vae": "vaesweep.engine.trial",
+    "trainable": "vaesweep.study.trainables",
+    "load_study": "vaesweep.study.tables",
+}
+__all__ = list(_PUBLIC)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'vaesweep' has no attribute '{name}'")
+    return getattr(import_module(_PUBLIC[name]), name)

@@ -1,8 +1,8 @@
-"""``python -m vaesweep``: see vaesweep.cli."""
+"""``python -m vaesweep``: see vaesweep.cli.main."""
 
 import sys
 
-from .cli import main
+from vaesweep.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@
 Charts the study cannot support (it did not vary latent_dim, has no FID-proxy, no checkpoints)
 appear as a one-line note. The per-trial charts (Table 1, Fig. 2, Fig. 3) are drawn for the
 *chosen trials*: one representative per architecture (see ``choose_trials``), or the ids given.
-Trials whose collapse had not settled (vaesweep/settle.py) are marked everywhere; when some or all
+Trials whose collapse had not settled (vaesweep/engine/settle.py) are marked everywhere; when some or all
 did not settle, or the study predates the ``settled`` column, the page's first line says so.
 """
 
@@ -32,7 +32,7 @@ from analysis.settled import flag, headline, unsettled
 from analysis.two_stage import two_stage_chart
 from analysis.samples import sample_grids
 
-from .results import load_study, read_spec_copy
+from vaesweep.study.tables import load_study, read_spec_copy
 
 REPORT_DIR = "report"
 LAMBDA_STAR = "lambda_star.parquet"
@@ -98,7 +98,7 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
 
 
 def _asks_two_stage(trials: pd.DataFrame) -> bool:
-    """Whether any trial set two_stage: true (vaesweep/two_stage.py): only then the two-stage chart."""
+    """Whether any trial set two_stage: true (vaesweep/engine/two_stage.py): only then the two-stage chart."""
     return "fid_two_stage" in trials or ("two_stage" in trials and trials["two_stage"].eq(True).any())
 
 

@@ -20,17 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .losses import kl_per_variable, reconstruction_error
-from .models import eval_mode, reparameterize
+from vaesweep.config.trial import Tolerances
+from vaesweep.engine.losses import kl_per_variable, reconstruction_error
+from vaesweep.engine.models import eval_mode, reparameterize
 
 PER_VARIABLE = ("mean_mu", "var_mu", "mean_sigma2", "law", "kl", "recon_gain", "active")
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    active_threshold: float = 0.01
-    law_tol: float = 0.15
-    mu_tol: float = 0.15
 
 
 @torch.no_grad()

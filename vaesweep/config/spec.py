@@ -12,12 +12,12 @@
     max_concurrent: 8
     retries: 2
     storage: runs                             # results in <storage>/<name>/
-    callbacks: [tensorboard, mlflow]          # optional tracking (vaesweep.tracking)
+    callbacks: [tensorboard, mlflow]          # optional tracking (vaesweep.study.tracking)
 
-``experiment: noise`` with ``noise: {...}`` (vaesweep.noise.NoiseSettings) runs the Sec. 5 noise
+``experiment: noise`` with ``noise: {...}`` (vaesweep.engine.noise.NoiseSettings) runs the Sec. 5 noise
 experiment in every trial instead (no scheduler, no epochs: see studies/noise.yaml).
 
-``pack: auto | K | off`` (vaesweep.packing): K compatible grid configurations per Ray trial, trained
+``pack: auto | K | off`` (vaesweep.engine.packing): K compatible grid configurations per Ray trial, trained
 together in batched kernels, each still its own trial row; auto packs 16 when trials get a GPU.
 
 Everything is checked before anything runs: every grid value and range bound is validated as
@@ -33,13 +33,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import TrialConfig, one_line, trial_fields
-from .searcher import Objective, Sampler
-from .noise import NoiseSettings
-
-
-class SpecError(ValueError):
-    """A study spec that cannot run; the message is one line naming the field and the fix."""
+from vaesweep.config.trial import TrialConfig, one_line, trial_fields
+from vaesweep.config.errors import SpecError
+from vaesweep.config.noise import NoiseSettings
+from vaesweep.config.search import Objective, Sampler
+from vaesweep.config.packing import pack_problem
 
 
 class _Strict(BaseModel):
@@ -134,12 +132,12 @@ class StudySpec(_Strict):
     retries: int = Field(2, ge=0, description="Ray FailureConfig.max_failures per trial")
     storage: str = "runs"
     experiment: Literal["train", "noise"] = Field("train", description="train: one VAE per trial; noise: "
-                                                  "the Sec. 5 noise experiment (vaesweep.noise)")
+                                                  "the Sec. 5 noise experiment (vaesweep.engine.noise)")
     noise: NoiseSettings | None = Field(None, description="the noise experiment's phases (experiment: noise)")
     pack: Literal["auto", "off"] | int = Field("auto", description="configurations trained together per Ray "
-                                               "trial (vaesweep.packing): auto (16 with a GPU, else off), K, or off")
+                                               "trial (vaesweep.engine.packing): auto (16 with a GPU, else off), K, or off")
     callbacks: list[Literal["tensorboard", "mlflow"]] = Field(
-        default_factory=list, description="tracking through Ray Tune's logger callbacks (vaesweep.tracking)")
+        default_factory=list, description="tracking through Ray Tune's logger callbacks (vaesweep.study.tracking)")
 
     @field_validator("name")
     @classmethod
@@ -225,8 +223,6 @@ class StudySpec(_Strict):
         if isinstance(self.pack, int) and self.pack < 1:
             raise ValueError("pack: give a number of configurations >= 1, auto, or off")
         if isinstance(self.pack, int) and self.pack > 1:
-            from .packing import pack_problem
-
             if (problem := pack_problem(self)) is not None:
                 raise ValueError(problem)
         return self

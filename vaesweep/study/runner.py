@@ -8,7 +8,7 @@ ones resume from their last checkpoint — and trials are retried ``retries`` ti
 (``FailureConfig``) from their last checkpoint when a worker or node dies.
 
 Before anything starts, the folder's existing files are checked (``StudyFolderError`` for a corrupt or
-foreign one) and the driver takes the folder's lock (vaesweep.lock: one driver per study folder).
+foreign one) and the driver takes the folder's lock (vaesweep.study.lock: one driver per study folder).
 """
 
 from __future__ import annotations
@@ -21,11 +21,23 @@ from pathlib import Path
 
 import yaml
 
-from .data import check_available
-from .lock import driver_lock
-from .results import SPEC_COPY, Progress, Recorder, check_study_folder, read_spec_copy
-from .spec import Choice, Grid, LogUniform, RandInt, SpecError, StudySpec, Uniform
-from .tracking import check_extras, tracking_callbacks
+from vaesweep.engine.data import check_available
+from vaesweep.study.lock import driver_lock
+from vaesweep.study.recorder import Recorder
+from vaesweep.study.tables import SPEC_COPY, Progress, check_study_folder, load_study, read_spec_copy
+from vaesweep.config.spec import Choice, Grid, LogUniform, RandInt, SpecError, StudySpec, Uniform
+from vaesweep.study.tracking import check_extras, tracking_callbacks
+from ray import tune
+from vaesweep.config.noise import NOISE_KEY
+import ray
+from ray._private import ray_constants
+from pydantic import ValidationError
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from vaesweep.config.packing import PACK_KEY, grid_configs, make_packs, pack_size
+from vaesweep.study.trainables import noise_trainable, packed_trainable, trainable
+from vaesweep.study.searcher import DB_FILE, make_search, setting_key
+from ray.tune.schedulers import ASHAScheduler
+from vaesweep.study.searcher import lambda_star
 
 EXPERIMENT_DIR = "tune"
 
@@ -40,8 +52,6 @@ def study_dir(spec: StudySpec, storage: str | None = None) -> Path:
 
 def param_space(spec: StudySpec) -> dict:
     """The Ray Tune param_space: the fixed base, the varied fields, and the seeds as a grid."""
-    from ray import tune
-
     def domain(d):
         if isinstance(d, Grid):
             return tune.grid_search(d.grid)
@@ -59,7 +69,6 @@ def param_space(spec: StudySpec) -> dict:
     space.update({k: domain(d) for k, d in spec.space.items()})
     space["seed"] = tune.grid_search(spec.seed_list())
     if spec.experiment == "noise":  # Sec. 5: the settings ride along under a key the trial fields ignore
-        from .noise import NOISE_KEY
 
         space[NOISE_KEY] = spec.noise_settings().model_dump()
     return space
@@ -67,15 +76,13 @@ def param_space(spec: StudySpec) -> dict:
 
 def init_ray(address: str | None) -> None:
     """Join ``address`` (or $RAY_ADDRESS); else start a local Ray on 127.0.0.1, dashboard off."""
-    import ray
-
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     # Every checkpoint forces an experiment snapshot (num_to_keep=1): that is what makes a killed
     # driver resumable without re-running finished trials, so Ray's warning about it is noise.
     # Ray's JSON and CSV loggers stay (added in build_tuner); TensorBoard and MLflow are opt-in
-    # (the spec's callbacks, vaesweep/tracking.py: scalars only, no per-latent lists).
+    # (the spec's callbacks, vaesweep/study/tracking.py: scalars only, no per-latent lists).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # a diverged trial's last report
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -89,7 +96,6 @@ def init_ray(address: str | None) -> None:
     # on macOS/Windows or with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) the node stays 127.0.0.1, and the
     # GCS, raylet, workers, driver and runtime-env agent all listen on 127.0.0.1 only
     # (tests/test_network.py checks a running study). Switched only while this node starts.
-    from ray._private import ray_constants
 
     multi_node = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
@@ -102,8 +108,6 @@ def init_ray(address: str | None) -> None:
 
 def check_resources(spec: StudySpec) -> None:
     """A trial that asks for more than the cluster has would wait forever: refuse it up front."""
-    import ray
-
     have = ray.cluster_resources()
     for key, need in (("GPU", spec.resources.gpu), ("CPU", spec.resources.cpu)):
         if need > have.get(key, 0):
@@ -144,8 +148,6 @@ def _claim_dir(spec: StudySpec, out: Path) -> None:
 
 def _same_study(saved: dict, spec: StudySpec) -> bool:
     """Whether a saved spec copy describes ``spec`` (settings added later with their defaults ignored)."""
-    from pydantic import ValidationError
-
     try:
         old = StudySpec(**saved)
     except (ValidationError, TypeError):
@@ -159,12 +161,7 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict |
     With ``search: optuna`` there is one Tuner per fixed ``setting`` (grid values and seed), each
     with its own experiment folder and Optuna study.
     """
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from .noise import noise_trainable
-    from .packing import pack_param_space, pack_size, packed_trainable
-    from .trial import trainable
 
     packed = setting is None and pack_size(spec) > 1  # K configurations per Ray trial
     function = noise_trainable if spec.experiment == "noise" else packed_trainable if packed else trainable
@@ -173,8 +170,6 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict |
     experiment = out / EXPERIMENT_DIR
     search_alg = None
     if setting is not None:
-        from .searcher import DB_FILE, make_search, setting_key
-
         space.update(setting)
         key = setting_key(setting)
         experiment = experiment / key
@@ -186,8 +181,6 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict |
     progress = None if quiet else Progress(spec.name, spec.n_grid_points(), spec.metric, spec.mode)
     scheduler = None
     if spec.scheduler is not None:
-        from ray.tune.schedulers import ASHAScheduler
-
         s = spec.scheduler
         scheduler = ASHAScheduler(time_attr="epoch", metric=s.metric, mode=s.mode,
                                   max_t=int(spec.trial_base().get("epochs", 50)),
@@ -220,8 +213,6 @@ def run_study(spec: StudySpec, address: str | None = None, storage: str | None =
 
 
 def _run_locked(spec: StudySpec, out: Path, address: str | None, quiet: bool) -> Path:
-    import ray
-
     init_ray(address)
     claimed = spec
     spec = spec.model_copy(update={"resources": spec.resources.resolved(ray.cluster_resources().get("GPU", 0))})
@@ -238,9 +229,15 @@ def _run_locked(spec: StudySpec, out: Path, address: str | None, quiet: bool) ->
 
 def write_lambda_star(spec: StudySpec, out: Path) -> None:
     """``lambda_star.parquet``: the minimal working lambda of every finished setting."""
-    from .results import load_study
-    from .searcher import lambda_star
-
     trials = load_study(out).trials
     cols = [c for c in ("dataset", *spec.settings()[0]) if c in trials]
     lambda_star(trials, cols).to_parquet(out / "lambda_star.parquet", index=False)
+
+
+def pack_param_space(spec, k: int | None = None) -> dict:
+    """The Ray Tune param_space of a packed grid study: the shared base, and a grid over packs."""
+    k = pack_size(spec) if k is None else k
+    base = {"threads": max(1, int(spec.resources.cpu)), **spec.trial_base()}
+    packs = [[{key: v for key, v in c.items() if key not in base or base[key] != v} for c in pack]
+             for pack in make_packs(grid_configs(spec), k)]
+    return {**base, PACK_KEY: tune.grid_search(packs)}

@@ -110,5 +110,5 @@ def settle_history(evaluations: Iterable[Evaluation], patience: int, min_steps: 
 
 
 def active_indices(latents: list[dict]) -> list[int]:
-    """The indices of the active variables of a per-variable table (vaesweep.latents)."""
+    """The indices of the active variables of a per-variable table (vaesweep.engine.latents)."""
     return [r["latent"] for r in latents if r["active"]]

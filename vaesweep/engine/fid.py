@@ -43,9 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import CACHE_ENV, DataError, ImageData, cache_dir  # the one cache root: feature nets live in it
-from .models import eval_mode
-from .sampling import decode_images, prior_codes, zero_inactive
+from vaesweep.engine.data import CACHE_ENV, DataError, ImageData, cache_dir  # the one cache root: feature nets live in it
+from vaesweep.engine.models import eval_mode
+from vaesweep.engine.sampling import decode_images, prior_codes, zero_inactive
+from filelock import FileLock
 
 Progress = Callable[[str], None]
 
@@ -85,7 +86,6 @@ class FeatureNet(nn.Module):
 @dataclass(frozen=True)
 class Recipe:
     """How a feature network is trained; part of its cache key, so changing it retrains."""
-
     epochs: int = 12
     batch_size: int = 128
     lr: float = 4e-3
@@ -104,7 +104,6 @@ class Recipe:
 @dataclass
 class TrainedFeatureNet:
     """A feature network and what is known about it (``meta``: test_accuracy, seconds, ...)."""
-
     net: FeatureNet
     meta: dict
     path: Path
@@ -189,7 +188,6 @@ def feature_net(data: ImageData, cache: str | Path | None = None, recipe: Recipe
     The file is ``<cache>/fidnet-<content hash>-<recipe key>.pt``. Concurrent callers (Ray trials)
     serialise on a file lock; the first trains and writes atomically, the rest load its file.
     """
-    from filelock import FileLock
 
     folder = cache_dir(cache)
     try:
@@ -243,7 +241,6 @@ def _save_atomic(obj, path: Path) -> None:
 
 class _Frozen(nn.Module):
     """The feature network as torchmetrics' feature extractor: always in eval mode, no gradients."""
-
     def __init__(self, net: FeatureNet):
         super().__init__()
         self.net = net.eval().requires_grad_(False)
@@ -258,7 +255,6 @@ class _Frozen(nn.Module):
 
 class FidScorer:
     """Fréchet distances to one fixed set of real images, whose features are computed once."""
-
     def __init__(self, net: FeatureNet, real: torch.Tensor, batch_size: int = 500):
         from torchmetrics.image.fid import FrechetInceptionDistance
 

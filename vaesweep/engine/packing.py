@@ -19,63 +19,36 @@ arithmetic, sets the pace), so a ``PackedRun`` trains K ``TrialConfig``s at once
 
 What may differ inside a pack is ``PACK_VARIES``; every other TrialConfig field is shared.
 Each configuration reports the metric dict ``TrialRun`` reports (its weights are copied back into
-a model of its own latent dimension and scored by ``vaesweep.latents.evaluate``), so packed and
+a model of its own latent dimension and scored by ``vaesweep.engine.latents.evaluate``), so packed and
 one-at-a-time runs agree to float tolerance. Checkpoints are K ``TrialRun`` state dicts.
 
 Study side: ``pack_size(spec)`` (``pack: auto | K | off``; auto packs 16 when trials get a GPU),
 ``pack_param_space(spec, k)`` (a grid over packs of compatible configurations) and
 ``packed_trainable`` (the Ray Tune function trainable; it reports ``{"epoch", "packed": [...]}``
-and ``vaesweep.results.Recorder`` splits that into one trial row per configuration).
+and ``vaesweep.study.recorder.Recorder`` splits that into one trial row per configuration).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import tempfile
 import time
-from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .config import TrialConfig
-from .data import load_dataset
-from .latents import evaluate
-from .losses import kl_per_variable, kl_weight, reconstruction_error
-from .models import build_model, reparameterize
-from .settle import SettleTracker, active_indices
-from .trial import CHECKPOINT_FILE, TrainingDiverged, TrialResult, resolve_device
-
-# Fields that may differ between the configurations of one pack; all others must be equal.
-PACK_VARIES = frozenset({"lam", "warmup_steps", "free_bits", "capacity_max", "capacity_steps", "gamma",
-                         "seed", "latent_dim", "active_threshold", "law_tol", "mu_tol",
-                         "settle_patience", "settle_min_steps", "settle_law_tol"})
-PACK_KEY = "_pack"  # param_space key of a packed trial: the list of its configurations
-GPU_PACK = 16  # pack: auto on a GPU
-
-
-class PackError(ValueError):
-    """Configurations that cannot share a pack; the message names the field."""
-
-
-def check_packable(cfgs: list[TrialConfig]) -> None:
-    """Raise PackError naming the first field outside PACK_VARIES on which the configs differ."""
-    if not cfgs:
-        raise PackError("pack: no configurations; give at least one")
-    first = cfgs[0].model_dump()
-    for cfg in cfgs[1:]:
-        for key, value in cfg.model_dump().items():
-            if key not in PACK_VARIES and value != first[key]:
-                raise PackError(f"pack: configurations differ in '{key}' ({first[key]!r} vs {value!r}); only "
-                                f"{', '.join(sorted(PACK_VARIES))} may differ within a pack")
-
-
-def shared_key(cfg: TrialConfig) -> tuple:
-    """What configurations must have in common to share a pack."""
-    return tuple((k, repr(v)) for k, v in cfg.model_dump().items() if k not in PACK_VARIES)
+from vaesweep.config.errors import TrainingDiverged
+from vaesweep.config.packing import check_packable
+from vaesweep.config.trial import TrialConfig
+from vaesweep.engine.data import load_dataset
+from vaesweep.engine.latents import evaluate
+from vaesweep.engine.losses import kl_per_variable, kl_weight, reconstruction_error
+from vaesweep.engine.models import build_model, reparameterize
+from vaesweep.engine.settle import SettleTracker, active_indices
+from vaesweep.engine.fid import trial_scores
+from vaesweep.engine.trial import TrialResult, resolve_device
 
 
 def _leading(shape: torch.Size) -> tuple[slice, ...]:
@@ -89,7 +62,6 @@ def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 class _Forward(nn.Module):
     """Encode, sample z = mu + sigma * eps (eps given), mask missing variables, decode."""
-
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
@@ -101,7 +73,7 @@ class _Forward(nn.Module):
 
 
 def packed_loss(logits, x, mu, logvar, mask, kl_coef, recon_kind: str, sched: dict):
-    """Eq. (6) for K configurations at once, each with its own KL term (vaesweep.losses.kl_term).
+    """Eq. (6) for K configurations at once, each with its own KL term (vaesweep.engine.losses.kl_term).
 
     Shapes: logits / x (K, B, C, H, W), mu / logvar (K, B, L), mask (K, L). ``kl_coef`` (K, 2) holds
     this step's lambda (warm-up) and capacity target C; ``sched`` holds per-config tensors
@@ -122,7 +94,6 @@ def packed_loss(logits, x, mu, logvar, mask, kl_coef, recon_kind: str, sched: di
 
 class PackedRun:
     """K trials' state in stacked tensors. ``epochs()`` trains and yields K metric dicts per epoch."""
-
     def __init__(self, configs: list[TrialConfig | dict]):
         self.cfgs = [c if isinstance(c, TrialConfig) else TrialConfig(**c) for c in configs]
         check_packable(self.cfgs)
@@ -293,8 +264,6 @@ class PackedRun:
 
     def generation_scores(self, i: int) -> dict:
         """TrialRun.generation_scores for configuration ``i`` (one FID-proxy scorer for the pack)."""
-        from .fid import trial_scores
-
         active = [r["active"] for r in self.last_evals[i]["latents"]]
         scores, self._fid = trial_scores(self.data, self.cfg, self.model(i), active, self.cfgs[i].seed, self._fid)
         return scores
@@ -365,112 +334,3 @@ def train_packed(configs: list[TrialConfig | dict], report=None) -> list[TrialRe
     return run.results()
 
 
-# --- Ray Tune -------------------------------------------------------------------------------
-def packed_id(trial_id: str, i: int) -> str:
-    """The study's trial id of configuration ``i`` of the packed Ray trial ``trial_id``."""
-    return f"{trial_id}-p{i}"
-
-
-def pack_configs(config: dict) -> list[dict]:
-    """The K trial configs of a packed param_space entry: shared keys plus each ``_pack`` item."""
-    shared = {k: v for k, v in config.items() if not k.startswith("_")}
-    return [{**shared, **item} for item in config[PACK_KEY]]
-
-
-def packed_trainable(config: dict) -> None:
-    """Ray Tune function trainable of a pack: ``config[PACK_KEY]`` lists the configurations.
-
-    Reports ``{"epoch": e, "packed": [metrics_0, ..., metrics_K-1]}`` each epoch with a checkpoint
-    holding ``p<i>/trial.pt`` (a TrialRun state dict) per configuration, and resumes from it.
-    """
-    from ray import tune
-
-    run = PackedRun(pack_configs(config))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            run.load_state_dicts([torch.load(Path(d) / f"p{i}" / CHECKPOINT_FILE, weights_only=False)
-                                  for i in range(run.k)])
-    reported = False
-    for metrics in run.epochs():
-        with tempfile.TemporaryDirectory() as d:
-            for i, state in enumerate(run.state_dicts()):
-                (Path(d) / f"p{i}").mkdir()
-                torch.save(state, Path(d) / f"p{i}" / CHECKPOINT_FILE)
-            tune.report({"epoch": run.epoch, "packed": metrics}, checkpoint=tune.Checkpoint.from_directory(d))
-        reported = True
-        if all(msg is not None for msg in run.diverged):
-            return  # every configuration diverged (deterministic): nothing left to train
-    if not reported and any(run.histories):
-        # Restored from the final checkpoint: report the last epoch again so the tables surely hold it.
-        tune.report({"epoch": run.epoch, "packed": [
-            {"diverged": run.diverged[i]} if run.diverged[i] else {**h[-1], "latents": run.last_evals[i]["latents"]}
-            for i, h in enumerate(run.histories)]})
-
-
-# --- study side -------------------------------------------------------------------------------
-def pack_size(spec) -> int:
-    """Configurations per Ray trial for a StudySpec: ``pack: off`` -> 1, an int -> that, ``auto`` ->
-    GPU_PACK when the trials get a GPU (resources.gpu > 0, device not cpu) and the study can pack
-    (grid search, no scheduler, experiment: train), else 1."""
-    pack = getattr(spec, "pack", "off")
-    if pack == "off":
-        return 1
-    if pack != "auto":
-        return int(pack)
-    gpu = spec.resources.gpu  # "auto" only before run_study resolves it against the cluster
-    on_gpu = gpu != "auto" and gpu > 0 and spec.trial_base().get("device", "auto") != "cpu"
-    return GPU_PACK if on_gpu and pack_problem(spec) is None else 1
-
-
-def pack_problem(spec) -> str | None:
-    """Why this study cannot pack (one line naming the field), or None."""
-    if spec.experiment != "train":
-        return "pack: the noise experiment trains one model per trial; set pack: off"
-    if spec.search.type != "grid":
-        return (f"pack: search.type {spec.search.type} picks each trial after the last; use search: {{type: grid}} "
-                "or pack: off")
-    if spec.scheduler is not None:
-        return "pack: a scheduler stops trials one by one, a pack stops together; remove scheduler or set pack: off"
-    two_stage = spec.space.get("two_stage")
-    if spec.trial_base().get("two_stage") or (two_stage is not None and True in getattr(two_stage, "grid", [])):
-        return "pack: packed trials do not train the two-stage VAE (two_stage: true); set pack: off"
-    return None
-
-
-def grid_configs(spec) -> list[dict]:
-    """Every trial config of a grid study (base, grid values, seed), as Ray's grid would run them."""
-    base = {"threads": max(1, int(spec.resources.cpu)), **spec.trial_base()}
-    return [{**base, **setting} for setting in spec.settings()]  # num_samples repeats the packs
-
-
-def make_packs(configs: list[dict], k: int) -> list[list[dict]]:
-    """Group configs that can share a pack (same ``shared_key``), by latent dimension, into packs of <= k."""
-    from pydantic import ValidationError
-
-    from .config import one_line
-    from .spec import SpecError
-
-    groups: dict[tuple, list[dict]] = {}
-    for c in configs:
-        try:
-            cfg = TrialConfig(**c)
-        except ValidationError as err:
-            raise SpecError(one_line(err, prefix="space: a grid point is not a valid trial: ")) from None
-        groups.setdefault(shared_key(cfg), []).append(c)
-    packs = []
-    for members in groups.values():
-        members = sorted(members, key=lambda c: TrialConfig(**c).latent_dim)  # little padding per pack
-        packs += [members[i:i + k] for i in range(0, len(members), k)]
-    return packs
-
-
-def pack_param_space(spec, k: int | None = None) -> dict:
-    """The Ray Tune param_space of a packed grid study: the shared base, and a grid over packs."""
-    from ray import tune
-
-    k = pack_size(spec) if k is None else k
-    base = {"threads": max(1, int(spec.resources.cpu)), **spec.trial_base()}
-    packs = [[{key: v for key, v in c.items() if key not in base or base[key] != v} for c in pack]
-             for pack in make_packs(grid_configs(spec), k)]
-    return {**base, PACK_KEY: tune.grid_search(packs)}

@@ -7,13 +7,49 @@ the dense 784-256-64-32-16 network, minibatches of 128, lambda = 1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .data import check_dataset_name
-from .latents import Tolerances
-from .losses import KLSchedule
+
+
+# dataset name -> torchvision class (vaesweep/engine/data.py loads them)
+TORCHVISION_SETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+
+
+def dataset_names() -> list[str]:
+    return ["mnist5k", *TORCHVISION_SETS, "npz:PATH"]
+
+
+def check_dataset_name(name: str) -> str:
+    """Validate a data set name without loading it (used by config validation)."""
+    if name == "mnist5k" or name in TORCHVISION_SETS:
+        return name
+    if name.startswith("npz:") and len(name) > 4:
+        return name
+    raise ValueError(f"unknown dataset '{name}'; use one of {', '.join(dataset_names())}")
+
+
+@dataclass(frozen=True)
+class KLSchedule:
+    """The KL term of eq. (6) and its Sec. 6.1 remedies (vaesweep/engine/losses.py applies it)."""
+
+    lam: float = 1.0
+    warmup_steps: int = 0
+    free_bits: float = 0.0
+    capacity_max: float | None = None
+    capacity_steps: int = 0
+    gamma: float = 1000.0
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """When a variable is active and the Sec. 4 laws hold (vaesweep/engine/latents.py)."""
+
+    active_threshold: float = 0.01
+    law_tol: float = 0.15
+    mu_tol: float = 0.15
 
 
 class TrialConfig(BaseModel):
@@ -54,18 +90,18 @@ class TrialConfig(BaseModel):
     law_tol: float = Field(0.15, gt=0, description="KL works if max_i |var_mu + mean_sigma2 - 1| <= law_tol")
     mu_tol: float = Field(0.15, gt=0, description="KL works if max_i |E[mu_i]| <= mu_tol")
     settle_patience: int = Field(5, ge=2, description="settled: the same set of active variables and a still "
-                                 "law residual over at least this many evaluations (vaesweep/settle.py)")
+                                 "law residual over at least this many evaluations (vaesweep/engine/settle.py)")
     settle_min_steps: int = Field(1500, ge=0, description="settled: the evaluations compared span at least "
                                   "this many minibatches")
     settle_law_tol: float = Field(0.05, gt=0, description="settled: law_residual_max drifts at most this much "
                                   "over those evaluations (mean of the last half - mean of the first half)")
-    # generation quality: FID-proxy (vaesweep/fid.py)
+    # generation quality: FID-proxy (vaesweep/engine/fid.py)
     fid: bool = Field(True, description="FID-proxy scores fid_prior, fid_recon, fid_zeroed at the end")
     fid_every: int = Field(0, ge=0, description="FID-proxy also every N epochs (0: only at the end)")
     fid_samples: int = Field(1000, ge=2, description="images per FID-proxy score (capped at the eval split)")
     cache_dir: str | None = Field(None, description="cache root: FID feature nets, fetched data "
                                      "(default $VAESWEEP_CACHE, ~/.cache/vaesweep)")
-    # the two-stage VAE of Dai & Wipf 2019 (Sec. 6.2, 7): vaesweep/two_stage.py
+    # the two-stage VAE of Dai & Wipf 2019 (Sec. 6.2, 7): vaesweep/engine/two_stage.py
     two_stage: bool = Field(False, description="at the end, fit a second-stage VAE to the codes: fid_two_stage, "
                             "two_stage_*")
     two_stage_epochs: int = Field(100, ge=1, description="second-stage VAE training epochs")

@@ -2,7 +2,6 @@
 
 Sec. 6.1 suggests choosing "a minimal lambda large enough to ensure the regularization effect
 of the KL component", checked through the laws of Sec. 4. As a constrained optimisation:
-
     minimise  lam
     subject to  law_excess = law_residual_max - law_tol <= 0     (Sec. 4 variance law)
                 mu_excess  = mean_mu_abs_max  - mu_tol  <= 0     (Sec. 4 first moment)
@@ -21,29 +20,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+
+from vaesweep.config.search import Objective, Sampler
+import optuna
+from ray.tune.search.optuna import OptunaSearch
 
 CONSTRAINTS = ("law_excess", "mu_excess")  # reported by every trial; <= 0 means satisfied
 DB_FILE = "optuna.db"
 
 
-class Objective(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    metric: str = "lam"
-    mode: Literal["min", "max"] = "min"
-
-
-class Sampler(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    type: Literal["gp", "tpe", "random"] = "gp"
-    n_startup_trials: int = Field(1, ge=0, description="random trials before the model guides the search")
-    seed: int = 0
-
-
 def make_sampler(s: Sampler):
     """An Optuna sampler; constraints reach it through ``Trial.set_constraint``."""
-    import optuna
-
     if s.type == "tpe":
         return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, seed=s.seed)
     if s.type == "gp":
@@ -54,12 +41,8 @@ def make_sampler(s: Sampler):
 def make_search(objectives: list[Objective], sampler: Sampler, constrained: bool, db: Path, study_name: str,
                 start_points: list[dict] | None = None):
     """Ray Tune's OptunaSearch over an SQLite-backed Optuna study, storing constraint values."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
     class ConstrainedOptunaSearch(OptunaSearch):
         """OptunaSearch that hands each trial's reported constraint values to Optuna."""
-
         def on_trial_result(self, trial_id: str, result: dict):
             if all(m in result for m in metrics):  # a diverged trial's last report has no metrics
                 super().on_trial_result(trial_id, result)
@@ -94,7 +77,7 @@ def lambda_star(trials: pd.DataFrame, setting_cols: list[str]) -> pd.DataFrame:
     Columns: the setting, ``lam_star`` (smallest lam of a finished trial with kl_working), its
     residuals, ``lam_below`` (the largest lam below lam_star that failed the laws) with its
     residual, how many trials the search used, and ``n_unsettled``: how many of them were left out
-    because their collapse had not settled (vaesweep/settle.py; a number read from a trial still
+    because their collapse had not settled (vaesweep/engine/settle.py; a number read from a trial still
     changing is not the paper's phenomenon, so it can be neither lam_star nor lam_below). A study
     from before the ``settled`` column counts every trial and has n_unsettled NaN (unknown).
     """

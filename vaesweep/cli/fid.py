@@ -1,4 +1,4 @@
-"""The ``fid`` command of the CLI: the FID-proxy (vaesweep/fid.py) between two image sets.
+"""The ``fid`` command of the CLI: the FID-proxy (vaesweep/engine/fid.py) between two image sets.
 
     python -m vaesweep fid samples.npz                 # an npz of images against the eval split
     python -m vaesweep fid a.npz b.npz                 # any two image sets
@@ -20,6 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from vaesweep.config.errors import UsageError
+from vaesweep.engine.trial import load_trained
+from vaesweep.engine.data import _npz
+from vaesweep.engine.sampling import decode_images, prior_codes
+from vaesweep.engine.trial import build_trained
+from vaesweep.engine.fid import generation_scores, scorer_for
+from vaesweep.engine.latents import evaluate
+from vaesweep.engine.data import check_dataset_name, load_dataset
+from vaesweep.engine.fid import FidScorer, feature_net
 
 SPLITS = ("eval", "train")
 CHECKPOINTS = ("model.pt", "trial.pt")
@@ -34,9 +43,6 @@ def _checkpoint_path(source: str) -> Path | None:
 
 def _load_trial(path: Path):
     """(TrialConfig, weights) of a ``train --out`` model.pt or a Ray checkpoint's trial.pt."""
-    from .cli import UsageError
-    from .trial import load_trained
-
     try:
         return load_trained(path)
     except ValueError as err:
@@ -45,11 +51,6 @@ def _load_trial(path: Path):
 
 def _images(source: str, data, n: int, seed: int, trials: dict) -> torch.Tensor:
     """The first ``n`` images of a source, (N, C, H, W) float in [0, 1]."""
-    from .cli import UsageError
-    from .data import _npz
-    from .sampling import decode_images, prior_codes
-    from .trial import build_trained
-
     if source in SPLITS and not Path(source).exists():
         images = getattr(data, source)
     elif source in trials:
@@ -74,11 +75,7 @@ def _images(source: str, data, n: int, seed: int, trials: dict) -> torch.Tensor:
 
 
 def _trial_scores(cfg, weights, data, n: int, seed: int, cache: str | None) -> dict:
-    """The three per-trial scores, computed exactly as at the end of the trial (vaesweep/trial.py)."""
-    from .fid import generation_scores, scorer_for
-    from .latents import evaluate
-    from .trial import build_trained
-
+    """The three per-trial scores, computed exactly as at the end of the trial (vaesweep/engine/trial.py)."""
     model = build_trained(cfg, weights, data.shape)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     final = evaluate(model, data.eval[: cfg.max_eval], cfg.recon_loss, cfg.tolerances, gen, with_gain=False)
@@ -89,10 +86,6 @@ def _trial_scores(cfg, weights, data, n: int, seed: int, cache: str | None) -> d
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
-    from .cli import UsageError
-    from .data import check_dataset_name, load_dataset
-    from .fid import FidScorer, feature_net
-
     if args.n < 2:
         raise UsageError(f"--n {args.n}: the FID-proxy needs at least 2 images per set; give --n 1000")
     if args.threads:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .results import StudyFolderError
+from vaesweep.config.errors import StudyFolderError
 
 LOCK_FILE = "driver.lock"
 INFO_FILE = "driver.json"

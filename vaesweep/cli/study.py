@@ -6,17 +6,18 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+from vaesweep.config.spec import load_spec
+from vaesweep.study.runner import run_study
+from analysis.report import report_lines
+from vaesweep.config.errors import UsageError
+from vaesweep.study.tables import best_trials, load_study, progress_line, read_spec_copy
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .spec import load_spec
-    from .study import run_study
-
     spec = load_spec(args.study)  # validated before anything starts or is written
     out = run_study(spec, address=args.address, storage=args.storage, quiet=args.quiet)
     print(f"results: {out}")
     try:  # the results are on disk already: a failing report must not lose them
-        from .report import report_lines
 
         print("\n".join(report_lines(out)))
     except Exception as err:  # noqa: BLE001
@@ -26,8 +27,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .cli import UsageError
-
     path = Path(args.results)
     if not (path / "trials.parquet").exists():
         raise UsageError(f"'{path}' holds no study results; give a results folder such as runs/smoke")
@@ -35,8 +34,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_status(path: Path) -> int:
-    from .results import best_trials, load_study, progress_line, read_spec_copy
-
     spec = read_spec_copy(path)
     metric, mode = spec.get("metric", "elbo"), spec.get("mode", "max")
     trials = load_study(path).trials

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .models import eval_mode
+from vaesweep.engine.models import eval_mode
 
 
 @torch.no_grad()

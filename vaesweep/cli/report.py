@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from vaesweep.config.errors import UsageError
+from analysis.report import report_lines
+from vaesweep.study.tables import load_study
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .cli import UsageError
-    from .report import report_lines
-    from .results import load_study
-
     path = Path(args.results)
     if not (path / "trials.parquet").exists():
         raise UsageError(f"'{path}' holds no study results; give a results folder such as runs/smoke")

@@ -1,8 +1,4 @@
-"""Command line: ``python -m vaesweep {train,run,status,...}``.
-
-Every error a user can cause ends with one line on stderr, ``vaesweep: error: <what> (<fix>)``,
-and exit status 2.
-"""
+"""``python -m vaesweep train``: one VAE, no Ray, the Table 1 view of its latent variables."""
 
 from __future__ import annotations
 
@@ -15,19 +11,11 @@ from typing import get_args
 import torch
 from pydantic import ValidationError
 
-from .config import TrialConfig, one_line
+from vaesweep.config.errors import UsageError
+from vaesweep.config.trial import TrialConfig, one_line
+from vaesweep.engine.sampling import save_sample_grid
+from vaesweep.engine.trial import TrialRun
 
-
-class UsageError(Exception):
-    """A mistake the user can fix; the message is one line that says how."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse prints usage too by default)
-        raise UsageError(f"{message} (see: python -m {self.prog} --help)")  # prog: e.g. 'vaesweep data fetch'
-
-
-# --- train --------------------------------------------------------------------------------------
 
 def _add_trial_flags(p: argparse.ArgumentParser) -> None:
     """One --flag per TrialConfig field (--latent-dim for latent_dim), parsed by pydantic."""
@@ -65,9 +53,6 @@ def _print_table(latents: list[dict], summary: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .sampling import save_sample_grid
-    from .trial import TrialRun
-
     cfg = _trial_config(args)
     out = Path(args.out) if args.out else None
     run = TrialRun(cfg)
@@ -95,41 +80,9 @@ def _as_json(result) -> dict:
             "seconds_per_epoch": [h["epoch_time"] for h in result.history]}
 
 
-# --- entry point --------------------------------------------------------------------------------
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vaesweep", description="Hyperparameter studies of VAE variable collapse.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def add_commands(sub) -> None:
     train = sub.add_parser("train", help="train one VAE (no Ray) and print the Table 1 view")
     _add_trial_flags(train)
     train.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     train.add_argument("--out", help="save model.pt, result.json and samples.png (Fig. 3) here")
     train.set_defaults(func=cmd_train)
-
-    from . import study_cli  # the study commands: run, status (kept beside the study code)
-    study_cli.add_commands(sub)
-    from . import fid_cli  # the FID-proxy between two image sets (kept beside vaesweep/fid.py)
-    fid_cli.add_commands(sub)
-    from . import report_cli  # the report command (charts from analysis/)
-    report_cli.add_commands(sub)
-    from . import data_cli  # data fetch mnist: the data cache (kept beside vaesweep/fetch.py)
-    data_cli.add_commands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .data import DataError
-    from .results import StudyFolderError
-    from .spec import SpecError
-    from .trial import TrainingDiverged
-
-    try:
-        args = build_parser().parse_args(argv)
-        return args.func(args)
-    except (UsageError, DataError, SpecError, StudyFolderError, TrainingDiverged) as err:
-        print(f"vaesweep: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vaesweep: interrupted; run the same command again to continue", file=sys.stderr)
-        return 130

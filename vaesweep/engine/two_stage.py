@@ -33,7 +33,7 @@ Choices, following Dai & Wipf where they made one:
 - its latent dimension defaults to the number of variables it models (Dai & Wipf: the same as
   the first stage's); Adam at the trial's learning rate, cosine-annealed to 0 over its epochs.
 
-How normal the codes are is measured with the Sec. 4 moments (``vaesweep.latents.moment_stats``)
+How normal the codes are is measured with the Sec. 4 moments (``vaesweep.engine.latents.moment_stats``)
 of the eval split, for the first stage's kept variables z and for the second stage's codes u:
 the variance law max_i |Var[mu_i] + E[sigma_i^2] - 1| and the first moment max_i |E[mu_i]|, plus
 the Fréchet (2-Wasserstein) distance of a Gaussian fit to the aggregate samples from N(0, I),
@@ -54,10 +54,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .latents import encode_all, moment_stats
-from .losses import kl_per_variable
-from .models import eval_mode, reparameterize
-from .sampling import decode_images, prior_codes
+from vaesweep.engine.latents import encode_all, moment_stats
+from vaesweep.engine.losses import kl_per_variable
+from vaesweep.engine.models import eval_mode, reparameterize
+from vaesweep.engine.sampling import decode_images, prior_codes
+from vaesweep.config.errors import TrainingDiverged
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -157,8 +158,6 @@ def train_second_stage(mu: torch.Tensor, logvar: torch.Tensor,
         sched.step()
     loss, nll, kl = (sums / n).tolist()
     if not all(math.isfinite(v) for v in (loss, nll, kl)):
-        from .trial import TrainingDiverged  # here, not at the top: trial.py imports this module lazily
-
         raise TrainingDiverged(f"two_stage: the second-stage VAE's loss became {loss}; lower lr or "
                                  "two_stage_epochs, or set two_stage: false")
     return model.eval(), {"loss": loss, "nll": nll, "kl": kl, "gamma": float(model.log_gamma.detach().exp())}
@@ -167,7 +166,6 @@ def train_second_stage(mu: torch.Tensor, logvar: torch.Tensor,
 @dataclass
 class TwoStageVAE:
     """A trained first stage, the second stage fitted to its codes, and which variables it models."""
-
     first: nn.Module
     second: SecondStageVAE
     keep: torch.Tensor        # (d,) indices of the first-stage variables the second stage models
@@ -247,13 +245,12 @@ def normality(mu: torch.Tensor, logvar: torch.Tensor, samples: torch.Tensor) -> 
 def two_stage_scores(stage: TwoStageVAE, x_eval: torch.Tensor, seed: int, scorer=None,
                      active_threshold: float = 0.01) -> dict:
     """The two-stage numbers on the eval split, every key prefixed (``two_stage_``, ``fid_``):
-
     - ``two_stage_z_*``: how normal the first stage's modelled codes are (law residual, first
       moment, w2), ``two_stage_u_*``: the same for the second stage's codes u of those z;
       ``two_stage_zstd_w2``: w2 of the standardised codes (z - shift) / scale, which the affine
       map cannot make normal (correlations between variables);
     - ``two_stage_dim``, ``two_stage_u_active``, ``two_stage_gamma``, ``two_stage_loss``;
-    - with a ``scorer`` (vaesweep.fid.FidScorer), FID-proxies of N images, N = the scorer's real
+    - with a ``scorer`` (vaesweep.engine.fid.FidScorer), FID-proxies of N images, N = the scorer's real
       images, noise from ``seed`` (as ``fid_prior``'s z): ``fid_two_stage``, the two-stage samples,
       and ``fid_q_gaussian``, the baseline decoding z ~ N(E[mu], Var[mu] + E[sigma^2]) per variable:
       what the second stage adds beyond matching Q(z)'s Sec. 4 moments.

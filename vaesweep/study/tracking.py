@@ -22,7 +22,7 @@ from pathlib import Path
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from .spec import SpecError, StudySpec
+from vaesweep.config.spec import SpecError, StudySpec
 
 MLFLOW_DB, MLFLOW_ARTIFACTS = "mlflow.db", "mlruns"
 NEEDS = {"tensorboard": "tensorboardX", "mlflow": "mlflow"}  # callback -> the module its extra installs
