@@ -40,9 +40,6 @@ class Design:
     varied: tuple[str, ...]     # config fields with more than one value (over all trials)
     settings: tuple[str, ...]   # the varied fields folded into ``setting``
 
-    def is_varied(self, field: str) -> bool:
-        return field in self.varied
-
     @property
     def panels(self) -> list[str]:
         return list(dict.fromkeys(self.trials["panel"]))
