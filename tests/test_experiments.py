@@ -9,16 +9,15 @@ import sys
 import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+from test_report import assert_refs_exist, synthetic_study
 
 from analysis.chart import Chart, new_figure
 from analysis.report import build_report
-from test_report import assert_refs_exist, synthetic_study
 from vaesweep import experiments
 from vaesweep.config.packing import pack_size
 from vaesweep.config.spec import SpecError, StudySpec, spec_from_dict
 from vaesweep.experiments.kind import Kind
 from vaesweep.study import runner
-
 
 # --- a toy kind, declared as a kind module would declare it ---------------------------------------
 
