@@ -255,7 +255,7 @@ class StudySpec(_Strict):
         return experiments.kind(self.experiment)
 
     def trial_values(self, field: str) -> list[Any]:
-        """The values trials take for a trial field: its space's values (or range bounds), else base's or the default."""
+        """The values trials take for a trial field: the space's values (or range bounds), else base's or default."""
         if field in self.space:
             return _domain_points(self.space[field], f"space.{field}")
         return [self.trial_base().get(field, TrialConfig.model_fields[field].default)]
@@ -299,7 +299,8 @@ def _kind_settings(kind: Kind, given: Any) -> BaseModel:
     try:
         return kind.settings.model_validate(given)
     except ValidationError as err:
-        raise ValueError(one_line(err, prefix=f"{kind.name}." if err.errors()[0]["loc"] else f"{kind.name}: ")) from None
+        where = f"{kind.name}." if err.errors()[0]["loc"] else f"{kind.name}: "  # a field, or the whole model
+        raise ValueError(one_line(err, prefix=where)) from None
 
 
 def _check_trial(values: dict[str, Any], where: str) -> None:

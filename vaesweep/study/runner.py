@@ -4,8 +4,8 @@
 given (or RAY_ADDRESS is set), checks the cluster can hold one trial, and runs Ray Tune's Tuner
 with the Ray trainable of the study's experiment kind (vaesweep.experiments). The experiment lives in
 ``<storage>/<name>/tune``: running the same study again restores it with Ray's own ``Tuner.restore``
-— finished trials are kept, unfinished ones resume from their last checkpoint — and trials are retried ``retries`` times
-(``FailureConfig``) from their last checkpoint when a worker or node dies.
+— finished trials are kept, unfinished ones resume from their last checkpoint — and trials are retried
+``retries`` times (``FailureConfig``) from their last checkpoint when a worker or node dies.
 
 Before anything starts, the folder's existing files are checked (``StudyFolderError`` for a corrupt or
 foreign one) and the driver takes the folder's lock (vaesweep.study.lock: one driver per study folder).
