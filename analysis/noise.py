@@ -39,6 +39,11 @@ def noise_chart(epochs: pd.DataFrame) -> Chart:
     return Chart(key, title, _reading(epochs), fig, {"noise_events": _events(epochs)})
 
 
+def fig7(tables) -> Chart:
+    """The report's chart of the noise kind (vaesweep/experiments/noise.py), from the study's tables."""
+    return noise_chart(tables.epochs)
+
+
 def plot_noise_experiment(epochs: pd.DataFrame, path: str | Path) -> Path:
     """Write the Fig. 7-style chart of every noise-experiment trial in ``epochs`` to ``path``."""
     chart = noise_chart(epochs)

@@ -26,12 +26,12 @@ from analysis.design import frame, panel_fields, varied_fields, with_defaults
 from analysis.fid import FID_COLUMNS, fid_chart
 from analysis.latents import describe_trial, gain_vs_kl, table1, var_mu_history
 from analysis.law import law_heatmap
-from analysis.noise import noise_chart
 from analysis.paper import paper_chart, paper_trials
 from analysis.settled import flag, headline, unsettled
 from analysis.two_stage import two_stage_chart
 from analysis.samples import sample_grids
 
+from vaesweep.experiments import kind, resolve
 from vaesweep.study.tables import load_study, read_spec_copy
 
 REPORT_DIR = "report"
@@ -85,8 +85,7 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
         sample_grids(study_dir, chosen, t.latents),
         gain_vs_kl(t.latents, t.trials),
     ]
-    if spec.get("experiment") == "noise":
-        charts.insert(0, noise_chart(t.epochs))
+    charts[:0] = [resolve(path)(t) for path in kind(spec.get("experiment", "train")).charts]  # e.g. Fig. 7
     if len(paper_trials(t.trials)):  # trials with the paper's settings: its numbers beside ours, first
         charts.insert(0, paper_chart(t.trials, t.latents, t.epochs))
     d = frame(t.trials)

@@ -2,7 +2,8 @@
 
 A pack is K configurations of one architecture trained in one set of batched kernels; they may
 differ only in ``PACK_VARIES``. ``pack: auto | K | off`` in a study: auto packs 16 when trials
-get a GPU and the study can pack (grid search, no scheduler, experiment: train, no two-stage).
+get a GPU and the study can pack (grid search, no scheduler, a packable experiment kind such as train,
+no two-stage).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def pack_configs(config: dict) -> list[dict]:
 def pack_size(spec) -> int:
     """Configurations per Ray trial for a StudySpec: ``pack: off`` -> 1, an int -> that, ``auto`` ->
     GPU_PACK when the trials get a GPU (resources.gpu > 0, device not cpu) and the study can pack
-    (grid search, no scheduler, experiment: train), else 1."""
+    (grid search, no scheduler, a packable kind), else 1."""
     pack = getattr(spec, "pack", "off")
     if pack == "off":
         return 1
@@ -68,8 +69,8 @@ def pack_size(spec) -> int:
 
 def pack_problem(spec) -> str | None:
     """Why this study cannot pack (one line naming the field), or None."""
-    if spec.experiment != "train":
-        return "pack: the noise experiment trains one model per trial; set pack: off"
+    if not spec.kind.packable:
+        return f"pack: the {spec.experiment} experiment trains one model per trial; set pack: off"
     if spec.search.type != "grid":
         return (f"pack: search.type {spec.search.type} picks each trial after the last; use search: {{type: grid}} "
                 "or pack: off")

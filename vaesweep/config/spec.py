@@ -14,8 +14,9 @@
     storage: runs                             # results in <storage>/<name>/
     callbacks: [tensorboard, mlflow]          # optional tracking (vaesweep.study.tracking)
 
-``experiment: noise`` with ``noise: {...}`` (vaesweep.engine.noise.NoiseSettings) runs the Sec. 5 noise
-experiment in every trial instead (no scheduler, no epochs: see studies/noise.yaml).
+``experiment: <kind>`` picks what each trial runs (vaesweep.experiments: train by default, one VAE);
+the kind's settings go under its name: ``experiment: noise`` with ``noise: {...}`` runs the Sec. 5
+noise experiment in every trial instead (no scheduler, no epochs: see studies/noise.yaml).
 
 ``pack: auto | K | off`` (vaesweep.engine.packing): K compatible grid configurations per Ray trial, trained
 together in batched kernels, each still its own trial row; auto packs 16 when trials get a GPU.
@@ -31,13 +32,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+                      model_serializer, model_validator)
 
+from vaesweep import experiments
 from vaesweep.config.trial import TrialConfig, one_line, trial_fields
 from vaesweep.config.errors import SpecError
-from vaesweep.config.noise import NoiseSettings
 from vaesweep.config.search import Objective, Sampler
 from vaesweep.config.packing import pack_problem
+from vaesweep.experiments.kind import Kind
 
 
 class _Strict(BaseModel):
@@ -131,9 +134,10 @@ class StudySpec(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     retries: int = Field(2, ge=0, description="Ray FailureConfig.max_failures per trial")
     storage: str = "runs"
-    experiment: Literal["train", "noise"] = Field("train", description="train: one VAE per trial; noise: "
-                                                  "the Sec. 5 noise experiment (vaesweep.engine.noise)")
-    noise: NoiseSettings | None = Field(None, description="the noise experiment's phases (experiment: noise)")
+    experiment: str = Field("train", description="what each trial runs: a kind of vaesweep.experiments.KINDS "
+                            "(train: one VAE per trial)")
+    kind_settings: SerializeAsAny[BaseModel] | None = Field(
+        None, description="the kind's settings, written under its name (noise: {...}); see _settings_under_kind")
     pack: Literal["auto", "off"] | int = Field("auto", description="configurations trained together per Ray "
                                                "trial (vaesweep.engine.packing): auto (16 with a GPU, else off), K, or off")
     callbacks: list[Literal["tensorboard", "mlflow"]] = Field(
@@ -155,6 +159,40 @@ class StudySpec(_Strict):
         if isinstance(v, list) and not v:
             raise ValueError("seeds is a count >= 1 or a non-empty list of seeds")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_under_kind(cls, raw: Any) -> Any:
+        """Check the kind, and read its settings from the key named after it into ``kind_settings``
+        (validated by its settings model; its defaults when absent). Another kind's settings are a mistake."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("experiment", "train"), str):
+            return raw  # pydantic names the problem
+        raw = dict(raw)
+        if "kind_settings" in raw:
+            raise ValueError("kind_settings: unknown key; write a kind's settings under its name, e.g. noise: {...}")
+        try:
+            chosen = experiments.kind(raw.get("experiment", "train"))
+        except SpecError as err:
+            raise ValueError(str(err)) from None
+        for other in experiments.KINDS.values():
+            if other.settings is None or other is chosen:
+                continue
+            if raw.pop(other.name, None) is not None:  # a saved spec writes absent settings as null
+                raise ValueError(f"{other.name}: settings of experiment: {other.name}; add 'experiment: {other.name}' "
+                                 f"or remove '{other.name}'")
+        if chosen.settings is not None:
+            given = raw.pop(chosen.name, None)
+            raw["kind_settings"] = _kind_settings(chosen, {} if given is None else given)
+        return raw
+
+    @model_serializer(mode="wrap")
+    def _settings_under_name(self, handler) -> dict[str, Any]:
+        """Dumped as written: the kind's settings under its name."""
+        data = handler(self)
+        settings = data.pop("kind_settings", None)
+        if settings is not None:
+            data[self.experiment] = settings
+        return data
 
     @model_validator(mode="after")
     def _trials_valid(self) -> "StudySpec":
@@ -190,23 +228,7 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _experiment_valid(self) -> "StudySpec":
-        if self.experiment != "noise":
-            if self.noise is not None:
-                raise ValueError("noise: settings of experiment: noise; add 'experiment: noise' or remove 'noise'")
-            return self
-        if self.scheduler is not None:
-            raise ValueError("scheduler: early stopping would cut the noise experiment's phases; remove it")
-        if "epochs" in self.base or "epochs" in self.space:
-            where = "base" if "epochs" in self.base else "space"
-            raise ValueError(f"{where}.epochs: not used by experiment: noise; set noise.base_epochs, "
-                             "noise.hold_epochs and noise.recovery_epochs instead")
-        dims = [self.trial_base().get("latent_dim", TrialConfig.model_fields["latent_dim"].default)]
-        if "latent_dim" in self.space:
-            dims = _domain_points(self.space["latent_dim"], "space.latent_dim")
-        try:
-            self.noise_settings().check_latent_dim(min(dims))
-        except ValueError as err:
-            raise ValueError(f"noise.variable: {err}") from None
+        self.kind.check(self)
         return self
 
     @field_validator("pack", mode="before")
@@ -227,8 +249,16 @@ class StudySpec(_Strict):
                 raise ValueError(problem)
         return self
 
-    def noise_settings(self) -> NoiseSettings:
-        return self.noise or NoiseSettings()
+    @property
+    def kind(self) -> Kind:
+        """The experiment kind each trial runs (vaesweep.experiments)."""
+        return experiments.kind(self.experiment)
+
+    def trial_values(self, field: str) -> list[Any]:
+        """The values trials take for a trial field: the space's values (or range bounds), else base's or default."""
+        if field in self.space:
+            return _domain_points(self.space[field], f"space.{field}")
+        return [self.trial_base().get(field, TrialConfig.model_fields[field].default)]
 
     def trial_base(self) -> dict[str, Any]:
         base = dict(self.base)
@@ -262,6 +292,15 @@ def _domain_points(dom: Domain, where: str) -> list[Any]:
     if not low < high:
         raise ValueError(f"{where}: range [{low}, {high}] is empty; give [low, high] with low < high")
     return [low, high]
+
+
+def _kind_settings(kind: Kind, given: Any) -> BaseModel:
+    """``given`` validated by the kind's settings model; a ValueError naming the field under the kind's name."""
+    try:
+        return kind.settings.model_validate(given)
+    except ValidationError as err:
+        where = f"{kind.name}." if err.errors()[0]["loc"] else f"{kind.name}: "  # a field, or the whole model
+        raise ValueError(one_line(err, prefix=where)) from None
 
 
 def _check_trial(values: dict[str, Any], where: str) -> None:

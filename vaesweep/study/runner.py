@@ -2,10 +2,10 @@
 
 ``run_study(spec)`` starts a local Ray bound to 127.0.0.1 (no dashboard) unless an address is
 given (or RAY_ADDRESS is set), checks the cluster can hold one trial, and runs Ray Tune's Tuner
-with ``vaesweep.trainable``. The experiment lives in ``<storage>/<name>/tune``: running the same
-study again restores it with Ray's own ``Tuner.restore`` — finished trials are kept, unfinished
-ones resume from their last checkpoint — and trials are retried ``retries`` times
-(``FailureConfig``) from their last checkpoint when a worker or node dies.
+with the Ray trainable of the study's experiment kind (vaesweep.experiments). The experiment lives in
+``<storage>/<name>/tune``: running the same study again restores it with Ray's own ``Tuner.restore``
+— finished trials are kept, unfinished ones resume from their last checkpoint — and trials are retried
+``retries`` times (``FailureConfig``) from their last checkpoint when a worker or node dies.
 
 Before anything starts, the folder's existing files are checked (``StudyFolderError`` for a corrupt or
 foreign one) and the driver takes the folder's lock (vaesweep.study.lock: one driver per study folder).
@@ -28,13 +28,12 @@ from vaesweep.study.tables import SPEC_COPY, Progress, check_study_folder, load_
 from vaesweep.config.spec import Choice, Grid, LogUniform, RandInt, SpecError, StudySpec, Uniform
 from vaesweep.study.tracking import check_extras, tracking_callbacks
 from ray import tune
-from vaesweep.config.noise import NOISE_KEY
 import ray
 from ray._private import ray_constants
 from pydantic import ValidationError
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from vaesweep.config.packing import PACK_KEY, grid_configs, make_packs, pack_size
-from vaesweep.study.trainables import noise_trainable, packed_trainable, trainable
+from vaesweep.experiments import resolve
 from vaesweep.study.searcher import DB_FILE, make_search, setting_key
 from ray.tune.schedulers import ASHAScheduler
 from vaesweep.study.searcher import lambda_star
@@ -68,9 +67,8 @@ def param_space(spec: StudySpec) -> dict:
     space = {"threads": max(1, int(spec.resources.cpu)), **spec.trial_base()}
     space.update({k: domain(d) for k, d in spec.space.items()})
     space["seed"] = tune.grid_search(spec.seed_list())
-    if spec.experiment == "noise":  # Sec. 5: the settings ride along under a key the trial fields ignore
-
-        space[NOISE_KEY] = spec.noise_settings().model_dump()
+    if spec.kind_settings is not None:  # e.g. the Sec. 5 noise experiment's, under a key trial fields ignore
+        space[spec.kind.key] = spec.kind_settings.model_dump()
     return space
 
 
@@ -161,10 +159,8 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict |
     With ``search: optuna`` there is one Tuner per fixed ``setting`` (grid values and seed), each
     with its own experiment folder and Optuna study.
     """
-
-
     packed = setting is None and pack_size(spec) > 1  # K configurations per Ray trial
-    function = noise_trainable if spec.experiment == "noise" else packed_trainable if packed else trainable
+    function = resolve(spec.kind.packed_trainable if packed else spec.kind.trainable)
     runnable = tune.with_resources(function, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     space = pack_param_space(spec) if packed else param_space(spec)
     experiment = out / EXPERIMENT_DIR

@@ -1,0 +1,39 @@
+"""What an experiment kind declares (one ``Kind`` per module of vaesweep/experiments/)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:  # config.spec reads the registry; a kind's check only receives a StudySpec
+    from vaesweep.config.spec import StudySpec
+
+
+def no_check(spec: StudySpec) -> None:
+    """A kind that runs whatever study the spec's own rules allow."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of trial a study runs (``experiment: <name>``). Code is named by import path,
+    "package.module:name", resolved only where it runs (vaesweep.experiments.resolve), so the spec
+    can check a kind without importing torch or Ray."""
+
+    name: str
+    trainable: str  # the Ray function trainable of one configuration, e.g. "vaesweep.study.trainables:trainable"
+    settings: type[BaseModel] | None = None  # the settings written under ``<name>: {...}`` in the spec
+    check: Callable[[StudySpec], None] = no_check  # raises ValueError naming the field of a spec it cannot run
+    packed_trainable: str | None = None  # the trainable of K configurations per Ray trial, if the kind packs
+    charts: tuple[str, ...] = ()  # report charts, each called with the study's tables (load_study) -> Chart
+
+    @property
+    def key(self) -> str:
+        """Where a trial's config carries the settings (trial fields ignore "_" keys)."""
+        return f"_{self.name}"
+
+    @property
+    def packable(self) -> bool:
+        return self.packed_trainable is not None
