@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from vaesweep import TrainingDiverged, TrialRun, train_vae
-from vaesweep.engine.losses import vae_loss
+from vaesweep.engine.losses import KLSchedule, KLSchedules, packed_loss, vae_loss
 from vaesweep.config.errors import PackError
 from vaesweep.config.packing import PACK_KEY, check_packable, make_packs, pack_size
-from vaesweep.engine.packing import PackedRun, packed_loss, train_packed
+from vaesweep.engine.packing import PackedRun, train_packed
 from vaesweep.study.runner import pack_param_space
 from vaesweep.study.recorder import Recorder
 from vaesweep.config.spec import SpecError, spec_from_dict
@@ -69,7 +69,6 @@ def test_packed_loss_is_each_configurations_vae_loss():
     cfgs = [dict(lam=0.5, latent=3, free_bits=0.2), dict(lam=2.0, latent=5, free_bits=0.1),
             dict(lam=1.0, latent=2, warmup=10),
             dict(latent=5, capacity=(4.0, 20), gamma=30.0)]
-    from vaesweep.engine.losses import KLSchedule
     scheds = [KLSchedule(c.get("lam", 1.0), c.get("warmup", 0), c.get("free_bits", 0.0),
                          c["capacity"][0] if "capacity" in c else None, c["capacity"][1] if "capacity" in c else 0,
                          c.get("gamma", 1000.0)) for c in cfgs]
@@ -83,13 +82,14 @@ def test_packed_loss_is_each_configurations_vae_loss():
     coef = torch.tensor([[s.lam if s.warmup_steps <= 0 else s.lam * min(1, step / s.warmup_steps),
                           (s.capacity_max or 0) * min(1, step / s.capacity_steps) if s.capacity_steps else 0.0]
                          for s in scheds])
-    sched = {"free_bits": torch.tensor([s.free_bits for s in scheds]),
-             "capacity": torch.tensor([s.capacity_max is not None for s in scheds]),
-             "gamma": torch.tensor([s.gamma for s in scheds])}
+    sched = KLSchedules.of(scheds, torch.device("cpu"))
+    assert torch.equal(sched.coefficients(step, 1)[0], coef)  # lambda(step) and C(step), eq. (6) and Sec. 6.1
     loss, recon, kl = packed_loss(logits, x, mu, logvar, mask, coef, "bce", sched)
     for i, (c, s) in enumerate(zip(cfgs, scheds)):
         n = c["latent"]
-        want, want_recon, want_kl = vae_loss(logits[i], x[i], mu[i, :, :n], logvar[i, :, :n], step, "bce", s)
+        one = KLSchedules.of([s], torch.device("cpu"))
+        want, want_recon, want_kl = vae_loss(logits[i], x[i], mu[i, :, :n], logvar[i, :, :n],
+                                             one.coefficients(step, 1)[0], "bce", one)
         assert loss[i].item() == pytest.approx(want.item(), rel=1e-6)
         assert torch.equal(recon[i], want_recon)
         assert torch.equal(kl[i, :, :n], want_kl) and torch.all(kl[i, :, n:] == 0)
