@@ -103,7 +103,7 @@ class PackedRun(EpochLoop):
         self.records = [TrialRecord(c, lambda i=i: self.model(i), self.x_eval) for i, c in enumerate(self.cfgs)]
         fid = FidHook(data)  # one FID-proxy scorer for the pack
         for r in self.records:
-            r.add_standard_hooks(data, self.x_train, fid)
+            r.add_standard_hooks(self.x_train, fid)
 
     def _build(self, latent_dim: int, seed: int) -> nn.Module:
         cfg = self.cfg

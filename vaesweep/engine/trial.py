@@ -112,7 +112,7 @@ class TrialRecord:
         self.on_trial_end: list[Hook] = []  # after the last epoch's
         self.second_stage = None  # set by TwoStageHook
 
-    def add_standard_hooks(self, data: ImageData, x_train: torch.Tensor, fid: FidHook) -> None:
+    def add_standard_hooks(self, x_train: torch.Tensor, fid: FidHook) -> None:
         """The configuration's hooks: the FID-proxy when ``fid`` is on, the two-stage VAE when ``two_stage``."""
         if self.cfg.fid:
             self.on_epoch.append(fid)
@@ -213,7 +213,7 @@ class TrialRun(EpochLoop):
         self.kl = KLSchedules.of([cfg.schedule], self.device)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.record = TrialRecord(cfg, lambda: self.model, self.x_eval)
-        self.record.add_standard_hooks(data, self.x_train, FidHook(data))
+        self.record.add_standard_hooks(self.x_train, FidHook(data))
         self.records = [self.record]
 
     # the configuration and its bookkeeping live in the record (the noise experiment changes cfg.epochs)
