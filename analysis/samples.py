@@ -4,8 +4,8 @@ Fig. 3: decode z ~ N(0, I) (top row), then the same z with every inactive variab
 (bottom row); if the generator truly ignores those variables the rows are indistinguishable.
 The reading gives the mean absolute pixel difference between the rows.
 
-Models come from a study's Ray checkpoints: the last ``checkpoint_*/trial.pt`` in the trial's
-folder under ``<study>/tune`` (a dict with "model", the state_dict, and "config").
+Models come from a study's Ray checkpoints: the trial's latest one
+(``vaesweep.engine.checkpoints.find_checkpoint`` knows where), holding the weights and the config.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from vaesweep.config.trial import TrialConfig
 from vaesweep.engine.data import DataError, load_dataset
 from vaesweep.engine.sampling import decode_images, prior_codes, zero_inactive
-from vaesweep.engine.trial import CHECKPOINT_FILE, build_trained, load_trained
+from vaesweep.engine.checkpoints import RAY_FOLDER, build_trained, find_checkpoint, load_trained
 
 from . import settled
 from .chart import Chart, new_figure, skip
@@ -28,19 +28,6 @@ from .design import with_defaults
 from .latents import describe_trial
 
 KEY, TITLE = "fig3_samples", "Fig. 3: prior samples, and the same codes with inactive variables zeroed"
-
-
-def find_checkpoint(study_dir: str | Path, trial_id: str) -> Path | None:
-    """The trial's latest checkpoint file under ``<study>/tune``, or None.
-
-    Searches nested experiments too (one per Optuna setting); a packed trial ``<ray id>-p<i>``
-    lives in its Ray trial's checkpoint as ``p<i>/trial.pt``.
-    """
-    tune = Path(study_dir) / "tune"
-    ray_id, _, pack = trial_id.partition("-p")
-    name = f"p{pack}/{CHECKPOINT_FILE}" if pack else CHECKPOINT_FILE
-    found = [p for d in tune.rglob(f"*{ray_id}_*") if d.is_dir() for p in d.glob(f"checkpoint_*/{name}")]
-    return max(found, key=lambda p: p.parent.name) if found else None
 
 
 def dataset_shape(cfg: TrialConfig) -> tuple[int, int, int]:
@@ -100,7 +87,7 @@ def sample_grids(study_dir: str | Path, chosen: pd.DataFrame, latents: pd.DataFr
         grid = image_grid(torch.stack([prior, zeroed]))
         panels.append((row, grid, float((prior - zeroed).abs().mean()), len(active) - sum(active)))
     if not panels:
-        why = f"no usable checkpoint under {Path(study_dir) / 'tune'} for trial(s) {', '.join(missing)}" \
+        why = f"no usable checkpoint under {Path(study_dir) / RAY_FOLDER} for trial(s) {', '.join(missing)}" \
             if missing else "no trial was chosen"
         return skip(KEY, TITLE, f"Sample grids need the trained models: {why}.")
     fig, axes = new_figure(len(panels), (0.75 * n, 1.75), ncols=1)

@@ -7,7 +7,8 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from vaesweep.engine.latents import Tolerances, evaluate, moment_stats, reconstruction_gain, summarize
-from vaesweep.engine.losses import KLSchedule, kl_per_variable, kl_term, kl_weight, reconstruction_error
+from vaesweep.engine.losses import (KLSchedule, KLSchedules, capacity_target, kl_per_variable, kl_term, kl_weight,
+                                    reconstruction_error)
 
 
 class KnownModel(torch.nn.Module):
@@ -96,18 +97,31 @@ def test_evaluate_runs_on_known_model():
     assert out["latents"][1]["recon_gain"] == pytest.approx(0.0, abs=1e-7)
 
 
+def term(kl: torch.Tensor, step: int, schedule: KLSchedule) -> torch.Tensor:
+    """The KL term of one configuration (K = 1) at ``step``."""
+    sched = KLSchedules.of([schedule], kl.device)
+    return kl_term(kl[None], sched.coefficients(step, 1)[0], sched)[0]
+
+
 def test_kl_schedules():
     kl = torch.tensor([[0.5, 0.01], [0.7, 0.03]])  # batch mean per variable: 0.6, 0.02
-    assert kl_term(kl, 0, KLSchedule(lam=2.0)).item() == pytest.approx(2 * 0.62)
+    assert term(kl, 0, KLSchedule(lam=2.0)).item() == pytest.approx(2 * 0.62)
     # warm-up (Bowman et al.): lambda rises linearly over warmup_steps
     warm = KLSchedule(lam=1.0, warmup_steps=100)
     assert kl_weight(0, warm) == 0 and kl_weight(50, warm) == 0.5 and kl_weight(500, warm) == 1.0
     # free bits (Kingma et al.): each variable counts at least free_bits nats
-    assert kl_term(kl, 0, KLSchedule(free_bits=0.1)).item() == pytest.approx(0.6 + 0.1)
+    assert term(kl, 0, KLSchedule(free_bits=0.1)).item() == pytest.approx(0.6 + 0.1)
     # capacity (Burgess et al.): gamma * |KL - C|, C = C_max * step / capacity_steps
     cap = KLSchedule(capacity_max=10.0, capacity_steps=100, gamma=2.0)
-    assert kl_term(kl, 50, cap).item() == pytest.approx(2.0 * abs(0.62 - 5.0))
-    assert kl_term(kl, 1000, cap).item() == pytest.approx(2.0 * abs(0.62 - 10.0))
+    assert term(kl, 50, cap).item() == pytest.approx(2.0 * abs(0.62 - 5.0))
+    assert term(kl, 1000, cap).item() == pytest.approx(2.0 * abs(0.62 - 10.0))
+    assert capacity_target(50, cap) == 5.0 and capacity_target(50, KLSchedule()) == 0.0
+    # K configurations at once: each its own schedule (the packed trials' KL term)
+    scheds = [KLSchedule(lam=2.0), KLSchedule(free_bits=0.1), cap, KLSchedule(lam=1.0, warmup_steps=100)]
+    both = KLSchedules.of(scheds, kl.device)
+    many = kl_term(kl.expand(4, 2, 2), both.coefficients(50, 1)[0], both)
+    assert many.tolist() == pytest.approx([term(kl, 50, s).item() for s in scheds])
+    assert many.tolist() == pytest.approx([2 * 0.62, 0.7, 2.0 * abs(0.62 - 5.0), 0.5 * 0.62])
 
 
 def test_reconstruction_errors_sum_over_pixels():

@@ -8,12 +8,16 @@ import pytest
 import torch
 
 from vaesweep import TrainingDiverged, TrialRun, train_vae
-from vaesweep.engine.losses import vae_loss
+from vaesweep.engine.losses import KLSchedule, KLSchedules, packed_loss, vae_loss
 from vaesweep.config.errors import PackError
 from vaesweep.config.packing import PACK_KEY, check_packable, make_packs, pack_size
-from vaesweep.engine.packing import PackedRun, packed_loss, train_packed
+from vaesweep.engine.checkpoints import (RAY_FOLDER, find_checkpoint, load_run, load_trained, packed_id, save_run,
+                                         split_packed_id)
+from vaesweep.engine.packing import PackedRun, train_packed
 from vaesweep.study.runner import pack_param_space
 from vaesweep.study.recorder import Recorder
+from vaesweep.study.trainables import ray_report
+from conftest import recorded
 from vaesweep.config.spec import SpecError, spec_from_dict
 
 TRAIN_KEYS = ("train_loss", "train_recon", "train_kl", "lam_effective")
@@ -69,7 +73,6 @@ def test_packed_loss_is_each_configurations_vae_loss():
     cfgs = [dict(lam=0.5, latent=3, free_bits=0.2), dict(lam=2.0, latent=5, free_bits=0.1),
             dict(lam=1.0, latent=2, warmup=10),
             dict(latent=5, capacity=(4.0, 20), gamma=30.0)]
-    from vaesweep.engine.losses import KLSchedule
     scheds = [KLSchedule(c.get("lam", 1.0), c.get("warmup", 0), c.get("free_bits", 0.0),
                          c["capacity"][0] if "capacity" in c else None, c["capacity"][1] if "capacity" in c else 0,
                          c.get("gamma", 1000.0)) for c in cfgs]
@@ -83,13 +86,14 @@ def test_packed_loss_is_each_configurations_vae_loss():
     coef = torch.tensor([[s.lam if s.warmup_steps <= 0 else s.lam * min(1, step / s.warmup_steps),
                           (s.capacity_max or 0) * min(1, step / s.capacity_steps) if s.capacity_steps else 0.0]
                          for s in scheds])
-    sched = {"free_bits": torch.tensor([s.free_bits for s in scheds]),
-             "capacity": torch.tensor([s.capacity_max is not None for s in scheds]),
-             "gamma": torch.tensor([s.gamma for s in scheds])}
+    sched = KLSchedules.of(scheds, torch.device("cpu"))
+    assert torch.equal(sched.coefficients(step, 1)[0], coef)  # lambda(step) and C(step), eq. (6) and Sec. 6.1
     loss, recon, kl = packed_loss(logits, x, mu, logvar, mask, coef, "bce", sched)
     for i, (c, s) in enumerate(zip(cfgs, scheds)):
         n = c["latent"]
-        want, want_recon, want_kl = vae_loss(logits[i], x[i], mu[i, :, :n], logvar[i, :, :n], step, "bce", s)
+        one = KLSchedules.of([s], torch.device("cpu"))
+        want, want_recon, want_kl = vae_loss(logits[i], x[i], mu[i, :, :n], logvar[i, :, :n],
+                                             one.coefficients(step, 1)[0], "bce", one)
         assert loss[i].item() == pytest.approx(want.item(), rel=1e-6)
         assert torch.equal(recon[i], want_recon)
         assert torch.equal(kl[i, :, :n], want_kl) and torch.all(kl[i, :, n:] == 0)
@@ -258,3 +262,53 @@ def test_packed_study_on_ray(tmp_path):
         alone = train_vae({**base, "lam": row.lam, "seed": 0, "threads": 1})
         assert row.elbo == pytest.approx(alone.summary["elbo"], rel=1e-4)
         assert not row.settled and not alone.summary["settled"]  # the settled column: one epoch is too early
+
+
+def ray_reports(run) -> list[dict]:
+    """What ``run_under_ray`` reports for each epoch of ``run`` (node names the machine)."""
+    return [ray_report(run, metrics, node="node-0") for metrics in run.epochs()]
+
+
+@pytest.mark.parametrize("fid", [False, True])
+def test_packed_and_plain_trials_fill_the_same_columns(fid, tmp_path):
+    """Every table of a study gets the same columns from a packed pair as from the same two
+    configurations trained one at a time, and a packed result has TrialRun's summary keys."""
+    shared = {"epochs": 2, "max_train": 256, "max_eval": 128, "hidden": [32], "latent_dim": 3, "batch_size": 64,
+              "threads": 1, "track_every": 2, "fid": fid, "fid_samples": 128}
+    items = [{"lam": 0.5, "seed": 0}, {"lam": 2.0, "seed": 1, "latent_dim": 2}]
+    packed = PackedRun([{**shared, **it} for it in items])
+    reports = ray_reports(packed)
+    assert all(m["node"] == "node-0" for r in reports for m in r["packed"])
+    packed_tables = recorded(tmp_path / "packed", {**shared, PACK_KEY: items}, reports, trial_id="p_00000")
+    for i, item in enumerate(items):
+        plain = TrialRun({**shared, **item})
+        plain_tables = recorded(tmp_path / f"plain{i}", {**shared, **item}, ray_reports(plain), trial_id="a_00000")
+        for table in ("trials", "epochs", "latents", "latent_history", "trace"):
+            want, got = getattr(plain_tables, table), getattr(packed_tables, table)
+            assert len(want) and len(got), table
+            assert list(got.columns) == list(want.columns), table
+        assert "node" in plain_tables.epochs.columns
+        assert ("fid_prior" in plain_tables.trials.columns) == fid
+        assert list(packed.result(i).summary) == list(plain.result().summary)
+
+
+def test_checkpoint_layout_of_a_packed_trial(small, tmp_path):
+    """A pack's Ray checkpoint holds one TrialRun state per configuration; a study finds each
+    configuration's latest one by its trial id ``<ray id>-p<i>``."""
+    cfgs = [{**small, "epochs": 1, "lam": 0.5, "seed": 1}, {**small, "epochs": 1, "lam": 2.0, "seed": 2}]
+    run = PackedRun(cfgs)
+    for _ in run.epochs():
+        pass
+    trial = tmp_path / "study" / RAY_FOLDER / "exp" / "packed_trainable_ab12_00003_3_lam=1"
+    for n in (0, 1):
+        (trial / f"checkpoint_00000{n}").mkdir(parents=True)
+        save_run(run, trial / f"checkpoint_00000{n}")
+    assert split_packed_id(packed_id("ab12_00003", 1)) == ("ab12_00003", 1)
+    assert split_packed_id("ab12_00003") == ("ab12_00003", None)
+    found = find_checkpoint(tmp_path / "study", packed_id("ab12_00003", 1))
+    assert found is not None and found.parents[1].name == "checkpoint_000001"  # the latest
+    assert load_trained(found)[0].lam == 2.0
+    assert find_checkpoint(tmp_path / "study", "ab12_00003") is None  # the pack holds no plain trial.pt
+    restored = PackedRun(cfgs)
+    load_run(restored, trial / "checkpoint_000001")
+    assert [r.summary for r in restored.results()] == [r.summary for r in run.results()]

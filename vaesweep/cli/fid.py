@@ -21,28 +21,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from vaesweep.config.errors import UsageError
-from vaesweep.engine.trial import load_trained
+from vaesweep.engine.checkpoints import CHECKPOINT_FILE, MODEL_FILE, build_trained, load_trained, trained_file_in
 from vaesweep.engine.data import _npz
 from vaesweep.engine.sampling import decode_images, prior_codes
-from vaesweep.engine.trial import build_trained
 from vaesweep.engine.fid import generation_scores, scorer_for
 from vaesweep.engine.latents import evaluate
 from vaesweep.engine.data import check_dataset_name, load_dataset
 from vaesweep.engine.fid import FidScorer, feature_net
 
 SPLITS = ("eval", "train")
-CHECKPOINTS = ("model.pt", "trial.pt")
-
-
-def _checkpoint_path(source: str) -> Path | None:
-    path = Path(source)
-    if path.is_dir():
-        return next((path / name for name in CHECKPOINTS if (path / name).is_file()), None)
-    return path if path.is_file() and path.suffix == ".pt" else None
 
 
 def _load_trial(path: Path):
-    """(TrialConfig, weights) of a ``train --out`` model.pt or a Ray checkpoint's trial.pt."""
+    """(TrialConfig, weights) of a trained trial (vaesweep.engine.checkpoints.load_trained)."""
     try:
         return load_trained(path)
     except ValueError as err:
@@ -64,8 +55,8 @@ def _images(source: str, data, n: int, seed: int, trials: dict) -> torch.Tensor:
         images = torch.from_numpy(array.astype(np.float32) / 255.0 if array.dtype == np.uint8
                                   else array.astype(np.float32))
     else:
-        raise UsageError(f"'{source}' is not an .npz file, a trial checkpoint (model.pt, trial.pt or a folder "
-                         f"holding one), 'eval' or 'train'; give one of those")
+        raise UsageError(f"'{source}' is not an .npz file, a trial checkpoint ({MODEL_FILE}, {CHECKPOINT_FILE} or a "
+                         f"folder holding one), 'eval' or 'train'; give one of those")
     if tuple(images.shape[1:]) != tuple(data.shape):
         raise UsageError(f"'{source}' holds {'x'.join(map(str, images.shape[1:]))} images but the feature network "
                          f"of '{data.name}' takes {'x'.join(map(str, data.shape))}; pick the matching --dataset")
@@ -91,7 +82,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sources = [s for s in (args.a, args.b) if s is not None]
-    trials = {s: _load_trial(p) for s in sources if (p := _checkpoint_path(s)) is not None}
+    trials = {s: _load_trial(p) for s in sources if (p := trained_file_in(s)) is not None}
     first_cfg = next(iter(trials.values()))[0] if trials else None
     dataset = args.dataset or (first_cfg.dataset if first_cfg else "mnist5k")
     data_root = args.data_root or (first_cfg.data_root if first_cfg else None)
@@ -123,7 +114,8 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     fid = sub.add_parser("fid", help="FID-proxy between two image sets (npz files, a trained trial, eval/train)")
-    fid.add_argument("a", help="images: an .npz file, a trial (model.pt / trial.pt / its folder), eval or train")
+    fid.add_argument("a", help=f"images: an .npz file, a trial ({MODEL_FILE} / {CHECKPOINT_FILE} / its folder), "
+                     "eval or train")
     fid.add_argument("b", nargs="?", help="the reference images, same kinds (default: the eval split; "
                      "with a trial alone: its fid_prior, fid_recon, fid_zeroed)")
     fid.add_argument("--dataset", help="whose feature network (default: the trial's data set, else mnist5k)")

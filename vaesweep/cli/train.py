@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-import torch
 from pydantic import ValidationError
 
 from vaesweep.config.errors import UsageError
 from vaesweep.config.trial import TrialConfig, one_line
+from vaesweep.engine.checkpoints import MODEL_FILE, save_model
 from vaesweep.engine.sampling import save_sample_grid
 from vaesweep.engine.trial import TrialRun
 
@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = run.result()
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        torch.save({"config": cfg.model_dump(), "model": run.model.state_dict()}, out / "model.pt")
+        save_model(out, cfg, run.model)
         save_sample_grid(run.model, [r["active"] for r in result.latents], out / "samples.png", seed=cfg.seed)
         (out / "result.json").write_text(json.dumps(_as_json(result), indent=2))
     if args.json:
@@ -84,5 +84,5 @@ def add_commands(sub) -> None:
     train = sub.add_parser("train", help="train one VAE (no Ray) and print the Table 1 view")
     _add_trial_flags(train)
     train.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    train.add_argument("--out", help="save model.pt, result.json and samples.png (Fig. 3) here")
+    train.add_argument("--out", help=f"save {MODEL_FILE}, result.json and samples.png (Fig. 3) here")
     train.set_defaults(func=cmd_train)

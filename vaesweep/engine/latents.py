@@ -16,7 +16,6 @@ Inactive variables (Table 1, red rows): var_mu ~ 0 and mean_sigma2 ~ 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
@@ -69,16 +68,11 @@ def reconstruction_gain(model, x: torch.Tensor, mu: torch.Tensor, recon_kind: st
 
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, recon_kind: str, tol: Tolerances, generator: torch.Generator,
-             with_gain: bool = True, mask: torch.Tensor | None = None) -> dict:
+             with_gain: bool = True) -> dict:
     """All collapse metrics of a model on images ``x``: per-variable tensors and a summary.
-
-    ``mask`` (L,) of 0/1 marks variables that exist (for packed or masked models); masked-out
-    variables are dropped from every statistic. ``generator`` fixes the eval sampling noise.
-    """
+    ``generator`` fixes the eval sampling noise."""
     with eval_mode(model):
         mu, logvar = encode_all(model, x)
-        if mask is not None:
-            mu, logvar = mu * mask, logvar * mask
         per_var = moment_stats(mu, logvar)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = reparameterize(mu, logvar, eps)
@@ -88,9 +82,6 @@ def evaluate(model, x: torch.Tensor, recon_kind: str, tol: Tolerances, generator
             per_var["recon_gain"] = reconstruction_gain(model, x, mu, recon_kind)
         else:
             per_var["recon_gain"] = torch.full_like(per_var["kl"], float("nan"))
-    if mask is not None:
-        keep = mask.bool()
-        per_var = {k: v[keep] for k, v in per_var.items()}
     return summarize(per_var, recon, tol)
 
 

@@ -9,7 +9,9 @@ one can be watched. The remedies the paper surveys (Sec. 6.1) are options of the
   over ``capacity_steps`` minibatches (Burgess et al. [5]).
 
 Plain lambda is beta-VAE's beta (Higgins et al. [14]).
-All functions return tensors; nothing here synchronises with the host.
+One ``kl_term`` serves one trial and a pack of K (vaesweep/engine/packing.py) alike: the schedules are
+(K,) tensors, lambda(step) and C(step) come from ``kl_weight`` and ``capacity_target`` only.
+The losses return tensors; nothing in a training step synchronises with the host.
 """
 
 from __future__ import annotations
@@ -41,18 +43,6 @@ def reconstruction_error(logits: torch.Tensor, x: torch.Tensor, kind: str) -> to
     return err.flatten(1).sum(1)
 
 
-def kl_term(kl: torch.Tensor, step: int, schedule: KLSchedule) -> torch.Tensor:
-    """The regulariser added to the batch-mean reconstruction error; ``kl`` is (B, L)."""
-    per_var = kl.mean(0)  # E_batch KL_i, shape (L,)
-    if schedule.free_bits > 0:
-        per_var = per_var.clamp(min=schedule.free_bits)
-    total = per_var.sum()
-    if schedule.capacity_max is not None:
-        ramp = 1.0 if schedule.capacity_steps <= 0 else min(1.0, step / schedule.capacity_steps)
-        return schedule.gamma * (total - ramp * schedule.capacity_max).abs()
-    return kl_weight(step, schedule) * total
-
-
 def kl_weight(step: int, schedule: KLSchedule) -> float:
     """lambda at minibatch ``step``: linear warm-up from 0, then constant (Bowman et al.)."""
     if schedule.warmup_steps <= 0:
@@ -60,8 +50,74 @@ def kl_weight(step: int, schedule: KLSchedule) -> float:
     return schedule.lam * min(1.0, step / schedule.warmup_steps)
 
 
-def vae_loss(logits, x, mu, logvar, step: int, recon_kind: str, schedule: KLSchedule):
-    """Eq. (6) for one minibatch: returns (loss, recon (B,), kl (B, L))."""
+def capacity_target(step: int, schedule: KLSchedule) -> float:
+    """C at minibatch ``step``: linear from 0 to ``capacity_max`` over ``capacity_steps`` (Burgess et al.);
+    0 without a capacity."""
+    ramp = 1.0 if schedule.capacity_steps <= 0 else min(1.0, step / schedule.capacity_steps)
+    return ramp * (schedule.capacity_max or 0.0)
+
+
+@dataclass(frozen=True)
+class KLSchedules:
+    """The KL schedules of K configurations as device tensors (K,) for ``kl_term`` (K = 1 for one trial)."""
+    schedules: tuple[KLSchedule, ...]
+    free_bits: torch.Tensor  # (K,) nats per variable, 0 = off
+    capacity: torch.Tensor   # (K,) bool: gamma * |KL - C| instead of lambda * KL
+    gamma: torch.Tensor      # (K,)
+    any_free_bits: bool
+    any_capacity: bool
+
+    @classmethod
+    def of(cls, schedules: list[KLSchedule], device: torch.device) -> "KLSchedules":
+        def per_config(value, dtype=torch.float32):
+            return torch.tensor([value(s) for s in schedules], dtype=dtype, device=device)
+        return cls(tuple(schedules), per_config(lambda s: s.free_bits),
+                   per_config(lambda s: s.capacity_max is not None, torch.bool), per_config(lambda s: s.gamma),
+                   any(s.free_bits > 0 for s in schedules), any(s.capacity_max is not None for s in schedules))
+
+    def coefficients(self, first_step: int, n_steps: int) -> torch.Tensor:
+        """(n_steps, K, 2): lambda(step) and C(step) of each configuration for steps first_step, ...;
+        host arithmetic on step counts, one copy to the device."""
+        rows = [[(kl_weight(step, s), capacity_target(step, s)) for s in self.schedules]
+                for step in range(first_step, first_step + n_steps)]
+        return torch.tensor(rows, dtype=torch.float32, device=self.gamma.device).view(n_steps, len(self.schedules), 2)
+
+
+def kl_term(kl: torch.Tensor, coef: torch.Tensor, sched: KLSchedules, mask: torch.Tensor | None = None):
+    """The regulariser of eq. (6) added to the batch-mean reconstruction error, for K configurations.
+
+    ``kl`` (K, B, L) per image and variable (eq. (3)); ``coef`` (K, 2) this step's lambda and C
+    (``KLSchedules.coefficients``); ``mask`` (K, L) of 0/1 marks the variables that exist (packed
+    configurations of a smaller latent dimension), masked ones count nothing. Returns (K,).
+    """
+    per_var = kl.mean(1)  # E_batch KL_i, (K, L)
+    if sched.any_free_bits:  # free bits (Kingma et al.)
+        fb = sched.free_bits[:, None]
+        per_var = torch.where(fb > 0, per_var.clamp(min=fb), per_var)
+    if mask is not None:
+        per_var = per_var * mask
+    total = per_var.sum(1)
+    weight, target = coef[:, 0], coef[:, 1]
+    if not sched.any_capacity:
+        return weight * total  # lambda, with warm-up
+    return torch.where(sched.capacity, sched.gamma * (total - target).abs(), weight * total)  # Burgess et al.
+
+
+def vae_loss(logits, x, mu, logvar, coef: torch.Tensor, recon_kind: str, sched: KLSchedules):
+    """Eq. (6) for one minibatch of one configuration (``sched`` of K = 1, ``coef`` (1, 2)):
+    returns (loss, recon (B,), kl (B, L))."""
     recon = reconstruction_error(logits, x, recon_kind)
     kl = kl_per_variable(mu, logvar)
-    return recon.mean() + kl_term(kl, step, schedule), recon, kl
+    return recon.mean() + kl_term(kl[None], coef, sched)[0], recon, kl
+
+
+def packed_loss(logits, x, mu, logvar, mask, coef: torch.Tensor, recon_kind: str, sched: KLSchedules):
+    """Eq. (6) for K configurations at once, each with its own KL term (``kl_term``).
+
+    Shapes: logits / x (K, B, C, H, W), mu / logvar (K, B, L), mask (K, L), ``coef`` (K, 2).
+    Returns (loss (K,), recon (K, B), kl (K, B, L)); masked variables' kl is exactly 0.
+    """
+    k, b = x.shape[:2]
+    recon = reconstruction_error(logits.flatten(0, 1), x.flatten(0, 1), recon_kind).view(k, b)
+    kl = kl_per_variable(mu, logvar) * mask[:, None]  # eq. (3)
+    return recon.mean(1) + kl_term(kl, coef, sched, mask), recon, kl

@@ -39,13 +39,12 @@ evaluates every epoch, and the trial's own ``epochs`` is replaced by the phases'
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal
 
 import torch
 
-from vaesweep.config.noise import NOISE_KEY, NoiseSettings
+from vaesweep.config.noise import NoiseSettings
 from vaesweep.config.trial import TrialConfig
 from vaesweep.engine.latents import encode_all, moment_stats
 from vaesweep.engine.losses import reconstruction_error

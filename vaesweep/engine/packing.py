@@ -11,16 +11,17 @@ arithmetic, sets the pace), so a ``PackedRun`` trains K ``TrialConfig``s at once
 - every configuration keeps its own numbers: its own weights (built exactly as ``TrialRun``
   builds them, from its seed), its own ``torch.Generator`` drawing its minibatch order and its
   reparametrization noise in ``TrialRun``'s order, and its own KL term, eq. (6), with its own
-  lambda / warm-up / free bits / capacity schedule (Sec. 6.1);
+  lambda / warm-up / free bits / capacity schedule (Sec. 6.1; ``vaesweep.engine.losses.kl_term``);
 - a smaller latent dimension lives inside the largest one of the pack: its model is copied into
   a zero-padded one (extra mu / logvar rows and decoder input columns are zero) and its extra
   variables are masked out of z and of the KL term, so their gradients are exactly zero, Adam
   leaves them at zero, and the math is the small model's.
 
 What may differ inside a pack is ``PACK_VARIES``; every other TrialConfig field is shared.
-Each configuration reports the metric dict ``TrialRun`` reports (its weights are copied back into
-a model of its own latent dimension and scored by ``vaesweep.engine.latents.evaluate``), so packed and
-one-at-a-time runs agree to float tolerance. Checkpoints are K ``TrialRun`` state dicts.
+Each configuration has the ``TrialRecord`` a ``TrialRun`` has (vaesweep/engine/trial.py: epoch plan,
+evaluation, settle tracker, hooks, history, result); it scores the configuration's weights copied
+back into a model of its own latent dimension, so packed and one-at-a-time runs agree to float
+tolerance and report the same keys. Checkpoints are K ``TrialRun`` state dicts.
 
 Study side: ``pack_size(spec)`` (``pack: auto | K | off``; auto packs 16 when trials get a GPU),
 ``pack_param_space(spec, k)`` (a grid over packs of compatible configurations) and
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from typing import Iterator
 
 import torch
@@ -43,12 +43,9 @@ from vaesweep.config.errors import TrainingDiverged
 from vaesweep.config.packing import check_packable
 from vaesweep.config.trial import TrialConfig
 from vaesweep.engine.data import load_dataset
-from vaesweep.engine.latents import evaluate
-from vaesweep.engine.losses import kl_per_variable, kl_weight, reconstruction_error
+from vaesweep.engine.losses import KLSchedules, kl_weight, packed_loss
 from vaesweep.engine.models import build_model, reparameterize
-from vaesweep.engine.settle import SettleTracker, active_indices
-from vaesweep.engine.fid import trial_scores
-from vaesweep.engine.trial import TrialResult, resolve_device
+from vaesweep.engine.trial import EpochLoop, FidHook, TrialRecord, TrialResult, batch_starts, resolve_device
 
 
 def _leading(shape: torch.Size) -> tuple[slice, ...]:
@@ -72,27 +69,7 @@ class _Forward(nn.Module):
         return self.model.decode(z), mu, logvar
 
 
-def packed_loss(logits, x, mu, logvar, mask, kl_coef, recon_kind: str, sched: dict):
-    """Eq. (6) for K configurations at once, each with its own KL term (vaesweep.engine.losses.kl_term).
-
-    Shapes: logits / x (K, B, C, H, W), mu / logvar (K, B, L), mask (K, L). ``kl_coef`` (K, 2) holds
-    this step's lambda (warm-up) and capacity target C; ``sched`` holds per-config tensors
-    ``free_bits``, ``capacity`` (bool) and ``gamma``, each (K,). Returns (loss (K,), recon (K, B), kl (K, B, L)).
-    """
-    k, b = x.shape[:2]
-    recon = reconstruction_error(logits.flatten(0, 1), x.flatten(0, 1), recon_kind).view(k, b)
-    kl = kl_per_variable(mu, logvar) * mask[:, None]          # eq. (3); masked variables are exactly 0
-    per_var = kl.mean(1)                                       # E_batch KL_i, (K, L)
-    fb = sched["free_bits"][:, None]
-    per_var = torch.where(fb > 0, per_var.clamp(min=fb), per_var) * mask   # free bits (Kingma et al.)
-    total = per_var.sum(1)
-    weight, target = kl_coef[:, 0], kl_coef[:, 1]
-    reg = torch.where(sched["capacity"], sched["gamma"] * (total - target).abs(),  # Burgess et al.
-                      weight * total)                                            # lambda, warm-up
-    return recon.mean(1) + reg, recon, kl
-
-
-class PackedRun:
+class PackedRun(EpochLoop):
     """K trials' state in stacked tensors. ``epochs()`` trains and yields K metric dicts per epoch."""
     def __init__(self, configs: list[TrialConfig | dict]):
         self.cfgs = [c if isinstance(c, TrialConfig) else TrialConfig(**c) for c in configs]
@@ -120,16 +97,13 @@ class PackedRun:
         self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.lr, fused=True)  # one kernel per tensor
         lat = torch.arange(self.latent, device=self.device)
         self.mask = (lat[None] < torch.tensor([c.latent_dim for c in self.cfgs], device=self.device)[:, None]).float()
-        self.sched = {"free_bits": self._per_config(lambda c: c.free_bits),
-                      "capacity": self._per_config(lambda c: c.capacity_max is not None, torch.bool),
-                      "gamma": self._per_config(lambda c: c.gamma)}
+        self.kl = KLSchedules.of([c.schedule for c in self.cfgs], self.device)
         self.gens = [torch.Generator(self.device).manual_seed(c.seed) for c in self.cfgs]
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
-        self.histories: list[list[dict]] = [[] for _ in self.cfgs]
-        self.last_evals: list[dict | None] = [None] * self.k
-        self.diverged: list[str | None] = [None] * self.k
-        self.settles = [SettleTracker.for_config(c) for c in self.cfgs]  # as TrialRun.settle
-        self._fid = None
+        self.records = [TrialRecord(c, lambda i=i: self.model(i), self.x_eval) for i, c in enumerate(self.cfgs)]
+        fid = FidHook(data)  # one FID-proxy scorer for the pack
+        for r in self.records:
+            r.add_standard_hooks(self.x_train, fid)
 
     def _build(self, latent_dim: int, seed: int) -> nn.Module:
         cfg = self.cfg
@@ -138,19 +112,11 @@ class PackedRun:
             model = build_model(cfg.arch, self.data.shape, latent_dim, cfg.hidden, cfg.conv_width)
         return model.to(self.device)
 
-    def _per_config(self, value, dtype=torch.float32) -> torch.Tensor:
-        return torch.tensor([value(c) for c in self.cfgs], dtype=dtype, device=self.device)
-
     def _call(self, params, buffers, x, eps, mask):
         named = {f"model.{n}": t for n, t in {**params, **buffers}.items()}
         return functional_call(self._shell, named, (x, eps, mask))
 
     # --- training -------------------------------------------------------------------------
-    def _batches(self) -> list[int]:
-        """Start of every minibatch TrialRun trains on (it skips a final batch of one image)."""
-        n, bs = len(self.x_train), self.cfg.batch_size
-        return [s for s in range(0, n, bs) if min(bs, n - s) >= 2]
-
     def _draws(self, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """This epoch's minibatch orders (K, N) and noise (K, N', L), each configuration's generator
         drawn in TrialRun's order: randperm, then one randn (B, latent_dim) per minibatch."""
@@ -163,25 +129,12 @@ class PackedRun:
             noise.append(nn.functional.pad(eps, (0, self.latent - cfg.latent_dim)))
         return torch.stack(orders), torch.stack(noise)
 
-    def _kl_coefficients(self, n_steps: int) -> torch.Tensor:
-        """(steps, K, 2): lambda with warm-up, and the capacity target ramp * C_max, per step; host
-        arithmetic on step counts, one copy to the device per epoch."""
-        rows = []
-        for step in range(self.step, self.step + n_steps):
-            row = []
-            for c in self.cfgs:
-                s = c.schedule
-                ramp = 1.0 if s.capacity_steps <= 0 else min(1.0, step / s.capacity_steps)  # as losses.kl_term
-                row.append((kl_weight(step, s), ramp * (s.capacity_max or 0.0)))
-            rows.append(row)
-        return torch.tensor(rows, dtype=torch.float32, device=self.device)
-
     def train_epoch(self) -> list[dict]:
         """One pass over the training split for all K; K train-mean dicts. One host sync, at the end."""
         cfg, x = self.cfg, self.x_train
-        starts = self._batches()
+        starts = batch_starts(len(x), cfg.batch_size)
         orders, noise = self._draws(starts)
-        coefs = self._kl_coefficients(len(starts))
+        coefs = self.kl.coefficients(self.step, len(starts))  # lambda(step), C(step): (steps, K, 2)
         params = list(self.params.values())
         sums = torch.zeros(self.k, 3, device=self.device)  # loss * B, recon sum, KL sum
         trace, trace_steps = [], []
@@ -189,7 +142,7 @@ class PackedRun:
             idx = orders[:, start:start + cfg.batch_size]
             xb, eps = x[idx], noise[:, start:start + idx.shape[1]]
             logits, mu, logvar = self._forward(self.params, self.buffers, xb, eps, self.mask)
-            loss, recon, kl = packed_loss(logits, xb, mu, logvar, self.mask, coefs[j], cfg.recon_loss, self.sched)
+            loss, recon, kl = packed_loss(logits, xb, mu, logvar, self.mask, coefs[j], cfg.recon_loss, self.kl)
             for p in params:
                 p.grad = None
             loss.sum().backward()  # sum of independent losses: each config gets exactly its own gradient
@@ -203,8 +156,8 @@ class PackedRun:
         traces = torch.stack(trace).cpu().tolist() if trace else None  # (T, K, 2, L)
         out = []
         for i, (c, (loss, recon, kl)) in enumerate(zip(self.cfgs, host)):
-            if self.diverged[i] is None and not all(math.isfinite(v) for v in (loss, recon, kl)):
-                self.diverged[i] = f"loss became {loss} at epoch {self.epoch + 1}; lower lr or check the data"
+            if self.records[i].diverged is None and not all(math.isfinite(v) for v in (loss, recon, kl)):
+                self.records[i].diverged = f"loss became {loss} at epoch {self.epoch + 1}; lower lr or check the data"
             m = {"train_loss": loss, "train_recon": recon, "train_kl": kl,
                  "lam_effective": kl_weight(self.step, c.schedule)}
             if traces is not None:
@@ -222,64 +175,30 @@ class PackedRun:
             t.copy_(stacked[name][i][_leading(t.shape)])
         return self.models[i]
 
-    def evaluate(self, i: int, with_gain: bool = True) -> dict:
-        """TrialRun.evaluate of configuration ``i``: the same model, eval data and eval noise."""
-        c = self.cfgs[i]
-        gen = torch.Generator(self.device).manual_seed(c.seed + 1)
-        return evaluate(self.model(i), self.x_eval, c.recon_loss, c.tolerances, gen, with_gain)
-
     def epochs(self) -> Iterator[list[dict]]:
         """Train to ``epochs``, yielding after each epoch K metric dicts (TrialRun's; a diverged
-        configuration yields ``{"diverged": reason}`` instead)."""
-        while self.epoch < self.cfg.epochs:
+        configuration yields ``{"diverged": reason}`` instead); stops early when all have diverged."""
+        while self.epoch < self.cfg.epochs and not all(r.diverged is not None for r in self.records):
             yield self.run_epoch()
 
     def run_epoch(self) -> list[dict]:
-        t0 = time.perf_counter()
-        trains = self.train_epoch()
-        self.epoch += 1
-        train_time = time.perf_counter() - t0
-        evaluated, with_gain, fid_now = self.cfg.epoch_plan(self.epoch)  # shared by the pack
-        out = []
-        for i, (c, train) in enumerate(zip(self.cfgs, trains)):
-            if self.diverged[i] is not None:
-                out.append({"diverged": self.diverged[i]})
-                continue
-            metrics = {"epoch": self.epoch, "step": self.step, "lam": c.lam, **train}
-            if evaluated:
-                self.last_evals[i] = self.evaluate(i, with_gain=with_gain)
-                metrics["latents"] = self.last_evals[i]["latents"]
-                self.settles[i].observe(self.step, active_indices(self.last_evals[i]["latents"]),
-                                        self.last_evals[i]["summary"]["law_residual_max"])
-            metrics.update(self.last_evals[i]["summary"], **self.settles[i].status(), evaluated=evaluated)
-            if fid_now:
-                metrics.update(self.generation_scores(i))
-            out.append(metrics)
-        self.elapsed += time.perf_counter() - t0
-        for i, metrics in enumerate(out):
-            if "epoch" in metrics:
-                metrics.update(epoch_time=train_time, time_total=self.elapsed)  # the pack's wall time
-                self.histories[i].append({k: v for k, v in metrics.items() if k not in ("latents", "trace")})
-        return out
-
-    def generation_scores(self, i: int) -> dict:
-        """TrialRun.generation_scores for configuration ``i`` (one FID-proxy scorer for the pack)."""
-        active = [r["active"] for r in self.last_evals[i]["latents"]]
-        scores, self._fid = trial_scores(self.data, self.cfg, self.model(i), active, self.cfgs[i].seed, self._fid)
-        return scores
+        return self._run_epoch(self.train_epoch)
 
     def result(self, i: int) -> TrialResult:
         """Configuration ``i``'s TrialResult (as TrialRun.result); raises TrainingDiverged if it diverged."""
-        c, hist = self.cfgs[i], self.histories[i]
-        if self.diverged[i] is not None:
-            raise TrainingDiverged(f"configuration {i} (seed {c.seed}, lam {c.lam}): {self.diverged[i]}")
-        final = self.last_evals[i] or self.evaluate(i)
-        fid = {k: v for k, v in (hist[-1] if hist else {}).items() if k.startswith("fid_") and k != "fid_seconds"}
-        return TrialResult(c, {**final["summary"], **self.settles[i].status(), **fid}, final["latents"], hist,
-                           self.model(i))
+        c, reason = self.cfgs[i], self.records[i].diverged
+        if reason is not None:
+            raise TrainingDiverged(f"configuration {i} (seed {c.seed}, lam {c.lam}): {reason}")
+        return self.records[i].result()
 
     def results(self) -> list[TrialResult]:
         return [self.result(i) for i in range(self.k)]
+
+    def final_metrics(self) -> list[dict] | None:
+        """The last epoch's K reports again (as TrialRun.final_metrics), or None before any epoch."""
+        if self.epoch == 0:
+            return None
+        return [r.final_metrics() for r in self.records]
 
     # --- checkpoints: K TrialRun state dicts ------------------------------------------------
     def state_dicts(self) -> list[dict]:
@@ -295,9 +214,7 @@ class PackedRun:
             out.append({"model": {k: v.clone() for k, v in model.state_dict().items()},
                         "optimizer": {"state": state, "param_groups": copy.deepcopy(opt["param_groups"])},
                         "gen": self.gens[i].get_state(), "epoch": self.epoch, "step": self.step,
-                        "elapsed": self.elapsed, "history": list(self.histories[i]), "last_eval": self.last_evals[i],
-                        "settle": self.settles[i].state_dict(), "config": c.model_dump(),
-                        "diverged": self.diverged[i]})
+                        "elapsed": self.elapsed, **self.records[i].state_dict()})
         return out
 
     @torch.no_grad()
@@ -318,9 +235,7 @@ class PackedRun:
                 for key in ("exp_avg", "exp_avg_sq"):
                     adam[j][key][i][_leading(s[key].shape)].copy_(s[key])
             self.gens[i].set_state(st["gen"])
-            self.histories[i], self.last_evals[i] = list(st["history"]), st["last_eval"]
-            self.diverged[i] = st.get("diverged")
-            self.settles[i] = SettleTracker.from_checkpoint(st, self.cfgs[i])
+            self.records[i].load_state_dict(st)
         self.optimizer.load_state_dict({"state": adam, "param_groups": states[0]["optimizer"]["param_groups"]})
         self.epoch, self.step, self.elapsed = states[0]["epoch"], states[0]["step"], states[0]["elapsed"]
 

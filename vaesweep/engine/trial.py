@@ -7,6 +7,12 @@ Public API, the same numbers for the same seed and device whichever way it is ca
 ``train_vae`` is plain Python; ``trainable`` is the Ray Tune function trainable (Ray's own
 ``tune.report`` with a checkpoint each epoch, restored from ``tune.get_checkpoint()``).
 Both drive a ``TrialRun``, which owns the data, model, optimiser and RNG of one trial.
+
+What happens to a configuration after each training epoch is the same for a plain trial and a
+packed one (vaesweep/engine/packing.py): a ``TrialRecord`` follows ``TrialConfig.epoch_plan``
+(evaluate, with reconstruction gains or not), watches the settle tracker, runs its hooks (the
+FID-proxy at the end of an epoch, the two-stage VAE at the end of the trial), keeps the history and
+gives the ``TrialResult``. The two runs differ only in how they train an epoch and hand out a model.
 """
 
 from __future__ import annotations
@@ -14,22 +20,23 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
 from vaesweep.config.errors import TrainingDiverged
-from vaesweep.config.trial import TrialConfig, trial_fields
-from vaesweep.engine.data import load_dataset
+from vaesweep.config.metrics import trial_row
+from vaesweep.config.trial import TrialConfig
+from vaesweep.engine.data import ImageData, load_dataset
 from vaesweep.engine.latents import evaluate
-from vaesweep.engine.losses import kl_weight, vae_loss
+from vaesweep.engine.losses import KLSchedules, kl_weight, vae_loss
 from vaesweep.engine.models import build_model, reparameterize
 from vaesweep.engine.settle import SettleTracker, active_indices
 from vaesweep.engine.fid import trial_scores
 from vaesweep.engine.two_stage import fit_two_stage, settings_for, two_stage_scores
 
 LatentTransform = Callable[[torch.Tensor], torch.Tensor]
+Hook = Callable[["TrialRecord", int], dict]  # (the configuration's record, epoch) -> extra metrics
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,6 +45,12 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device '{name}' asked for but no CUDA GPU is visible; use device: auto or cpu")
     return torch.device(name)
+
+
+def batch_starts(n: int, batch_size: int) -> list[int]:
+    """Where every minibatch of an epoch starts; a final batch of one image is skipped (BatchNorm
+    cannot train on one image)."""
+    return [s for s in range(0, n, batch_size) if min(batch_size, n - s) >= 2]
 
 
 @dataclass
@@ -51,11 +64,139 @@ class TrialResult:
     second_stage: object | None = None  # vaesweep.engine.two_stage.TwoStageVAE (two_stage: true)
 
 
-class TrialRun:
+# --- hooks: what a configuration measures beyond the collapse metrics --------------------------------
+class FidHook:
+    """End of epoch: the FID-proxy on the epochs ``epoch_plan`` names (vaesweep/engine/fid.py): fid_prior,
+    fid_recon, fid_zeroed, fid_seconds, fid_net_accuracy; nothing (with a warning) for unlabelled data.
+    One scorer, built on first use, serves every configuration of the run."""
+    def __init__(self, data: ImageData):
+        self.data, self.scorer = data, None  # (FidScorer, TrainedFeatureNet)
+
+    def __call__(self, record: "TrialRecord", epoch: int) -> dict:
+        if not record.cfg.epoch_plan(epoch)[2]:
+            return {}
+        cfg = record.cfg
+        scores, self.scorer = trial_scores(self.data, cfg, record.model(), record.active(), cfg.seed, self.scorer)
+        return scores
+
+
+class TwoStageHook:
+    """End of trial: the two-stage VAE (vaesweep/engine/two_stage.py, Dai & Wipf 2019) fitted to the
+    configuration's codes; its ``two_stage_*`` numbers, ``fid_two_stage`` when the FID-proxy is on, and
+    ``two_stage_seconds``. The fitted ``TwoStageVAE`` is kept as ``record.second_stage``."""
+    def __init__(self, x_train: torch.Tensor, fid: FidHook | None):
+        self.x_train, self.fid = x_train, fid
+
+    def __call__(self, record: "TrialRecord", epoch: int) -> dict:
+        t0, cfg = time.perf_counter(), record.cfg
+        record.second_stage = fit_two_stage(record.model(), self.x_train, record.active(), settings_for(cfg))
+        scorer = self.fid.scorer[0] if self.fid is not None and self.fid.scorer is not None else None
+        scores = two_stage_scores(record.second_stage, record.x_eval, cfg.seed, scorer, cfg.active_threshold)
+        return {**scores, "two_stage_seconds": time.perf_counter() - t0}
+
+
+# --- one configuration's bookkeeping, for plain and packed runs alike --------------------------------
+class TrialRecord:
+    """One configuration's epochs after training: evaluation per ``TrialConfig.epoch_plan``, the settle
+    tracker (vaesweep/engine/settle.py), hooks, history, result and its part of a checkpoint.
+
+    ``model()`` hands out the configuration's current model (a TrialRun's own, or a packed one copied out).
+    """
+    def __init__(self, cfg: TrialConfig, model: Callable[[], torch.nn.Module], x_eval: torch.Tensor):
+        self.cfg, self.model, self.x_eval = cfg, model, x_eval
+        self.history: list[dict] = []
+        self.last_eval: dict | None = None
+        self.settle = SettleTracker.for_config(cfg)  # has the collapse settled?
+        self.diverged: str | None = None  # why training diverged (packed runs go on without it)
+        self.on_epoch: list[Hook] = []      # after every epoch's collapse metrics
+        self.on_trial_end: list[Hook] = []  # after the last epoch's
+        self.second_stage = None  # set by TwoStageHook
+
+    def add_standard_hooks(self, x_train: torch.Tensor, fid: FidHook) -> None:
+        """The configuration's hooks: the FID-proxy when ``fid`` is on, the two-stage VAE when ``two_stage``."""
+        if self.cfg.fid:
+            self.on_epoch.append(fid)
+        if self.cfg.two_stage:
+            self.on_trial_end.append(TwoStageHook(x_train, fid if self.cfg.fid else None))
+
+    def evaluate(self, with_gain: bool = True) -> dict:
+        """Collapse metrics on the eval split, with fixed sampling noise (same numbers every call)."""
+        gen = torch.Generator(self.x_eval.device).manual_seed(self.cfg.seed + 1)
+        return evaluate(self.model(), self.x_eval, self.cfg.recon_loss, self.cfg.tolerances, gen, with_gain)
+
+    def active(self) -> list[bool]:
+        return [r["active"] for r in self.last_eval["latents"]]
+
+    def close_epoch(self, epoch: int, step: int, train: dict) -> dict:
+        """The report of ``epoch`` (timings come with ``log``): train means, the latest collapse summary
+        (every report carries it: schedulers need it each epoch), settle status and the hooks' metrics."""
+        metrics = {"epoch": epoch, "step": step, "lam": self.cfg.lam, **train}
+        evaluated, with_gain, _ = self.cfg.epoch_plan(epoch)
+        if evaluated:
+            self.last_eval = self.evaluate(with_gain=with_gain)
+            metrics["latents"] = self.last_eval["latents"]
+            self.settle.observe(step, active_indices(self.last_eval["latents"]),
+                                self.last_eval["summary"]["law_residual_max"])
+        metrics.update(self.last_eval["summary"], **self.settle.status(), evaluated=evaluated)
+        for hook in self.on_epoch + (self.on_trial_end if epoch == self.cfg.epochs else []):
+            metrics.update(hook(self, epoch))
+        return metrics
+
+    def log(self, metrics: dict, epoch_time: float, time_total: float) -> None:
+        """Add the epoch's wall-clock seconds to its report and keep it (without per-variable lists)."""
+        metrics.update(epoch_time=epoch_time, time_total=time_total)
+        self.history.append({k: v for k, v in metrics.items() if k not in ("latents", "trace")})
+
+    def result(self) -> TrialResult:
+        """The final summary: the collapse metrics, settle status and the last report's other trial
+        metrics (fid_*, two_stage_*, noise_*; no timings: vaesweep.config.metrics.trial_row)."""
+        final = self.last_eval or self.evaluate()
+        extras = trial_row(self.history[-1]) if self.history else {}
+        return TrialResult(self.cfg, {**final["summary"], **self.settle.status(), **extras}, final["latents"],
+                           self.history, self.model(), self.second_stage)
+
+    def final_metrics(self) -> dict | None:
+        """The last epoch's report again (history row plus per-variable table), or None before any."""
+        if self.diverged is not None:
+            return {"diverged": self.diverged}
+        if not self.history:
+            return None
+        return {**self.history[-1], "latents": self.last_eval["latents"]}
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history), "last_eval": self.last_eval, "settle": self.settle.state_dict(),
+                "config": self.cfg.model_dump(), "diverged": self.diverged}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.last_eval = list(state["history"]), state["last_eval"]
+        self.settle = SettleTracker.from_checkpoint(state, self.cfg)
+        self.diverged = state.get("diverged")
+
+
+class EpochLoop:
+    """The epoch of every run: train (the subclass's way, one train-means dict per configuration),
+    then each configuration's ``TrialRecord`` closes the epoch. Subclasses set ``records``, ``epoch``,
+    ``step`` and ``elapsed``."""
+    records: list[TrialRecord]
+
+    def _run_epoch(self, train: Callable[[], list[dict]]) -> list[dict]:
+        t0 = time.perf_counter()
+        trains = train()
+        self.epoch += 1
+        train_time = time.perf_counter() - t0
+        out = [r.close_epoch(self.epoch, self.step, t) if r.diverged is None else {"diverged": r.diverged}
+               for r, t in zip(self.records, trains)]
+        self.elapsed += time.perf_counter() - t0
+        for r, metrics in zip(self.records, out):
+            if r.diverged is None:
+                r.log(metrics, epoch_time=train_time, time_total=self.elapsed)  # the run's wall time
+        return out
+
+
+class TrialRun(EpochLoop):
     """One trial's state. ``epochs()`` trains and yields each epoch's metrics."""
     def __init__(self, config: TrialConfig | dict):
-        self.cfg = config if isinstance(config, TrialConfig) else TrialConfig(**config)
-        cfg = self.cfg
+        cfg = config if isinstance(config, TrialConfig) else TrialConfig(**config)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
@@ -69,12 +210,32 @@ class TrialRun:
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.kl = KLSchedules.of([cfg.schedule], self.device)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
-        self.history: list[dict] = []
-        self.last_eval: dict | None = None
-        self.settle = SettleTracker.for_config(cfg)  # has the collapse settled? (vaesweep/engine/settle.py)
-        self._fid = None  # (FidScorer, TrainedFeatureNet), built on the first FID epoch
-        self.second_stage = None  # vaesweep.engine.two_stage.TwoStageVAE, fitted at the end when two_stage is on
+        self.record = TrialRecord(cfg, lambda: self.model, self.x_eval)
+        self.record.add_standard_hooks(self.x_train, FidHook(data))
+        self.records = [self.record]
+
+    # the configuration and its bookkeeping live in the record (the noise experiment changes cfg.epochs)
+    @property
+    def cfg(self) -> TrialConfig:
+        return self.record.cfg
+
+    @cfg.setter
+    def cfg(self, cfg: TrialConfig) -> None:
+        self.record.cfg = cfg
+
+    @property
+    def history(self) -> list[dict]:
+        return self.record.history
+
+    @property
+    def settle(self) -> SettleTracker:
+        return self.record.settle
+
+    @property
+    def last_eval(self) -> dict | None:
+        return self.record.last_eval
 
     # --- training -------------------------------------------------------------------------
     def train_epoch(self, transform: LatentTransform | None = None) -> dict:
@@ -82,19 +243,19 @@ class TrialRun:
         cfg, model, x = self.cfg, self.model, self.x_train
         model.train()
         order = torch.randperm(len(x), generator=self.gen, device=self.device)
+        starts = batch_starts(len(x), cfg.batch_size)
+        coefs = self.kl.coefficients(self.step, len(starts))  # lambda(step), C(step): (steps, 1, 2)
         sums = torch.zeros(3, device=self.device)  # loss * B, recon sum, KL sum
         trace, trace_steps = [], []
-        for start in range(0, len(x), cfg.batch_size):
+        for j, start in enumerate(starts):
             idx = order[start:start + cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm cannot train on one image
-                continue
             xb = x[idx]
             mu, logvar = model.encode(xb)
             eps = torch.randn(mu.shape, generator=self.gen, device=self.device, dtype=mu.dtype)
             z = reparameterize(mu, logvar, eps)
             if transform is not None:
                 z = transform(z)
-            loss, recon, kl = vae_loss(model.decode(z), xb, mu, logvar, self.step, cfg.recon_loss, cfg.schedule)
+            loss, recon, kl = vae_loss(model.decode(z), xb, mu, logvar, coefs[j], cfg.recon_loss, self.kl)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -113,10 +274,9 @@ class TrialRun:
             out["trace"] = [{"step": s, "var_mu": v, "mean_sigma2": m} for s, (v, m) in zip(trace_steps, host)]
         return out
 
-    def evaluate(self, with_gain: bool = True, mask: torch.Tensor | None = None) -> dict:
+    def evaluate(self, with_gain: bool = True) -> dict:
         """Collapse metrics on the eval split, with fixed sampling noise (same numbers every call)."""
-        gen = torch.Generator(self.device).manual_seed(self.cfg.seed + 1)
-        return evaluate(self.model, self.x_eval, self.cfg.recon_loss, self.cfg.tolerances, gen, with_gain, mask)
+        return self.record.evaluate(with_gain)
 
     def epochs(self, transform: LatentTransform | None = None) -> Iterator[dict]:
         """Train to ``cfg.epochs``, yielding after each epoch a flat metrics dict (plus 'latents')."""
@@ -124,75 +284,27 @@ class TrialRun:
             yield self.run_epoch(transform)
 
     def run_epoch(self, transform: LatentTransform | None = None) -> dict:
-        t0 = time.perf_counter()
-        train = self.train_epoch(transform)
-        self.epoch += 1
-        train_time = time.perf_counter() - t0
-        metrics = {"epoch": self.epoch, "step": self.step, "lam": self.cfg.lam, **train}
-        evaluated, with_gain, fid_now = self.cfg.epoch_plan(self.epoch)
-        if evaluated:
-            self.last_eval = self.evaluate(with_gain=with_gain)
-            metrics["latents"] = self.last_eval["latents"]
-            self.settle.observe(self.step, active_indices(self.last_eval["latents"]),
-                                self.last_eval["summary"]["law_residual_max"])
-        # every report carries the latest collapse summary (schedulers need it each epoch)
-        metrics.update(self.last_eval["summary"], **self.settle.status(), evaluated=evaluated)
-        if fid_now:
-            metrics.update(self.generation_scores())
-        if self.epoch == self.cfg.epochs and self.cfg.two_stage:
-            metrics.update(self.two_stage_scores())
-        self.elapsed += time.perf_counter() - t0
-        metrics.update(epoch_time=train_time, time_total=self.elapsed)
-        self.history.append({k: v for k, v in metrics.items() if k not in ("latents", "trace")})
-        return metrics
-
-    def generation_scores(self) -> dict:
-        """FID-proxy of random generations now (vaesweep/engine/fid.py): fid_prior, fid_recon, fid_zeroed,
-        fid_seconds and fid_net_accuracy; empty (with a warning) for a data set without labels."""
-
-        active = [r["active"] for r in self.last_eval["latents"]]
-        scores, self._fid = trial_scores(self.data, self.cfg, self.model, active, self.cfg.seed, self._fid)
-        return scores
-
-    def two_stage_scores(self) -> dict:
-        """The two-stage VAE (vaesweep/engine/two_stage.py, Dai & Wipf 2019): fit a second VAE to this model's
-        codes; returns its ``two_stage_*`` numbers, ``fid_two_stage`` when the FID-proxy is on, and
-        ``two_stage_seconds``. The fitted ``TwoStageVAE`` is kept as ``self.second_stage``."""
-
-        t0 = time.perf_counter()
-        active = [r["active"] for r in self.last_eval["latents"]]
-        self.second_stage = fit_two_stage(self.model, self.x_train, active, settings_for(self.cfg))
-        scorer = self._fid[0] if self._fid is not None else None  # built by generation_scores when fid is on
-        scores = two_stage_scores(self.second_stage, self.x_eval, self.cfg.seed, scorer, self.cfg.active_threshold)
-        return {**scores, "two_stage_seconds": time.perf_counter() - t0}
+        return self._run_epoch(lambda: [self.train_epoch(transform)])[0]
 
     def result(self) -> TrialResult:
-        final = self.last_eval or self.evaluate()
-        fid = {k: v for k, v in (self.history[-1] if self.history else {}).items()
-               if k.startswith(("fid_", "two_stage_")) and k not in ("fid_seconds", "two_stage_seconds")}  # no timings
-        return TrialResult(self.cfg, {**final["summary"], **self.settle.status(), **fid}, final["latents"],
-                           self.history, self.model, self.second_stage)
+        return self.record.result()
 
     def final_metrics(self) -> dict | None:
         """The last epoch's report again (history row plus per-variable table), or None before any."""
-        if not self.history:
-            return None
-        return {**self.history[-1], "latents": self.last_eval["latents"]}
+        return self.record.final_metrics()
 
-    # --- checkpoints -------------------------------------------------------------------------
+    # --- checkpoints (vaesweep/engine/checkpoints.py writes them) ------------------------------
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "gen": self.gen.get_state(), "epoch": self.epoch, "step": self.step,
-                "elapsed": self.elapsed, "history": self.history, "last_eval": self.last_eval,
-                "settle": self.settle.state_dict(), "config": self.cfg.model_dump()}
+                "elapsed": self.elapsed, **self.record.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.gen.set_state(state["gen"])
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
-        self.history, self.last_eval = state["history"], state["last_eval"]
-        self.settle = SettleTracker.from_checkpoint(state, self.cfg)
+        self.record.load_state_dict(state)
 
 
 def train_vae(config: TrialConfig | dict, report: Callable[[dict], None] | None = None) -> TrialResult:
@@ -209,26 +321,3 @@ def train_vae(config: TrialConfig | dict, report: Callable[[dict], None] | None 
         if report is not None:
             report(metrics)
     return run.result()
-
-
-CHECKPOINT_FILE = "trial.pt"
-
-
-def load_trained(path: str | Path) -> tuple[TrialConfig, dict]:
-    """(config, model weights) of a trained trial: ``train --out``'s model.pt or a study's
-    ``checkpoint_*/trial.pt``. Raises ValueError for any other file."""
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise ValueError(f"'{path}' is not a vaesweep trial checkpoint; give a model.pt from train --out "
-                         "or a checkpoint_*/trial.pt of a study")
-    return TrialConfig(**{k: v for k, v in state["config"].items() if k in trial_fields()}), state["model"]
-
-
-def build_trained(cfg: TrialConfig, weights: dict, shape: tuple[int, int, int]) -> torch.nn.Module:
-    """The trial's VAE for images of ``shape``, holding ``weights``, in eval mode."""
-    model = build_model(cfg.arch, shape, cfg.latent_dim, cfg.hidden, cfg.conv_width)
-    model.load_state_dict(weights)
-    return model.eval()
-
-

@@ -1,0 +1,106 @@
+"""Where trained trials live on disk: the one module that knows the checkpoint layout.
+
+- a Ray checkpoint of a plain trial (``TrialRun``, ``NoiseExperiment``) holds ``trial.pt``, the run's
+  ``state_dict()``; one of a pack (``PackedRun``) holds ``p<i>/trial.pt`` per configuration i, each a
+  ``TrialRun`` state dict, and the study names that configuration ``<ray trial id>-p<i>``;
+- a study folder keeps Ray's results under ``tune/``: ``tune/[<experiment>/]<name>_<ray trial id>_.../
+  checkpoint_<n>/``;
+- ``python -m vaesweep train --out DIR`` writes ``DIR/model.pt``: the config and the model weights.
+
+Every one of them holds ``"config"`` and ``"model"``: ``load_trained`` reads any, ``build_trained``
+makes the model again.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from vaesweep.config.packing import packed_id
+from vaesweep.config.trial import TrialConfig, trial_fields
+from vaesweep.engine.models import build_model
+from vaesweep.engine.packing import PackedRun
+
+__all__ = ["CHECKPOINT_FILE", "MODEL_FILE", "RAY_FOLDER", "packed_id", "split_packed_id", "save_run", "load_run",
+           "find_checkpoint", "trained_file_in", "save_model", "load_trained", "build_trained"]
+
+CHECKPOINT_FILE = "trial.pt"  # a run's state in a Ray checkpoint folder
+MODEL_FILE = "model.pt"       # train --out's config and weights
+RAY_FOLDER = "tune"           # Ray Tune's results inside a study folder
+_PACKED = re.compile(r"^(?P<ray_id>.+)-p(?P<i>\d+)$")  # the inverse of config.packing.packed_id
+
+
+def split_packed_id(trial_id: str) -> tuple[str, int | None]:
+    """(Ray trial id, configuration index) of a study trial id; index None for a plain trial."""
+    m = _PACKED.match(trial_id)
+    return (m["ray_id"], int(m["i"])) if m else (trial_id, None)
+
+
+def _member_file(i: int | None) -> str:
+    """A configuration's state file inside a Ray checkpoint folder."""
+    return CHECKPOINT_FILE if i is None else f"p{i}/{CHECKPOINT_FILE}"
+
+
+def save_run(run, folder: Path) -> None:
+    """Write ``run``'s state into a (new, empty) checkpoint folder."""
+    if isinstance(run, PackedRun):
+        for i, state in enumerate(run.state_dicts()):
+            (folder / _member_file(i)).parent.mkdir()
+            torch.save(state, folder / _member_file(i))
+    else:
+        torch.save(run.state_dict(), folder / CHECKPOINT_FILE)
+
+
+def load_run(run, folder: Path) -> None:
+    """Restore ``run`` from the checkpoint folder ``save_run`` wrote."""
+    if isinstance(run, PackedRun):
+        run.load_state_dicts([torch.load(folder / _member_file(i), weights_only=False) for i in range(run.k)])
+    else:
+        run.load_state_dict(torch.load(folder / CHECKPOINT_FILE, weights_only=False))
+
+
+def find_checkpoint(study_dir: str | Path, trial_id: str) -> Path | None:
+    """The trial's latest state file under the study's Ray folder, or None.
+
+    Searches nested experiments too (one per Optuna setting); a packed trial ``<ray id>-p<i>``
+    lives in its Ray trial's checkpoints as ``p<i>/trial.pt``.
+    """
+    ray_id, i = split_packed_id(trial_id)
+    found = [p for d in (Path(study_dir) / RAY_FOLDER).rglob(f"*{ray_id}_*") if d.is_dir()
+             for p in d.glob(f"checkpoint_*/{_member_file(i)}")]
+    return max(found, key=lambda p: p.parents[1 if i is not None else 0].name) if found else None
+
+
+def trained_file_in(path: str | Path) -> Path | None:
+    """The trained trial a path names: a ``.pt`` file, or a folder holding model.pt or trial.pt; else None."""
+    path = Path(path)
+    if path.is_dir():
+        return next((path / name for name in (MODEL_FILE, CHECKPOINT_FILE) if (path / name).is_file()), None)
+    return path if path.is_file() and path.suffix == ".pt" else None
+
+
+def save_model(folder: Path, cfg: TrialConfig, model: torch.nn.Module) -> Path:
+    """``train --out``'s model.pt: the config and the weights (what ``load_trained`` reads)."""
+    path = folder / MODEL_FILE
+    torch.save({"config": cfg.model_dump(), "model": model.state_dict()}, path)
+    return path
+
+
+def load_trained(path: str | Path) -> tuple[TrialConfig, dict]:
+    """(config, model weights) of a trained trial: ``train --out``'s model.pt or a study's
+    ``checkpoint_*/trial.pt``. Raises ValueError for any other file."""
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise ValueError(f"'{path}' is not a vaesweep trial checkpoint; give a {MODEL_FILE} from train --out "
+                         f"or a checkpoint_*/{CHECKPOINT_FILE} of a study")
+    return TrialConfig(**{k: v for k, v in state["config"].items() if k in trial_fields()}), state["model"]
+
+
+def build_trained(cfg: TrialConfig, weights: dict, shape: tuple[int, int, int]) -> torch.nn.Module:
+    """The trial's VAE for images of ``shape``, holding ``weights``, in eval mode."""
+    model = build_model(cfg.arch, shape, cfg.latent_dim, cfg.hidden, cfg.conv_width)
+    model.load_state_dict(weights)
+    return model.eval()
