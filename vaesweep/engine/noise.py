@@ -44,7 +44,7 @@ from typing import Callable, Literal
 
 import torch
 
-from vaesweep.config.noise import NoiseSettings
+from vaesweep.experiments.noise import NoiseSettings
 from vaesweep.config.trial import TrialConfig
 from vaesweep.engine.latents import encode_all, moment_stats
 from vaesweep.engine.losses import reconstruction_error

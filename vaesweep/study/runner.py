@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from vaesweep.engine.checkpoints import RAY_FOLDER
 from vaesweep.engine.data import check_available
 from vaesweep.study.lock import driver_lock
 from vaesweep.study.recorder import Recorder
@@ -38,7 +39,7 @@ from vaesweep.study.searcher import DB_FILE, make_search, setting_key
 from ray.tune.schedulers import ASHAScheduler
 from vaesweep.study.searcher import lambda_star
 
-EXPERIMENT_DIR = "tune"
+
 
 
 def study_dir(spec: StudySpec, storage: str | None = None) -> Path:
@@ -163,7 +164,7 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict |
     function = resolve(spec.kind.packed_trainable if packed else spec.kind.trainable)
     runnable = tune.with_resources(function, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     space = pack_param_space(spec) if packed else param_space(spec)
-    experiment = out / EXPERIMENT_DIR
+    experiment = out / RAY_FOLDER
     search_alg = None
     if setting is not None:
         space.update(setting)

@@ -16,7 +16,7 @@ import ray
 from ray import tune
 
 from vaesweep.config.errors import TrainingDiverged
-from vaesweep.config.noise import NOISE_KEY
+from vaesweep.experiments.noise import NOISE_KEY
 from vaesweep.config.packing import pack_configs
 from vaesweep.engine.checkpoints import load_run, save_run
 from vaesweep.engine.noise import NoiseExperiment
