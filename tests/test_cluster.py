@@ -54,6 +54,7 @@ def names_cluster(port: int) -> bool:
     return pointer.is_file() and pointer.read_text().strip().endswith(f":{port}")
 
 
+@pytest.mark.slow
 def test_study_survives_losing_a_worker_node(cluster, tmp_path):
     lc, address, port = cluster
     study_yaml = tmp_path / "spread.yaml"

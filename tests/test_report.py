@@ -335,16 +335,14 @@ def test_run_writes_a_report_with_every_applicable_chart(real_study):
     assert f"report: {index}" in printed
     refs = assert_refs_exist(index)
     trials = pd.read_parquet(study / "trials.parquet")
-    has_fid = any(c.startswith("fid_") and trials[c].notna().any() for c in trials.columns)
-    expected = [k for k in ALL_CHARTS if k != "fid" or has_fid]
-    for key in expected:
+    assert trials[["fid_prior", "fid_recon", "fid_zeroed"]].notna().all().all()  # the study set fid: true
+    for key in ALL_CHARTS:
         assert f"{key}.png" in refs, f"chart {key} missing: {index.read_text()[:2000]}"
         png = index.parent / f"{key}.png"
         assert png.stat().st_size > 10_000  # a drawn figure, not an empty canvas
-    if not has_fid:
-        assert "no FID-proxy values" in index.read_text()
     page = index.read_text()
-    assert page.count('class="reading"') == len(expected)  # one reading under every chart
+    assert "no FID-proxy values" not in page
+    assert page.count('class="reading"') == len(ALL_CHARTS)  # one reading under every chart
     assert "(from the minibatch trace)" in page  # the study set track_every: Fig. 2 uses the trace
     for table in ("trials", "onset", "law_residual"):
         assert (index.parent / f"{table}.csv").is_file() and (index.parent / f"{table}.md").is_file()
@@ -531,7 +529,7 @@ def test_report_in_a_real_browser(real_study):
         finally:
             browser.close()
     assert "tiny" in title
-    assert {f"{k}.png" for k in ALL_CHARTS if k != "fid"} <= {src for src, _ in images}  # fid: false
+    assert {f"{k}.png" for k in ALL_CHARTS} <= {src for src, _ in images}
     assert all(width > 0 for _, width in images), images  # every image decoded
     assert anchors and all(ok for _, ok in anchors), anchors
     assert not errors, errors

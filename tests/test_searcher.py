@@ -27,6 +27,7 @@ TINY_SEARCH = {
 }
 
 
+@pytest.mark.slow
 def test_search_runs_through_ray_writes_sqlite_resumes_and_finds_lambda_star(tmp_path):
     path = tmp_path / "lam_tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_SEARCH))

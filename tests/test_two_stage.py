@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pydantic import ValidationError
 
 from analysis.two_stage import two_stage_chart
 from conftest import recorded
@@ -121,7 +122,7 @@ def test_config_fields_and_cli_flags():
         True, (32, 16), False, 7)
     for bad, field in (({"two_stage_hidden": [32, 0]}, "two_stage_hidden"),
                        ({"two_stage_latent": 0}, "two_stage_latent"), ({"two_stage_epochs": 0}, "two_stage_epochs")):
-        with pytest.raises(ValueError) as err:
+        with pytest.raises(ValidationError) as err:
             TrialConfig(**bad)
         assert one_line(err.value).startswith(f"{field}: ")
 
