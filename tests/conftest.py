@@ -50,7 +50,8 @@ REAL_STUDY = """
 name: tiny
 dataset: mnist5k
 base: {epochs: 2, max_train: 512, max_eval: 128, hidden: [32], lam: 1.0, track_every: 2, gain_every: 1,
-       fid: true, fid_samples: 128, settle_patience: 2, settle_min_steps: 0, settle_law_tol: 100.0, active_threshold: 1.0e-6}
+       fid: true, fid_samples: 128,
+       settle_patience: 2, settle_min_steps: 0, settle_law_tol: 100.0, active_threshold: 1.0e-6}
 # (a two-epoch window and every variable counted active: each trial settles at its second epoch, so the
 # charts that read settled trials only are drawn)
 space:

@@ -28,8 +28,8 @@ def test_train_prints_table1_view():
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].split() == ["no.", "var_mu", "mean_sigma2", "law", "kl", "recon_gain", "active"]
-    assert len([l for l in lines[1:4] if l.split()[0].isdigit()]) == 3
-    assert any("kl_working" in l for l in lines)
+    assert len([line for line in lines[1:4] if line.split()[0].isdigit()]) == 3
+    assert any("kl_working" in line for line in lines)
 
 
 @pytest.mark.parametrize("args,needle", [

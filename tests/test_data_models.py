@@ -90,7 +90,7 @@ def test_architectures_any_latent_and_input(arch, in_shape, latent):
 
 def test_dense_is_the_papers_784_256_64_32_16():
     m = DenseVAE((1, 28, 28), 16)
-    widths = [l.out_features for l in m.encoder if isinstance(l, torch.nn.Linear)] + [m.mu.out_features]
+    widths = [layer.out_features for layer in m.encoder if isinstance(layer, torch.nn.Linear)] + [m.mu.out_features]
     assert widths == [256, 64, 32, 16]
 
 
