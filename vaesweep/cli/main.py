@@ -1,9 +1,9 @@
-"""Command line: ``python -m vaesweep {train,run,status,report,fid,data}``; one module per command group.
+"""Command line: ``python -m vaesweep {train,run,status,report,fid,data}``.
 
-The parser (vaesweep/cli/args.py) imports neither torch nor Ray; a command's module, and with it torch,
-Ray or the charts, is imported only when that command runs (COMMANDS), so ``status`` starts fast.
-Every error a user can cause ends with one line on stderr, ``vaesweep: error: <what> (<fix>)``,
-and exit status 2.
+The arguments of every command are declared in vaesweep/cli/args.py, which imports neither torch nor Ray;
+each command runs in its own module (COMMANDS), imported only when that command runs, so ``status`` and
+``--help`` start fast. Every error a user can cause ends with one line on stderr,
+``vaesweep: error: <what> (<fix>)``, and exit status 2.
 """
 
 from __future__ import annotations
