@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 PACKAGES = ("vaesweep", "analysis")
@@ -29,8 +28,11 @@ def module_name(path) -> str:
 
 
 def modules() -> dict[str, ast.Module]:
-    return {module_name(p): ast.parse(p.read_text(), str(p))
-            for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+    return {
+        module_name(p): ast.parse(p.read_text(), str(p))
+        for package in PACKAGES
+        for p in sorted((ROOT / package).rglob("*.py"))
+    }
 
 
 def imported(name: str, tree: ast.Module, known: set[str]) -> set[str]:
@@ -68,8 +70,13 @@ def in_layer(module: str, layer: str) -> bool:
 
 
 def test_the_graph_is_read(graph):  # the checks below see the real imports
-    assert {"vaesweep.config.spec", "vaesweep.engine.trial", "vaesweep.study.runner", "vaesweep.cli.main",
-            "analysis.report"} <= set(graph)
+    assert {
+        "vaesweep.config.spec",
+        "vaesweep.engine.trial",
+        "vaesweep.study.runner",
+        "vaesweep.cli.main",
+        "analysis.report",
+    } <= set(graph)
     assert "vaesweep.config.trial" in graph["vaesweep.config.spec"]
     assert "vaesweep.study.runner" in graph["vaesweep.cli.study"]
     assert "vaesweep.study.tables" in graph["analysis.report"]
@@ -82,7 +89,7 @@ def test_no_import_cycles(graph):
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(path[path.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2
@@ -94,24 +101,31 @@ def test_no_import_cycles(graph):
 
 
 def test_imports_flow_one_way(graph):
-    wrong = [f"{module} imports {target}"
-             for module, targets in graph.items() for target in sorted(targets)
-             for layer, banned in FORBIDDEN.items() if in_layer(module, layer)
-             if any(in_layer(target, b) for b in banned)]
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        for target in sorted(targets)
+        for layer, banned in FORBIDDEN.items()
+        if in_layer(module, layer)
+        if any(in_layer(target, b) for b in banned)
+    ]
     assert not wrong, wrong
 
 
 def test_only_the_report_writing_commands_import_analysis(graph):
-    importers = {m for m, targets in graph.items() if in_layer(m, "vaesweep") and any(in_layer(t, "analysis")
-                                                                                     for t in targets)}
+    importers = {
+        m for m, targets in graph.items() if in_layer(m, "vaesweep") and any(in_layer(t, "analysis") for t in targets)
+    }
     assert importers <= REPORT_WRITERS, importers - REPORT_WRITERS
 
 
 def test_reading_a_study_and_the_cli_parser_load_neither_torch_nor_ray():
-    code = ("import sys, vaesweep, vaesweep.config.spec, vaesweep.config.trial, vaesweep.study.tables, "
-            "vaesweep.cli.main, vaesweep.cli.status\n"
-            "vaesweep.load_study; vaesweep.TrialConfig; vaesweep.cli.main.build_parser()\n"
-            "print(sorted({'torch', 'ray'} & set(sys.modules)))")
+    code = (
+        "import sys, vaesweep, vaesweep.config.spec, vaesweep.config.trial, vaesweep.study.tables, "
+        "vaesweep.cli.main, vaesweep.cli.status\n"
+        "vaesweep.load_study; vaesweep.TrialConfig; vaesweep.cli.main.build_parser()\n"
+        "print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"

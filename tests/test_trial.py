@@ -14,8 +14,19 @@ def test_reports_every_epoch_with_collapse_metrics(tiny):
     result = train_vae({**tiny, "epochs": 3}, report=seen.append)
     assert [m["epoch"] for m in seen] == [1, 2, 3]
     last = seen[-1]
-    for key in ("n_active", "n_inactive", "law_residual_max", "law_residual_mean", "mean_mu_abs_max",
-                "recon", "kl", "elbo", "kl_working", "epoch_time", "time_total"):
+    for key in (
+        "n_active",
+        "n_inactive",
+        "law_residual_max",
+        "law_residual_mean",
+        "mean_mu_abs_max",
+        "recon",
+        "kl",
+        "elbo",
+        "kl_working",
+        "epoch_time",
+        "time_total",
+    ):
         assert key in last
     assert last["n_active"] + last["n_inactive"] == tiny["latent_dim"] == len(last["latents"])
     for row in last["latents"]:
