@@ -105,10 +105,23 @@ def plain_run(cfg: TrialConfig, x_train: torch.Tensor, x_test: torch.Tensor, dev
 def configs(n: int, epochs: int, device: str, args) -> list[TrialConfig]:
     """n lambdas, log-spaced over [0.25, 4], of the dense latent-16 network (seeds 0..n-1)."""
     lams = torch.logspace(-2, 2, n, base=2.0).tolist() if n > 1 else [1.0]
-    return [TrialConfig(arch="dense", latent_dim=args.latent_dim, lam=lam, seed=i, epochs=epochs, device=device,
-                        threads=args.threads, max_train=args.max_train, max_eval=args.max_eval,
-                        batch_size=args.batch_size, fid=False, gain_every=args.gain_every)
-            for i, lam in enumerate(lams)]
+    return [
+        TrialConfig(
+            arch="dense",
+            latent_dim=args.latent_dim,
+            lam=lam,
+            seed=i,
+            epochs=epochs,
+            device=device,
+            threads=args.threads,
+            max_train=args.max_train,
+            max_eval=args.max_eval,
+            batch_size=args.batch_size,
+            fid=False,
+            gain_every=args.gain_every,
+        )
+        for i, lam in enumerate(lams)
+    ]
 
 
 def run_method(method: str, cfgs: list[TrialConfig], device: torch.device) -> None:
@@ -150,10 +163,19 @@ def benchmark(device_name: str, args) -> list[dict]:
             print(f"  {device_name} {method:7s} run {r + 1}: {seconds:8.2f} s", flush=True)
     rows, trial_epochs = [], len(cfgs) * args.epochs
     for method, seconds in best.items():
-        rows.append({"device": device_name, "method": method, "configs": len(cfgs), "epochs": args.epochs,
-                     "train_images": n_train, "threads": args.threads, "seconds": round(seconds, 3),
-                     "images_per_s": round(trial_epochs * n_train / seconds, 1),
-                     "trial_epochs_per_s": round(trial_epochs / seconds, 3)})
+        rows.append(
+            {
+                "device": device_name,
+                "method": method,
+                "configs": len(cfgs),
+                "epochs": args.epochs,
+                "train_images": n_train,
+                "threads": args.threads,
+                "seconds": round(seconds, 3),
+                "images_per_s": round(trial_epochs * n_train / seconds, 1),
+                "trial_epochs_per_s": round(trial_epochs / seconds, 3),
+            }
+        )
     plain = rows[0]["seconds"]
     for r in rows:
         r["speedup_vs_plain"] = round(plain / r["seconds"], 2)
@@ -192,8 +214,10 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out.with_suffix(".csv"), index=False)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    note = (f"torch {torch.__version__}; {os.cpu_count()} CPU cores, load average {load} at the end; "
-            f"torch threads {args.threads}" + (f"; GPU {name}" if name else "; no GPU"))
+    note = (
+        f"torch {torch.__version__}; {os.cpu_count()} CPU cores, load average {load} at the end; "
+        f"torch threads {args.threads}" + (f"; GPU {name}" if name else "; no GPU")
+    )
     out.with_suffix(".md").write_text(markdown(table) + f"\n{note}\n")
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.md')}")
     return 0

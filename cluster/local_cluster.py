@@ -25,8 +25,8 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,15 +46,39 @@ def start(workers: int = 2, port: int = 6390, cpus_per_worker: int = 1, timeout_
     if not (Path.home() / ".ray" / "auth_token").exists() and "RAY_AUTH_TOKEN" not in os.environ:
         subprocess.run([_ray(), "get-auth-token", "--generate"], check=True, env=env, capture_output=True)
     address = f"{HOST}:{port}"
-    subprocess.run([_ray(), "start", "--head", f"--node-ip-address={HOST}", f"--port={port}", "--num-cpus=0",
-                    "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, env=env, capture_output=True)
+    subprocess.run(
+        [
+            _ray(),
+            "start",
+            "--head",
+            f"--node-ip-address={HOST}",
+            f"--port={port}",
+            "--num-cpus=0",
+            "--num-gpus=0",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     for i in range(workers):
-        subprocess.run([_ray(), "start", f"--address={address}", f"--node-ip-address={HOST}",
-                        f"--num-cpus={cpus_per_worker}", "--num-gpus=0",
-                        f"--node-manager-port={worker_port(port, i)}",
-                        f"--resources={json.dumps({f'worker_{i}': 1})}", "--disable-usage-stats"],
-                       check=True, env=env, capture_output=True)
+        subprocess.run(
+            [
+                _ray(),
+                "start",
+                f"--address={address}",
+                f"--node-ip-address={HOST}",
+                f"--num-cpus={cpus_per_worker}",
+                "--num-gpus=0",
+                f"--node-manager-port={worker_port(port, i)}",
+                f"--resources={json.dumps({f'worker_{i}': 1})}",
+                "--disable-usage-stats",
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
     _state_file(port).write_text(json.dumps({"address": address, "sessions": sorted(_sessions(port))}))
     _wait_for_nodes(address, workers + 1, timeout_s)
     return address
@@ -71,8 +95,10 @@ def worker_port(port: int, i: int) -> int:
 
 
 def _wait_for_nodes(address: str, n: int, timeout_s: float) -> None:
-    code = ("import ray,sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-            "print(sum(1 for x in ray.nodes() if x['Alive']))")
+    code = (
+        "import ray,sys; ray.init(address=sys.argv[1], log_to_driver=False); "
+        "print(sum(1 for x in ray.nodes() if x['Alive']))"
+    )
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         out = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, env=token_env())
@@ -101,8 +127,11 @@ def _sessions(port: int) -> set[str]:
 def cluster_processes(port: int) -> list[psutil.Process]:
     """Every process of the cluster on ``port``: they all name its session folder."""
     sessions = _sessions(port)
-    return [p for p in psutil.process_iter(["cmdline"]) if sessions and p.pid != os.getpid()
-            and any(s in " ".join(p.info["cmdline"] or []) for s in sessions)]
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if sessions and p.pid != os.getpid() and any(s in " ".join(p.info["cmdline"] or []) for s in sessions)
+    ]
 
 
 def kill_worker(i: int, port: int = 6390) -> int:

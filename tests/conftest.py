@@ -19,8 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def tiny():
     """A trial config that trains in about a second on one CPU core."""
-    return {"epochs": 2, "max_train": 512, "max_eval": 200, "hidden": [64, 32], "latent_dim": 4,
-            "batch_size": 64, "threads": 1, "fid": False}
+    return {
+        "epochs": 2,
+        "max_train": 512,
+        "max_eval": 200,
+        "hidden": [64, 32],
+        "latent_dim": 4,
+        "batch_size": 64,
+        "threads": 1,
+        "fid": False,
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -42,15 +50,22 @@ def recorded(out, config, reports, trial_id="t_00000"):
 def vaesweep_cli(*args, cwd=None, timeout=600, env=None):
     """Run ``python -m vaesweep ARGS`` in a subprocess; returns CompletedProcess (text)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "vaesweep", *map(str, args)], cwd=cwd or ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "vaesweep", *map(str, args)],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 REAL_STUDY = """
 name: tiny
 dataset: mnist5k
 base: {epochs: 2, max_train: 512, max_eval: 128, hidden: [32], lam: 1.0, track_every: 2, gain_every: 1,
-       fid: false, settle_patience: 2, settle_min_steps: 0, settle_law_tol: 100.0, active_threshold: 1.0e-6}
+       fid: true, fid_samples: 128,
+       settle_patience: 2, settle_min_steps: 0, settle_law_tol: 100.0, active_threshold: 1.0e-6}
 # (a two-epoch window and every variable counted active: each trial settles at its second epoch, so the
 # charts that read settled trials only are drawn)
 space:
@@ -81,8 +96,11 @@ def listening_sockets(pid: int) -> set[tuple[str, str, int]]:
         return found
     for p in procs:
         try:
-            found |= {(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet")
-                      if c.status == psutil.CONN_LISTEN}
+            found |= {
+                (p.name(), c.laddr.ip, c.laddr.port)
+                for c in p.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN
+            }
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return found
@@ -97,9 +115,14 @@ def real_study(tmp_path_factory) -> RealStudy:
     spec.write_text(REAL_STUDY)
     out, err = root / "stdout.txt", root / "stderr.txt"
     with out.open("w") as o, err.open("w") as e:
-        driver = subprocess.Popen([sys.executable, "-m", "vaesweep", "run", str(spec), "--storage", str(root),
-                                   "--quiet"], cwd=ROOT, stdout=o, stderr=e, text=True,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "vaesweep", "run", str(spec), "--storage", str(root), "--quiet"],
+            cwd=ROOT,
+            stdout=o,
+            stderr=e,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         listening, deadline = set(), time.monotonic() + 400
         while driver.poll() is None and time.monotonic() < deadline:
             listening |= listening_sockets(driver.pid)

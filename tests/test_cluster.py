@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 from ray._common.utils import get_ray_address_file
 
-from conftest import ROOT
 from vaesweep.study.tables import load_study
 
 CLUSTER = ROOT / "cluster"
@@ -54,18 +54,42 @@ def names_cluster(port: int) -> bool:
     return pointer.is_file() and pointer.read_text().strip().endswith(f":{port}")
 
 
+@pytest.mark.slow
 def test_study_survives_losing_a_worker_node(cluster, tmp_path):
     lc, address, port = cluster
     study_yaml = tmp_path / "spread.yaml"
-    study_yaml.write_text(yaml.safe_dump({
-        # trials of several seconds each, so the kill lands while both workers train
-        "name": "spread", "base": {"epochs": 40, "eval_every": 5, "max_eval": 300, "threads": 1, "fid": False},
-        "space": {"latent_dim": {"grid": [4, 8]}, "lam": {"grid": [0.5, 2.0]}},
-        "resources": {"cpu": 1}, "retries": 3}))
+    study_yaml.write_text(
+        yaml.safe_dump(
+            {
+                # trials of several seconds each, so the kill lands while both workers train
+                "name": "spread",
+                "base": {"epochs": 40, "eval_every": 5, "max_eval": 300, "threads": 1, "fid": False},
+                "space": {"latent_dim": {"grid": [4, 8]}, "lam": {"grid": [0.5, 2.0]}},
+                "resources": {"cpu": 1},
+                "retries": 3,
+            }
+        )
+    )
     env = {**lc.token_env(), "PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen([sys.executable, "-m", "vaesweep", "run", str(study_yaml), "--address", address,
-                               "--storage", str(tmp_path / "runs")], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vaesweep",
+            "run",
+            str(study_yaml),
+            "--address",
+            address,
+            "--storage",
+            str(tmp_path / "runs"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     study = tmp_path / "runs" / "spread"
     try:
         victim_node = None
@@ -116,16 +140,25 @@ def test_stopped_cluster_leaves_no_pointer_and_readme_reuse_runs_right_after(tmp
     # a dead cluster's pointer would make this retry its address for minutes, with no error
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["HOME"] = str(tmp_path)  # Tune's ~/ray_results and the new Ray's token stay in tmp_path
-    res = subprocess.run([sys.executable, "-c", README_REUSE], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=240)
+    res = subprocess.run(
+        [sys.executable, "-c", README_REUSE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(list((tmp_path / "ray_results").glob("*/*/result.json"))) == 1  # the trial ran and reported
 
 
 def test_launcher_config_is_safe_and_installs_the_package():
     cfg = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())
-    for key in ("cluster_name", "provider", "available_node_types", "head_node_type", "setup_commands",
-                "head_start_ray_commands", "worker_start_ray_commands", "file_mounts"):
+    for key in (
+        "cluster_name",
+        "provider",
+        "available_node_types",
+        "head_node_type",
+        "setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+        "file_mounts",
+    ):
         assert key in cfg, key
     types = cfg["available_node_types"]
     head, workers = types[cfg["head_node_type"]], [t for n, t in types.items() if n != cfg["head_node_type"]]

@@ -19,8 +19,9 @@ def test_mnist5k_is_the_real_embedded_digits_with_a_fixed_split():
     assert torch.equal(d.eval, again.eval) and d.content_hash == again.content_hash
 
 
-@pytest.mark.parametrize("shape,dtype", [((500, 28, 28), np.uint8), ((500, 1, 28, 28), np.float32),
-                                         ((500, 3, 32, 32), np.uint8)])
+@pytest.mark.parametrize(
+    "shape,dtype", [((500, 28, 28), np.uint8), ((500, 1, 28, 28), np.float32), ((500, 3, 32, 32), np.uint8)]
+)
 def test_npz_arrays(tmp_path, shape, dtype):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, shape).astype(np.uint8)
@@ -37,15 +38,22 @@ def test_too_few_images_name_the_numbers(tmp_path):
     np.savez(tmp_path / "three.npz", x=np.zeros((3, 28, 28), np.uint8))
     with pytest.raises(DataError) as err:
         load_dataset(f"npz:{tmp_path / 'three.npz'}")
-    assert str(err.value) == (f"dataset 'npz:{tmp_path / 'three.npz'}' has 2 training and 1 eval images; "
-                              "need at least 128 and 100 (an npz is split 80%/20%: give at least 500 images)")
+    assert str(err.value) == (
+        f"dataset 'npz:{tmp_path / 'three.npz'}' has 2 training and 1 eval images; "
+        "need at least 128 and 100 (an npz is split 80%/20%: give at least 500 images)"
+    )
     np.savez(tmp_path / "enough.npz", x=np.zeros((500, 28, 28), np.uint8))
     assert len(load_dataset(f"npz:{tmp_path / 'enough.npz'}").eval) == 100  # the stated number suffices
 
 
-@pytest.mark.parametrize("bad,message", [(np.nan, "has 2 non-finite pixel values (NaN or inf)"),
-                                         (np.inf, "has 2 non-finite pixel values (NaN or inf)"),
-                                         (1.5, "is float in [0, 1.5], outside [0, 1]")])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (np.nan, "has 2 non-finite pixel values (NaN or inf)"),
+        (np.inf, "has 2 non-finite pixel values (NaN or inf)"),
+        (1.5, "is float in [0, 1.5], outside [0, 1]"),
+    ],
+)
 def test_non_finite_or_out_of_range_pixels_are_refused(tmp_path, bad, message):
     x = np.random.default_rng(0).random((500, 28, 28)).astype(np.float32) * 0.99
     x[0, 3, 4] = x[7, 0, 0] = bad
@@ -90,7 +98,7 @@ def test_architectures_any_latent_and_input(arch, in_shape, latent):
 
 def test_dense_is_the_papers_784_256_64_32_16():
     m = DenseVAE((1, 28, 28), 16)
-    widths = [l.out_features for l in m.encoder if isinstance(l, torch.nn.Linear)] + [m.mu.out_features]
+    widths = [layer.out_features for layer in m.encoder if isinstance(layer, torch.nn.Linear)] + [m.mu.out_features]
     assert widths == [256, 64, 32, 16]
 
 

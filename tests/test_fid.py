@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT, recorded, vaesweep_cli
 from torchvision.transforms.functional import gaussian_blur
 
-from conftest import ROOT, recorded, vaesweep_cli
-from vaesweep import DataError, load_dataset, train_vae
-from vaesweep.engine import fid
-from vaesweep.cli.main import build_parser, main
 from analysis.report import build_report
+from vaesweep import DataError, load_dataset, train_vae
+from vaesweep.cli.main import build_parser, main
+from vaesweep.engine import fid
 
 N = 500  # images per set in the distance tests
 
@@ -50,11 +50,21 @@ def scorer(data, trained):
 @pytest.fixture
 def fid_trial():
     """A tiny trial with the FID-proxy on (2 epochs, 300 images per score)."""
-    return {"epochs": 2, "max_train": 512, "max_eval": 200, "hidden": [64, 32], "latent_dim": 4,
-            "batch_size": 64, "threads": 1, "fid": True, "fid_samples": 300}
+    return {
+        "epochs": 2,
+        "max_train": 512,
+        "max_eval": 200,
+        "hidden": [64, 32],
+        "latent_dim": 4,
+        "batch_size": 64,
+        "threads": 1,
+        "fid": True,
+        "fid_samples": 300,
+    }
 
 
 # --- the feature network and its cache -----------------------------------------------------------
+
 
 def test_feature_net_is_accurate_and_cached_with_its_accuracy(data, trained, cache):
     assert trained.path.parent == cache and trained.path.is_file()
@@ -94,16 +104,18 @@ def test_concurrent_processes_train_once(data, tmp_path):
         from vaesweep import load_dataset
         from vaesweep.engine import fid
         torch.set_num_threads(1)
-        data = load_dataset("npz:{tmp_path / 'small.npz'}")
+        data = load_dataset("npz:{tmp_path / "small.npz"}")
         (pathlib.Path("{tmp_path}") / f"ready{{sys.argv[1]}}").touch()
         while len(list(pathlib.Path("{tmp_path}").glob("ready*"))) < 3:  # start together
             time.sleep(0.01)
         lines = []
-        net = fid.feature_net(data, "{tmp_path / 'cache'}", fid.Recipe(epochs=3), progress=lines.append)
+        net = fid.feature_net(data, "{tmp_path / "cache"}", fid.Recipe(epochs=3), progress=lines.append)
         print("TRAINED" if lines else "LOADED", net.test_accuracy)
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-             for i in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(i)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for i in range(3)
+    ]
     outputs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(o[0] for o in outputs) == ["LOADED", "LOADED", "TRAINED"]
@@ -112,6 +124,7 @@ def test_concurrent_processes_train_once(data, tmp_path):
 
 
 # --- the distance on known image sets -------------------------------------------------------------
+
 
 def test_real_held_out_is_close_and_noise_is_far(data, scorer):
     real = scorer.score(data.train[:N])
@@ -128,12 +141,13 @@ def test_score_grows_with_blur(data, scorer):
 
 
 def test_same_images_same_score(data, scorer, trained):
-    fake = data.train[N:2 * N]
+    fake = data.train[N : 2 * N]
     assert scorer.score(fake) == scorer.score(fake)
     assert fid.FidScorer(trained.net, data.eval[:N]).score(fake) == scorer.score(fake)
 
 
 # --- per-trial scores -----------------------------------------------------------------------------
+
 
 def test_zeroed_equals_prior_when_all_active_and_collapses_when_none(scorer, fid_trial):
     model = train_vae({**fid_trial, "fid": False}).model
@@ -167,8 +181,15 @@ def test_pixel_change_reaches_the_tables_and_the_papers_section(fid_trial, tmp_p
     through the Recorder into the epochs and trials tables, and the report compares it with Fig. 3."""
     # a two-evaluation window with no span and every variable counted active: the trial settles at its
     # second epoch (the section reads settled seeds only; a 2-epoch model's active set still moves)
-    cfg = {**fid_trial, "latent_dim": 16, "lam": 1.0, "settle_patience": 2, "settle_min_steps": 0,
-           "settle_law_tol": 100.0, "active_threshold": 1e-6}
+    cfg = {
+        **fid_trial,
+        "latent_dim": 16,
+        "lam": 1.0,
+        "settle_patience": 2,
+        "settle_min_steps": 0,
+        "settle_law_tol": 100.0,
+        "active_threshold": 1e-6,
+    }
     reports = []
     result = train_vae(cfg, reports.append)
     change = result.summary["fid_zeroed_pixel_change"]
@@ -203,6 +224,7 @@ def test_unlabeled_data_warns_and_skips(data, tmp_path, fid_trial):
 
 # --- the fid command ------------------------------------------------------------------------------
 
+
 def test_cli_npz_against_eval(data, scorer, tmp_path):
     np.savez(tmp_path / "real.npz", x=(data.train[:N, 0] * 255).round().byte().numpy())
     out = vaesweep_cli("fid", tmp_path / "real.npz", "--n", N, "--threads", 1, "--json")
@@ -217,20 +239,25 @@ def test_cli_errors_are_one_line(data, tmp_path, capsys):
     missing = tmp_path / "missing.npz"
     assert main(["fid", str(missing)]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"vaesweep: error: image file '{missing}' not found; give an existing .npz file"]
+        f"vaesweep: error: image file '{missing}' not found; give an existing .npz file"
+    ]
     np.savez(tmp_path / "big.npz", x=np.zeros((10, 32, 32), np.uint8))
     assert main(["fid", str(tmp_path / "big.npz")]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"vaesweep: error: '{tmp_path / 'big.npz'}' holds 1x32x32 images but the feature network of 'mnist5k' "
-        "takes 1x28x28; pick the matching --dataset"]
+        "takes 1x28x28; pick the matching --dataset"
+    ]
     assert main(["fid", "nonsense"]) == 2
     assert "is not an .npz file, a trial checkpoint" in capsys.readouterr().err
     assert build_parser().parse_args(["train", "--no-fid"]).fid is False
 
 
 def test_cli_trial_scores_match_the_trial(fid_trial, tmp_path, capsys):
-    args = [f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in fid_trial.items() if k != "fid"]
+    args = [
+        f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in fid_trial.items()
+        if k != "fid"
+    ]
     assert main(["train", *args, "--json", "--out", str(tmp_path / "run")]) == 0
     in_trial = json.loads(capsys.readouterr().out)
     assert main(["fid", str(tmp_path / "run"), "--n", str(fid_trial["fid_samples"]), "--json"]) == 0

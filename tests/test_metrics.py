@@ -62,7 +62,7 @@ def test_reconstruction_gain_is_zero_for_an_ignored_variable():
     model = KnownModel(mu, logvar)
     gain = reconstruction_gain(model, x, mu, "mse")
     assert gain[1].item() == pytest.approx(0.0, abs=1e-7)  # decoder ignores z_1
-    assert gain[0].item() > 0.01                             # zeroing z_0 changes the image
+    assert gain[0].item() > 0.01  # zeroing z_0 changes the image
     # by hand for variable 0: error(zeroed) - error(all) on the mse decoder
     target = x
     err = lambda z: reconstruction_error(model.decode(z), target, "mse").mean()  # noqa: E731
@@ -72,9 +72,13 @@ def test_reconstruction_gain_is_zero_for_an_ignored_variable():
 
 
 def test_summary_flags_inactive_variables_and_kl_working():
-    per_var = {"mean_mu": torch.tensor([0.02, 0.0, 0.5]), "var_mu": torch.tensor([0.97, 0.0001, 0.9]),
-               "mean_sigma2": torch.tensor([0.01, 0.99, 0.1]), "kl": torch.tensor([2.0, 0.001, 1.5]),
-               "recon_gain": torch.tensor([50.0, 0.0, 10.0])}
+    per_var = {
+        "mean_mu": torch.tensor([0.02, 0.0, 0.5]),
+        "var_mu": torch.tensor([0.97, 0.0001, 0.9]),
+        "mean_sigma2": torch.tensor([0.01, 0.99, 0.1]),
+        "kl": torch.tensor([2.0, 0.001, 1.5]),
+        "recon_gain": torch.tensor([50.0, 0.0, 10.0]),
+    }
     per_var["law"] = per_var["var_mu"] + per_var["mean_sigma2"]
     out = summarize(per_var, torch.tensor(100.0), Tolerances(0.01, 0.15, 0.15))
     s = out["summary"]

@@ -8,16 +8,23 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import vaesweep_cli
 
 from analysis.noise import noise_chart, plot_noise_experiment
-from conftest import vaesweep_cli
+from vaesweep.config.spec import SpecError, spec_from_dict
 from vaesweep.engine.noise import PHASES, NoiseExperiment, NoiseSettings, run_noise_experiment
 from vaesweep.study.recorder import Recorder
 from vaesweep.study.tables import load_study
-from vaesweep.config.spec import SpecError, spec_from_dict
 
-TINY = {"max_train": 256, "max_eval": 128, "hidden": [64, 16], "latent_dim": 4, "batch_size": 64,
-        "threads": 1, "fid": False}
+TINY = {
+    "max_train": 256,
+    "max_eval": 128,
+    "hidden": [64, 16],
+    "latent_dim": 4,
+    "batch_size": 64,
+    "threads": 1,
+    "fid": False,
+}
 # sigma reaches sigma_max after two levels whatever the threshold does: every phase is certain
 SHORT = NoiseSettings(base_epochs=3, sigma_step=1.0, sigma_max=2.0, hold_epochs=2, recovery_epochs=2)
 NOISE_COLS = ("noise_gain", "noise_gain_clean", "noise_kl", "noise_var_mu", "noise_mean_sigma2")
@@ -39,7 +46,7 @@ def test_every_phase_in_order_with_its_noise(short_run):
     assert set(phases) == set(PHASES)
     assert phases == sorted(phases, key=PHASES.index)  # no phase comes back once left
     rising, held = df[df["phase"] == "noise_rising"], df[df["phase"] == "noise_held"]
-    assert list(rising["noise_sigma"]) == pytest.approx([1.0, 2.0][:len(rising)])
+    assert list(rising["noise_sigma"]) == pytest.approx([1.0, 2.0][: len(rising)])
     assert (held["noise_sigma"] == rising["noise_sigma"].iloc[-1]).all()  # frozen after the threshold
     assert (df.loc[df["phase"].isin(["base", "recovery"]), "noise_sigma"] == 0).all()
     # the variable is chosen at the end of the base phase; from then on every epoch has its numbers
@@ -57,17 +64,27 @@ def test_every_phase_in_order_with_its_noise(short_run):
 
 
 def test_threshold_stops_the_noise_and_collapse_and_revival_are_dated():
-    exp = NoiseExperiment(TINY, NoiseSettings(base_epochs=1, variable=1, sigma_step=0.5, hold_epochs=2,
-                                              recovery_epochs=3, collapse_gain=0.1, revive_gain=1.0))
+    exp = NoiseExperiment(
+        TINY,
+        NoiseSettings(
+            base_epochs=1,
+            variable=1,
+            sigma_step=0.5,
+            hold_epochs=2,
+            recovery_epochs=3,
+            collapse_gain=0.1,
+            revive_gain=1.0,
+        ),
+    )
     exp.state.phase = "noise_rising"
 
     def row(gain, kl, sigma2=0.5):
         return {"noise_gain": gain, "noise_gain_clean": gain, "noise_kl": kl, "noise_mean_sigma2": sigma2}
 
     exp.state.phase_epochs = 1
-    exp._advance("noise_rising", 10, row(5.0, 1.0))            # gain > KL: keep raising
+    exp._advance("noise_rising", 10, row(5.0, 1.0))  # gain > KL: keep raising
     assert exp.state.phase == "noise_rising" and exp.state.threshold_epoch is None
-    exp._advance("noise_rising", 11, row(0.8, 1.0))            # gain < KL: stop, hold the noise
+    exp._advance("noise_rising", 11, row(0.8, 1.0))  # gain < KL: stop, hold the noise
     assert exp.state.phase == "noise_held" and exp.state.threshold_epoch == 11
     assert exp.state.last_epoch == 11 + 2 + 3 and exp.run.cfg.epochs == 16
     exp.state.phase_epochs = 1
@@ -128,14 +145,17 @@ def test_recorder_keeps_the_phase_and_noise_columns(short_run, tmp_path):
     assert "had not settled before the noise in 1 of 1 trials" in chart.reading
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"noise": {"base_epochs": 3}}, "noise: settings of experiment: noise"),
-    ({"experiment": "noise", "base": {"epochs": 3}}, "base.epochs: not used by experiment: noise"),
-    ({"experiment": "noise", "noise": {"variable": 16}}, "noise.variable: variable 16 does not exist"),
-    ({"experiment": "noise", "noise": {"sigma_step": 2, "sigma_max": 1}}, "lower sigma_step or raise sigma_max"),
-    ({"experiment": "noise", "noise": {"hold_epoch": 2}}, "noise.hold_epoch: unknown key"),
-    ({"experiment": "noise", "scheduler": {"type": "asha"}}, "scheduler: early stopping"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"noise": {"base_epochs": 3}}, "noise: settings of experiment: noise"),
+        ({"experiment": "noise", "base": {"epochs": 3}}, "base.epochs: not used by experiment: noise"),
+        ({"experiment": "noise", "noise": {"variable": 16}}, "noise.variable: variable 16 does not exist"),
+        ({"experiment": "noise", "noise": {"sigma_step": 2, "sigma_max": 1}}, "lower sigma_step or raise sigma_max"),
+        ({"experiment": "noise", "noise": {"hold_epoch": 2}}, "noise.hold_epoch: unknown key"),
+        ({"experiment": "noise", "scheduler": {"type": "asha"}}, "scheduler: early stopping"),
+    ],
+)
 def test_bad_noise_specs_name_the_field(change, message):
     with pytest.raises(SpecError, match=message):
         spec_from_dict({"name": "n", **change})
@@ -143,6 +163,7 @@ def test_bad_noise_specs_name_the_field(change, message):
 
 def test_shipped_noise_study_is_valid():
     from conftest import ROOT
+
     from vaesweep.config.spec import load_spec
     from vaesweep.study.runner import param_space
 
@@ -154,8 +175,16 @@ def test_shipped_noise_study_is_valid():
 
 @pytest.mark.slow
 def test_noise_study_through_the_cli(tmp_path):
-    spec = {"name": "tinynoise", "dataset": "mnist5k", "experiment": "noise", "base": TINY,
-            "noise": SHORT.model_dump(), "seeds": 1, "resources": {"cpu": 1, "gpu": 0}, "retries": 0}
+    spec = {
+        "name": "tinynoise",
+        "dataset": "mnist5k",
+        "experiment": "noise",
+        "base": TINY,
+        "noise": SHORT.model_dump(),
+        "seeds": 1,
+        "resources": {"cpu": 1, "gpu": 0},
+        "retries": 0,
+    }
     path = tmp_path / "tinynoise.yaml"
     path.write_text(yaml.safe_dump(spec))
     res = vaesweep_cli("run", path, "--storage", tmp_path / "runs", "--quiet")
@@ -165,6 +194,6 @@ def test_noise_study_through_the_cli(tmp_path):
     assert set(t.epochs["phase"]) == set(PHASES)
     assert t.epochs["epoch"].tolist() == list(range(1, len(t.epochs) + 1))
     sigmas = t.epochs.loc[t.epochs["phase"] == "noise_rising", "noise_sigma"].tolist()
-    assert sigmas == [1.0, 2.0][:len(sigmas)]
+    assert sigmas == [1.0, 2.0][: len(sigmas)]
     assert t.trials["noise_end_epoch"].iloc[0] == t.epochs.loc[t.epochs["phase"] == "noise_held", "epoch"].max()
     assert len(t.latent_history) == 4 * len(t.epochs)  # every epoch evaluated

@@ -48,10 +48,12 @@ def assert_same_trial(a, b, rel=1e-4, abs_=1e-4):
 
 def test_packed_configurations_equal_separate_runs(small):
     fast = {"settle_patience": 2, "settle_min_steps": 0, "settle_law_tol": 100.0}  # the 3rd settles at epoch 2
-    cfgs = [{**small, "lam": 0.5, "seed": 1, "track_every": 3},
-            {**small, "lam": 2.0, "seed": 2, "latent_dim": 6, "free_bits": 0.1, "track_every": 3, **fast},
-            {**small, "lam": 1.0, "seed": 3, "latent_dim": 3, "warmup_steps": 5, "track_every": 3, **fast},
-            {**small, "seed": 4, "capacity_max": 5.0, "capacity_steps": 10, "gamma": 10.0, "track_every": 3}]
+    cfgs = [
+        {**small, "lam": 0.5, "seed": 1, "track_every": 3},
+        {**small, "lam": 2.0, "seed": 2, "latent_dim": 6, "free_bits": 0.1, "track_every": 3, **fast},
+        {**small, "lam": 1.0, "seed": 3, "latent_dim": 3, "warmup_steps": 5, "track_every": 3, **fast},
+        {**small, "seed": 4, "capacity_max": 5.0, "capacity_steps": 10, "gamma": 10.0, "track_every": 3},
+    ]
     reports = []
     packed = train_packed(cfgs, report=reports.append)
     assert len(reports) == small["epochs"] and all(len(r) == len(cfgs) for r in reports)
@@ -81,7 +83,7 @@ def test_packed_loss_is_each_configurations_vae_loss():
     logits, mu, logvar = torch.randn(k, b, 1, 28, 28), torch.randn(k, b, big), torch.randn(k, b, big)
     mask = torch.zeros(k, big)
     for i, c in enumerate(cfgs):
-        mask[i, :c["latent"]] = 1
+        mask[i, : c["latent"]] = 1
     mu, logvar = mu * mask[:, None], logvar * mask[:, None]  # what the padded model's zero rows give
     coef = torch.tensor([[s.lam if s.warmup_steps <= 0 else s.lam * min(1, step / s.warmup_steps),
                           (s.capacity_max or 0) * min(1, step / s.capacity_steps) if s.capacity_steps else 0.0]
@@ -130,8 +132,9 @@ def test_conv_with_batchnorm_packs(small):
         for _ in alone.epochs():
             pass
         a, b = alone.result(), run.results()[i]
-        assert {k: b.history[0][k] for k in TRAIN_KEYS} == pytest.approx({k: a.history[0][k] for k in TRAIN_KEYS},
-                                                                           rel=1e-4)
+        assert {k: b.history[0][k] for k in TRAIN_KEYS} == pytest.approx(
+            {k: a.history[0][k] for k in TRAIN_KEYS}, rel=1e-4
+        )
         bn_a, bn_b = alone.model.encoder[1], run.model(i).encoder[1]
         assert torch.allclose(bn_a.running_var, bn_b.running_var, rtol=1e-3)
         assert bn_b.num_batches_tracked == bn_a.num_batches_tracked == 3
@@ -139,8 +142,10 @@ def test_conv_with_batchnorm_packs(small):
 
 
 def test_checkpoint_resumes_packed_and_as_trialrun(small):
-    cfgs = [{**small, "epochs": 3, "lam": 0.5, "seed": 1},
-            {**small, "epochs": 3, "lam": 2.0, "seed": 2, "latent_dim": 6}]
+    cfgs = [
+        {**small, "epochs": 3, "lam": 0.5, "seed": 1},
+        {**small, "epochs": 3, "lam": 2.0, "seed": 2, "latent_dim": 6},
+    ]
     full = train_packed(cfgs)
     first = PackedRun(cfgs)
     next(first.epochs())
@@ -209,21 +214,34 @@ def test_recorder_splits_packed_results_into_trial_rows(small, tmp_path):
 
 
 def test_study_packs_compatible_grid_configurations():
-    spec = spec_from_dict({"name": "p", "base": {"epochs": 2}, "pack": 4, "seeds": 2,
-                           "space": {"arch": {"grid": ["dense", "conv"]}, "latent_dim": {"grid": [2, 8, 4]},
-                                     "lam": {"grid": [0.5, 1.0]}}})
+    spec = spec_from_dict(
+        {
+            "name": "p",
+            "base": {"epochs": 2},
+            "pack": 4,
+            "seeds": 2,
+            "space": {
+                "arch": {"grid": ["dense", "conv"]},
+                "latent_dim": {"grid": [2, 8, 4]},
+                "lam": {"grid": [0.5, 1.0]},
+            },
+        }
+    )
     space = pack_param_space(spec)
     packs = space[PACK_KEY]["grid_search"]
     configs = [{**{k: v for k, v in space.items() if k != PACK_KEY}, **item} for pack in packs for item in pack]
     assert len(configs) == spec.n_grid_points() == 24
     assert {(c["arch"], c["latent_dim"], c["lam"], c["seed"]) for c in configs} == {
-        (a, d, lam, s) for a in ("dense", "conv") for d in (2, 8, 4) for lam in (0.5, 1.0) for s in (0, 1)}
+        (a, d, lam, s) for a in ("dense", "conv") for d in (2, 8, 4) for lam in (0.5, 1.0) for s in (0, 1)
+    }
     assert all(len(p) <= 4 and len({c["arch"] for c in p}) == 1 for p in packs)
     assert all(c["epochs"] == 2 for c in configs)
     # sorted by latent dimension: little padding inside a pack
     assert [c["latent_dim"] for c in packs[0]] == [2, 2, 2, 2]
-    assert make_packs([{"latent_dim": 4}, {"latent_dim": 4, "lr": 0.1}], 8) == [[{"latent_dim": 4}],
-                                                                                 [{"latent_dim": 4, "lr": 0.1}]]
+    assert make_packs([{"latent_dim": 4}, {"latent_dim": 4, "lr": 0.1}], 8) == [
+        [{"latent_dim": 4}],
+        [{"latent_dim": 4, "lr": 0.1}],
+    ]
 
 
 def test_pack_setting_of_a_study():
@@ -243,12 +261,21 @@ def test_pack_setting_of_a_study():
 @pytest.mark.slow
 def test_packed_study_on_ray(tmp_path):
     """One small real study: two configurations in one Ray trial, two trial rows, TrialRun's numbers."""
-    from vaesweep.study.tables import load_study
     from vaesweep.study.runner import run_study
+    from vaesweep.study.tables import load_study
 
     base = {"epochs": 1, "max_train": 128, "max_eval": 64, "hidden": [16], "batch_size": 64, "fid": False}
-    spec = spec_from_dict({"name": "packed", "base": base, "space": {"lam": {"grid": [0.5, 2.0]}}, "pack": 2,
-                           "resources": {"cpu": 1}, "retries": 0, "storage": str(tmp_path)})
+    spec = spec_from_dict(
+        {
+            "name": "packed",
+            "base": base,
+            "space": {"lam": {"grid": [0.5, 2.0]}},
+            "pack": 2,
+            "resources": {"cpu": 1},
+            "retries": 0,
+            "storage": str(tmp_path),
+        }
+    )
     import ray
 
     try:

@@ -5,28 +5,43 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import vaesweep_cli
-from vaesweep.study.tables import load_study
-from vaesweep.study.searcher import lambda_star
+
 from vaesweep.config.spec import SpecError, spec_from_dict
+from vaesweep.study.searcher import lambda_star
+from vaesweep.study.tables import load_study
 
 TINY_SEARCH = {
     "name": "lam_tiny",
     # loose tolerances so a 2-epoch model can pass the laws at large lambda
-    "base": {"latent_dim": 4, "epochs": 2, "max_train": 500, "max_eval": 200, "hidden": [32],
-             "law_tol": 0.5, "mu_tol": 0.5,
-             # lambda* counts settled trials only: a 2-epoch window, every variable counted active (a tiny
-             # model's var_mu stays above 1e-3), so each trial settles at its second epoch
-             "settle_patience": 2, "settle_min_steps": 0, "settle_law_tol": 100.0, "active_threshold": 1e-6},
+    "base": {
+        "latent_dim": 4,
+        "epochs": 2,
+        "max_train": 500,
+        "max_eval": 200,
+        "hidden": [32],
+        "law_tol": 0.5,
+        "mu_tol": 0.5,
+        # lambda* counts settled trials only: a 2-epoch window, every variable counted active (a tiny
+        # model's var_mu stays above 1e-3), so each trial settles at its second epoch
+        "settle_patience": 2,
+        "settle_min_steps": 0,
+        "settle_law_tol": 100.0,
+        "active_threshold": 1e-6,
+    },
     "space": {"lam": {"loguniform": [0.1, 10.0]}},
-    "search": {"type": "optuna", "num_samples": 4, "sampler": {"type": "gp", "n_startup_trials": 1},
-               "start": [{"lam": 10.0}]},
+    "search": {
+        "type": "optuna",
+        "num_samples": 4,
+        "sampler": {"type": "gp", "n_startup_trials": 1},
+        "start": [{"lam": 10.0}],
+    },
     "resources": {"cpu": 1},
     "max_concurrent": 2,
 }
 
 
+@pytest.mark.slow
 def test_search_runs_through_ray_writes_sqlite_resumes_and_finds_lambda_star(tmp_path):
     path = tmp_path / "lam_tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_SEARCH))
@@ -60,12 +75,16 @@ def test_search_runs_through_ray_writes_sqlite_resumes_and_finds_lambda_star(tmp
 
 
 def test_lambda_star_brackets_on_a_known_table():
-    trials = pd.DataFrame({
-        "trial_id": list("abcdef"), "arch": ["dense"] * 3 + ["conv"] * 3, "status": "done",
-        "lam": [0.5, 1.0, 2.0, 0.3, 0.6, 1.2],
-        "kl_working": [False, True, True, False, False, True],
-        "law_residual_max": [0.4, 0.1, 0.05, 0.5, 0.2, 0.1],
-    })
+    trials = pd.DataFrame(
+        {
+            "trial_id": list("abcdef"),
+            "arch": ["dense"] * 3 + ["conv"] * 3,
+            "status": "done",
+            "lam": [0.5, 1.0, 2.0, 0.3, 0.6, 1.2],
+            "kl_working": [False, True, True, False, False, True],
+            "law_residual_max": [0.4, 0.1, 0.05, 0.5, 0.2, 0.1],
+        }
+    )
     star = lambda_star(trials, ["arch"]).set_index("arch")
     assert star.loc["dense", "lam_star"] == 1.0 and star.loc["dense", "lam_below"] == 0.5
     assert star.loc["conv", "lam_star"] == 1.2 and star.loc["conv", "lam_below_law_residual"] == 0.2
@@ -73,11 +92,17 @@ def test_lambda_star_brackets_on_a_known_table():
 
 
 def test_lambda_star_counts_settled_trials_only():
-    trials = pd.DataFrame({
-        "trial_id": list("abcde"), "arch": "dense", "status": "done", "lam": [0.3, 0.5, 1.0, 2.0, 4.0],
-        "kl_working": [False, False, True, True, True], "law_residual_max": [0.6, 0.4, 0.1, 0.05, 0.04],
-        "settled": [True, False, False, True, True],  # 0.5 and 1.0 were still moving when they stopped
-    })
+    trials = pd.DataFrame(
+        {
+            "trial_id": list("abcde"),
+            "arch": "dense",
+            "status": "done",
+            "lam": [0.3, 0.5, 1.0, 2.0, 4.0],
+            "kl_working": [False, False, True, True, True],
+            "law_residual_max": [0.6, 0.4, 0.1, 0.05, 0.04],
+            "settled": [True, False, False, True, True],  # 0.5 and 1.0 were still moving when they stopped
+        }
+    )
     star = lambda_star(trials, ["arch"]).iloc[0]
     assert star["lam_star"] == 2.0 and star["lam_star_trial"] == "d"  # not the unsettled 1.0
     assert star["lam_below"] == 0.3  # nor the unsettled 0.5 as the bracket
@@ -86,12 +111,15 @@ def test_lambda_star_counts_settled_trials_only():
     assert np.isnan(none["lam_star"]) and none["n_unsettled"] == 5
 
 
-@pytest.mark.parametrize("change,needle", [
-    ({"space": {"lam": {"grid": [1, 2]}}}, "optuna searches the space's ranges"),
-    ({"scheduler": {"type": "asha"}}, "scheduler"),
-    ({"search": {"type": "optuna", "start": [{"lr": 1}]}}, "search.start"),
-    ({"search": {"type": "optuna", "sampler": {"type": "cmaes"}}}, "search.sampler.type"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"space": {"lam": {"grid": [1, 2]}}}, "optuna searches the space's ranges"),
+        ({"scheduler": {"type": "asha"}}, "scheduler"),
+        ({"search": {"type": "optuna", "start": [{"lr": 1}]}}, "search.start"),
+        ({"search": {"type": "optuna", "sampler": {"type": "cmaes"}}}, "search.sampler.type"),
+    ],
+)
 def test_bad_optuna_specs(change, needle):
     with pytest.raises(SpecError, match=needle.replace(".", r"\.")):
         spec_from_dict({**TINY_SEARCH, **change})

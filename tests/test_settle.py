@@ -96,8 +96,7 @@ FAST_SETTLE = {"epochs": 5, "settle_patience": 2, "settle_min_steps": 8, "settle
 def test_trial_history_carries_the_rule_over_its_evaluations(tiny):
     seen = []
     result = train_vae({**tiny, **FAST_SETTLE}, report=seen.append)
-    evals = [(m["step"], [r["latent"] for r in m["latents"] if r["active"]], m["law_residual_max"])
-             for m in seen]
+    evals = [(m["step"], [r["latent"] for r in m["latents"] if r["active"]], m["law_residual_max"]) for m in seen]
     expected = settle_history(evals, 2, 8, 100.0)
     assert [{"settled": h["settled"], "settled_step": h["settled_step"]} for h in result.history] == expected
     assert {k: result.summary[k] for k in ("settled", "settled_step")} == expected[-1]
@@ -124,9 +123,28 @@ def test_resume_gives_the_same_settled_columns(tiny):
 
 
 def test_train_json_and_table_print_the_settled_columns(capsys):
-    args = ["train", "--epochs", "3", "--max-train", "512", "--max-eval", "200", "--hidden", "32",
-            "--threads", "1", "--no-fid", "--latent-dim", "3",
-            "--settle-patience", "2", "--settle-min-steps", "0", "--settle-law-tol", "100"]
+    args = [
+        "train",
+        "--epochs",
+        "3",
+        "--max-train",
+        "512",
+        "--max-eval",
+        "200",
+        "--hidden",
+        "32",
+        "--threads",
+        "1",
+        "--no-fid",
+        "--latent-dim",
+        "3",
+        "--settle-patience",
+        "2",
+        "--settle-min-steps",
+        "0",
+        "--settle-law-tol",
+        "100",
+    ]
     assert main([*args, "--json"]) == 0
     printed = capsys.readouterr()
     out = json.loads(printed.out)

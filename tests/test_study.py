@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import ROOT, vaesweep_cli
+
 from vaesweep.cli.main import main
 from vaesweep.study.tables import load_study
 
@@ -45,6 +45,7 @@ def smoke(tmp_path_factory):
     return storage / "smoke", res, time.perf_counter() - t0
 
 
+@pytest.mark.slow
 def test_smoke_study_end_to_end(smoke):
     study, res, wall = smoke
     spec = yaml.safe_load(SMOKE.read_text())
@@ -53,19 +54,36 @@ def test_smoke_study_end_to_end(smoke):
     epochs = spec["base"]["epochs"]
     assert len(t.trials) == n_trials and (t.trials["status"] == "done").all()
     assert len(t.epochs) == n_trials * epochs
-    assert t.epochs.groupby("trial_id")["epoch"].apply(sorted).map(list).eq([list(range(1, epochs + 1))] * n_trials).all()
+    assert (
+        t.epochs.groupby("trial_id")["epoch"].apply(sorted).map(list).eq([list(range(1, epochs + 1))] * n_trials).all()
+    )
     # one row per trial per latent variable
     assert len(t.latents) == sum(t.trials["latent_dim"])
-    assert set(t.trials.columns) >= {"latent_dim", "lam", "arch", "seed", "n_active", "law_residual_max",
-                                     "kl_working", "elbo", "status", "error", "settled", "settled_step"}
+    assert set(t.trials.columns) >= {
+        "latent_dim",
+        "lam",
+        "arch",
+        "seed",
+        "n_active",
+        "law_residual_max",
+        "kl_working",
+        "elbo",
+        "status",
+        "error",
+        "settled",
+        "settled_step",
+    }
     assert {"settled", "settled_step"} <= set(t.epochs.columns)
     merged = t.latents.groupby("trial_id")["active"].sum().rename("n").to_frame().join(t.trials.set_index("trial_id"))
     assert (merged["n"] == merged["n_active"]).all()
     assert (study / "study.yaml").exists() and "torch" in json.loads((study / "versions.json").read_text())
     assert "done" in res.stdout and "best elbo" in res.stdout  # progress lines
+    index = study / "report" / "index.html"  # the report is written at the end of the run
+    assert f"report: {index}" in res.stdout.splitlines() and "smoke" in index.read_text()
     print(f"smoke study wall {wall:.1f}s, trials' own time {t.trials['time_total'].sum():.1f}s")
 
 
+@pytest.mark.slow
 def test_second_run_reruns_nothing(smoke):
     study, _, _ = smoke
     before_lines, before = result_lines(study), load_study(study).epochs
@@ -75,20 +93,51 @@ def test_second_run_reruns_nothing(smoke):
     pd.testing.assert_frame_equal(load_study(study).epochs, before)
 
 
-def test_status_command(smoke):
+@pytest.mark.slow
+def test_status_command(smoke, capsys):
     study, _, _ = smoke
     assert main(["status", str(study)]) == 0
+    progress, title, header, *rows = capsys.readouterr().out.splitlines()
+    best = load_study(study).trials.sort_values("elbo", ascending=False)
+    assert progress.startswith(
+        f"[smoke] 4/4 done, 0 running, 0 failed; best elbo {best['elbo'].iloc[0]:.4g} "
+        f"({best['trial_id'].iloc[0]}: arch=dense latent_dim="
+    )
+    assert title == "best trials by elbo (max):"
+    assert header.split() == [
+        "trial_id",
+        "arch",
+        "latent_dim",
+        "lam",
+        "seed",
+        "n_active",
+        "law_residual_max",
+        "mean_mu_abs_max",
+        "kl_working",
+        "settled",
+        "elbo",
+    ]
+    assert [row.split()[0] for row in rows] == list(best["trial_id"])  # every trial, best first
 
 
+@pytest.mark.slow
 def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
-    path = write_study(tmp_path, "killed", base={"epochs": 4, "max_train": 1000, "max_eval": 200,
-                                                 "hidden": [64, 32]},
-                       space={"latent_dim": {"grid": [2, 4, 8]}, "lam": {"grid": [0.5, 2.0]}})
+    path = write_study(
+        tmp_path,
+        "killed",
+        base={"epochs": 4, "max_train": 1000, "max_eval": 200, "hidden": [64, 32]},
+        space={"latent_dim": {"grid": [2, 4, 8]}, "lam": {"grid": [0.5, 2.0]}},
+    )
     study = tmp_path / "runs" / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen([sys.executable, "-m", "vaesweep", "run", str(path), "--storage", str(tmp_path / "runs")],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "vaesweep", "run", str(path), "--storage", str(tmp_path / "runs")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -105,7 +154,9 @@ def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    finished_before = {tid for tid, s in load_study(study).trials.set_index("trial_id")["status"].items() if s == "done"}
+    finished_before = {
+        tid for tid, s in load_study(study).trials.set_index("trial_id")["status"].items() if s == "done"
+    }
     lines_before = result_lines(study)
     res = vaesweep_cli("run", path, "--storage", tmp_path / "runs")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -120,6 +171,7 @@ def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
             assert set(after[trial_dir]) == set(before), f"finished trial {trial_dir} was run again"
 
 
+@pytest.mark.slow
 def test_diverging_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path):
     path = write_study(tmp_path, "nan", space={"lr": {"grid": [1e-3, 1e3]}}, retries=1)
     res = vaesweep_cli("run", path, "--storage", tmp_path / "runs")
@@ -129,6 +181,7 @@ def test_diverging_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path):
     assert t.loc[1e3, "status"] == "failed" and "nan" in t.loc[1e3, "error"]
 
 
+@pytest.mark.slow
 def test_more_gpus_than_the_cluster_has(tmp_path):
     path = write_study(tmp_path, "gpus", resources={"cpu": 1, "gpu": 1})
     res = vaesweep_cli("run", path, "--storage", tmp_path / "runs")

@@ -12,9 +12,9 @@ import time
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import vaesweep_cli
 from test_study import SMOKE, write_study
+
 from vaesweep.cli.main import main
 from vaesweep.study.lock import INFO_FILE, StudyInUse, driver_lock
 from vaesweep.study.tables import StudyFolderError, load_study
@@ -29,6 +29,7 @@ def one_error_line(capsys) -> str:
 
 # --- the name rule ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", [".", "..", "a/b", "../up", "a\\b", ""])
 def test_study_name_is_one_folder_name(tmp_path, capsys, name):
     spec = {**yaml.safe_load(SMOKE.read_text()), "name": name}
@@ -42,6 +43,7 @@ def test_study_name_is_one_folder_name(tmp_path, capsys, name):
 
 
 # --- corrupt or foreign study folders -------------------------------------------------------------
+
 
 def _garbage_table(study):
     (study / "trials.parquet").write_bytes(os.urandom(2000))
@@ -78,8 +80,10 @@ def test_corrupt_or_foreign_folder_one_line_exit_2(tmp_path, capsys, spoil):
     study = tmp_path / "runs" / "x"
     study.mkdir(parents=True)
     file, problem = spoil(study)
-    message = (f"{file} {problem}; delete {study} to start the study afresh, "
-               "or give the folder of a vaesweep study (e.g. runs/smoke)")
+    message = (
+        f"{file} {problem}; delete {study} to start the study afresh, "
+        "or give the folder of a vaesweep study (e.g. runs/smoke)"
+    )
     with pytest.raises(StudyFolderError) as caught:
         load_study(study)
     assert str(caught.value) == message
@@ -95,6 +99,7 @@ def test_corrupt_or_foreign_folder_one_line_exit_2(tmp_path, capsys, spoil):
 
 # --- one driver per study folder --------------------------------------------------------------------
 
+
 def test_stale_lock_of_a_dead_driver_is_taken_over_with_a_warning(tmp_path, capsys):
     study = tmp_path / "runs" / "x"
     study.mkdir(parents=True)
@@ -105,8 +110,10 @@ def test_stale_lock_of_a_dead_driver_is_taken_over_with_a_warning(tmp_path, caps
         held = json.loads((study / INFO_FILE).read_text())
         assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
     err = capsys.readouterr().err.strip()
-    assert err == (f"vaesweep: warning: taking over the lock of driver pid {stale['pid']} on {stale['host']} "
-                   "(since 2026-01-01 00:00:00 UTC), which is no longer running")
+    assert err == (
+        f"vaesweep: warning: taking over the lock of driver pid {stale['pid']} on {stale['host']} "
+        "(since 2026-01-01 00:00:00 UTC), which is no longer running"
+    )
     assert not (study / INFO_FILE).exists()  # released at exit
 
 
@@ -127,8 +134,11 @@ def test_lock_of_a_driver_on_another_host_is_honoured(tmp_path):
     study.mkdir()
     other = {"pid": 4321, "host": "elsewhere", "since": "2026-01-01 00:00:00 UTC"}
     (study / INFO_FILE).write_text(json.dumps(other))
-    with pytest.raises(StudyInUse, match=f"in use by driver pid 4321 on host elsewhere since 2026-01-01 00:00:00 UTC;"
-                                         f" .*; if that driver is gone, delete {study / INFO_FILE}$"):
+    with pytest.raises(
+        StudyInUse,
+        match=f"in use by driver pid 4321 on host elsewhere since 2026-01-01 00:00:00 UTC;"
+        f" .*; if that driver is gone, delete {study / INFO_FILE}$",
+    ):
         with driver_lock(study):
             pass
     assert json.loads((study / INFO_FILE).read_text()) == other
@@ -136,9 +146,18 @@ def test_lock_of_a_driver_on_another_host_is_honoured(tmp_path):
 
 # --- tracking -------------------------------------------------------------------------------------
 
+
 def test_tracking_gets_the_scalar_metrics_only():
-    result = {"epoch": 2, "elbo": -80.5, "n_active": 3, "evaluated": True, "node": "n1", "config": {"lam": 1},
-              "latents": [{"latent": 0, "kl": 1.0}], "packed": [{"elbo": -1.0, "latents": []}, {"elbo": -2.0}]}
+    result = {
+        "epoch": 2,
+        "elbo": -80.5,
+        "n_active": 3,
+        "evaluated": True,
+        "node": "n1",
+        "config": {"lam": 1},
+        "latents": [{"latent": 0, "kl": 1.0}],
+        "packed": [{"elbo": -1.0, "latents": []}, {"elbo": -2.0}],
+    }
     assert scalar_metrics(result) == {"epoch": 2, "elbo": -80.5, "n_active": 3, "c0/elbo": -1.0, "c1/elbo": -2.0}
 
 
@@ -146,7 +165,9 @@ def test_tracking_without_its_extra_installed(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
     path = write_study(tmp_path, "tracked", callbacks=["tensorboard", "mlflow"])
     assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2
-    assert one_error_line(capsys) == "vaesweep: error: callbacks: mlflow needs the extra: pip install 'vaesweep[mlflow]'"
+    assert (
+        one_error_line(capsys) == "vaesweep: error: callbacks: mlflow needs the extra: pip install 'vaesweep[mlflow]'"
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -158,6 +179,7 @@ def test_unknown_callback(tmp_path, capsys):
 
 # --- two real drivers, and a tracked study -------------------------------------------------------
 
+
 def _event_scalars(folder) -> dict[str, list[float]]:
     """tag -> values of the TensorBoard scalars in the event files under ``folder``."""
     from tensorboardX.proto import event_pb2
@@ -166,8 +188,8 @@ def _event_scalars(folder) -> dict[str, list[float]]:
     for path in folder.rglob("events.out.tfevents.*"):
         data, pos = path.read_bytes(), 0
         while pos < len(data):  # TFRecord: length (8), crc (4), payload, crc (4)
-            n = int.from_bytes(data[pos:pos + 8], "little")
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            n = int.from_bytes(data[pos : pos + 8], "little")
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
             pos += 12 + n + 4
             for v in event.summary.value:
                 out.setdefault(v.tag, []).append(v.simple_value)
@@ -179,15 +201,23 @@ def test_second_driver_refused_and_a_tracked_study(tmp_path):
     from mlflow.tracking import MlflowClient
 
     epochs = 2
-    path = write_study(tmp_path, "tracked", base={"epochs": epochs, "max_train": 500, "max_eval": 200,
-                                                  "hidden": [32, 16]},
-                       space={"latent_dim": {"grid": [2, 4]}, "lam": {"grid": [1.0]}},
-                       callbacks=["tensorboard", "mlflow"])
+    path = write_study(
+        tmp_path,
+        "tracked",
+        base={"epochs": epochs, "max_train": 500, "max_eval": 200, "hidden": [32, 16]},
+        space={"latent_dim": {"grid": [2, 4]}, "lam": {"grid": [1.0]}},
+        callbacks=["tensorboard", "mlflow"],
+    )
     storage, study = tmp_path / "runs", tmp_path / "runs" / "tracked"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    first = subprocess.Popen([sys.executable, "-m", "vaesweep", "run", str(path), "--storage", str(storage)],
-                             cwd=tmp_path, env={**env, "PYTHONUNBUFFERED": "1"}, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "vaesweep", "run", str(path), "--storage", str(storage)],
+        cwd=tmp_path,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         while not (study / INFO_FILE).exists() and first.poll() is None:
             time.sleep(0.2)
@@ -198,10 +228,14 @@ def test_second_driver_refused_and_a_tracked_study(tmp_path):
             first.kill()
     assert second.returncode == 2
     assert re.fullmatch(
-        re.escape(f"vaesweep: error: study folder {study} is in use by driver pid {first.pid} on host "
-                  f"{socket.gethostname()} since ") + r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+        re.escape(
+            f"vaesweep: error: study folder {study} is in use by driver pid {first.pid} on host "
+            f"{socket.gethostname()} since "
+        )
+        + r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
         + re.escape(f"; wait for it or stop it (kill {first.pid}); a lock of a dead process is taken over"),
-        second.stderr.strip()), second.stderr
+        second.stderr.strip(),
+    ), second.stderr
     assert first.returncode == 0, err[-3000:]
     t = load_study(study)
     assert len(t.trials) == 2 and (t.trials["status"] == "done").all()
@@ -230,4 +264,3 @@ def test_second_driver_refused_and_a_tracked_study(tmp_path):
     for metric in ("n_active", "law_residual_max", "elbo"):
         assert len(scalars[f"ray/tune/{metric}"]) == 2 * epochs, sorted(scalars)
     assert not any("latents" in tag for tag in scalars)
-

@@ -13,20 +13,36 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from analysis.two_stage import two_stage_chart
 from conftest import recorded
+from pydantic import ValidationError
+
+from analysis.report import build_report
+from analysis.two_stage import two_stage_chart
 from vaesweep import TrialConfig, load_dataset, train_vae
 from vaesweep.cli.main import build_parser
 from vaesweep.cli.train import _trial_config
 from vaesweep.config.trial import one_line
-from analysis.report import build_report
-from vaesweep.engine.two_stage import (TwoStageSettings, TwoStageVAE, fit_two_stage, kept_variables, two_stage_scores,
-                                w2_to_standard_normal)
+from vaesweep.engine.two_stage import (
+    TwoStageSettings,
+    TwoStageVAE,
+    fit_two_stage,
+    kept_variables,
+    two_stage_scores,
+    w2_to_standard_normal,
+)
 
 # lambda = 0.05: good reconstructions, codes far from N(0, I) (measured: law residual 4.0, |E[mu]| 7.9)
-FIRST = {"epochs": 4, "max_train": 1000, "max_eval": 300, "hidden": [64, 32], "latent_dim": 4, "batch_size": 64,
-         "threads": 1, "fid": False, "lam": 0.05}
+FIRST = {
+    "epochs": 4,
+    "max_train": 1000,
+    "max_eval": 300,
+    "hidden": [64, 32],
+    "latent_dim": 4,
+    "batch_size": 64,
+    "threads": 1,
+    "fid": False,
+    "lam": 0.05,
+}
 SECOND = TwoStageSettings(epochs=30, hidden=(64, 64), batch_size=64)
 TRIVIAL_NLL = 0.5 * (1 + math.log(2 * math.pi))  # per variable: a second stage that ignores u (gamma = 1)
 
@@ -48,10 +64,11 @@ def first():
 
 @pytest.fixture(scope="module")
 def stage(first, data):
-    return fit_two_stage(first.model, data.train[:FIRST["max_train"]], active_of(first), SECOND)
+    return fit_two_stage(first.model, data.train[: FIRST["max_train"]], active_of(first), SECOND)
 
 
 # --- the second stage -------------------------------------------------------------------------------
+
 
 def test_second_stage_trains_and_samples_with_the_right_shapes(first, stage, data):
     active = active_of(first)
@@ -72,20 +89,25 @@ def test_second_stage_trains_and_samples_with_the_right_shapes(first, stage, dat
 
 def test_second_stage_is_deterministic_and_leaves_the_global_rng_alone(first, stage, data):
     before = torch.random.get_rng_state()
-    again = fit_two_stage(first.model, data.train[:FIRST["max_train"]], active_of(first), SECOND)
+    again = fit_two_stage(first.model, data.train[: FIRST["max_train"]], active_of(first), SECOND)
     assert torch.equal(torch.random.get_rng_state(), before)
     for a, b in zip(again.second.state_dict().values(), stage.second.state_dict().values()):
         assert torch.equal(a, b)
-    other = fit_two_stage(first.model, data.train[:FIRST["max_train"]], active_of(first),
-                          TwoStageSettings(**{**SECOND.__dict__, "seed": 1}))
+    other = fit_two_stage(
+        first.model,
+        data.train[: FIRST["max_train"]],
+        active_of(first),
+        TwoStageSettings(**{**SECOND.__dict__, "seed": 1}),
+    )
     assert not torch.equal(other.second.log_gamma, stage.second.log_gamma)
 
 
 def test_second_stage_codes_are_closer_to_normal_than_the_first_stage_codes(first, stage, data):
-    s = two_stage_scores(stage, data.eval[:FIRST["max_eval"]], seed=0)
+    s = two_stage_scores(stage, data.eval[: FIRST["max_eval"]], seed=0)
     # the first stage's codes: the same Sec. 4 law the trial measured on the same eval images
     assert s["two_stage_z_law_residual_max"] == pytest.approx(
-        max(abs(r["law"] - 1) for r in first.latents if r["active"]), rel=1e-4)
+        max(abs(r["law"] - 1) for r in first.latents if r["active"]), rel=1e-4
+    )
     assert s["two_stage_z_law_residual_max"] > 1 and s["two_stage_z_mean_mu_abs_max"] > 1  # far from N(0, I)
     # the second stage's: the variance law and the first moment hold (measured 0.08 and 0.10)
     assert s["two_stage_u_law_residual_max"] < 0.3 and s["two_stage_u_mean_mu_abs_max"] < 0.3
@@ -93,7 +115,7 @@ def test_second_stage_codes_are_closer_to_normal_than_the_first_stage_codes(firs
     assert s["two_stage_u_w2"] < s["two_stage_zstd_w2"] < s["two_stage_z_w2"]
     assert s["two_stage_dim"] == len(stage.keep) and 0 < s["two_stage_u_active"] <= len(stage.keep)
     assert not any(k.startswith("fid_") for k in s)  # no scorer, no FID-proxy
-    assert two_stage_scores(stage, data.eval[:FIRST["max_eval"]], seed=0) == s
+    assert two_stage_scores(stage, data.eval[: FIRST["max_eval"]], seed=0) == s
 
 
 def test_kept_variables():
@@ -111,28 +133,45 @@ def test_w2_to_standard_normal_known_values():
 
 # --- configuration -----------------------------------------------------------------------------------
 
+
 def test_config_fields_and_cli_flags():
     cfg = TrialConfig()
     assert (cfg.two_stage, cfg.two_stage_latent, cfg.two_stage_active_only) == (False, None, True)
-    args = build_parser().parse_args(["train", "--two-stage", "--two-stage-hidden", "32,16",
-                                      "--no-two-stage-active-only", "--two-stage-epochs", "7"])
+    args = build_parser().parse_args(
+        ["train", "--two-stage", "--two-stage-hidden", "32,16", "--no-two-stage-active-only", "--two-stage-epochs", "7"]
+    )
     cfg = _trial_config(args)
     assert (cfg.two_stage, cfg.two_stage_hidden, cfg.two_stage_active_only, cfg.two_stage_epochs) == (
-        True, (32, 16), False, 7)
-    for bad, field in (({"two_stage_hidden": [32, 0]}, "two_stage_hidden"),
-                       ({"two_stage_latent": 0}, "two_stage_latent"), ({"two_stage_epochs": 0}, "two_stage_epochs")):
-        with pytest.raises(ValueError) as err:
+        True,
+        (32, 16),
+        False,
+        7,
+    )
+    for bad, field in (
+        ({"two_stage_hidden": [32, 0]}, "two_stage_hidden"),
+        ({"two_stage_latent": 0}, "two_stage_latent"),
+        ({"two_stage_epochs": 0}, "two_stage_epochs"),
+    ):
+        with pytest.raises(ValidationError) as err:
             TrialConfig(**bad)
         assert one_line(err.value).startswith(f"{field}: ")
 
 
 # --- the trial, the study tables, the report ------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trial_cfg(tmp_path_factory):
     # module fixtures run before conftest's VAESWEEP_CACHE: name the session's tmp cache explicitly
-    return {**FIRST, "fid": True, "fid_samples": 300, "two_stage": True, "two_stage_epochs": 10,
-            "two_stage_hidden": [64, 64], "cache_dir": str(tmp_path_factory.getbasetemp() / "cache")}
+    return {
+        **FIRST,
+        "fid": True,
+        "fid_samples": 300,
+        "two_stage": True,
+        "two_stage_epochs": 10,
+        "two_stage_hidden": [64, 64],
+        "cache_dir": str(tmp_path_factory.getbasetemp() / "cache"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +190,8 @@ def test_trial_reports_fid_two_stage_at_the_end_deterministically(trial_cfg, two
     # samples, fid_recon ~ 510; the comparison is measured on mnist5k in the two_stage study)
     assert last["two_stage_seconds"] > 0 and "two_stage_seconds" not in result.summary  # a timing
     assert {k: result.summary[k] for k in ("fid_two_stage", "two_stage_u_law_residual_max")} == {
-        k: last[k] for k in ("fid_two_stage", "two_stage_u_law_residual_max")}
+        k: last[k] for k in ("fid_two_stage", "two_stage_u_law_residual_max")
+    }
     assert isinstance(result.second_stage, TwoStageVAE)
     assert result.second_stage.sample(5, seed=0).shape == (5, 1, 28, 28)
     again = train_vae(trial_cfg)
@@ -175,6 +215,7 @@ def test_recorder_keeps_the_columns_and_the_report_draws_the_chart(trial_cfg, tw
 
 # --- the chart -------------------------------------------------------------------------------------
 
+
 def synthetic_trials(with_two_stage=True) -> pd.DataFrame:
     """Two seeds per (lambda, latent_dim): the second stage helps by 100 * (1 - lam) - latent_dim / 8."""
     rows = []
@@ -182,8 +223,17 @@ def synthetic_trials(with_two_stage=True) -> pd.DataFrame:
         for dim in (8, 16):
             for seed in (0, 1):
                 prior = 100 + 200 * (1 - lam) + seed
-                row = {"trial_id": f"t{len(rows)}", "arch": "dense", "lam": lam, "latent_dim": dim, "seed": seed,
-                       "status": "done", "fid_prior": prior, "n_inactive": 0, "two_stage": True}
+                row = {
+                    "trial_id": f"t{len(rows)}",
+                    "arch": "dense",
+                    "lam": lam,
+                    "latent_dim": dim,
+                    "seed": seed,
+                    "status": "done",
+                    "fid_prior": prior,
+                    "n_inactive": 0,
+                    "two_stage": True,
+                }
                 if with_two_stage:
                     row["fid_two_stage"] = prior - (100 * (1 - lam) - dim / 8)
                 rows.append(row)
@@ -199,8 +249,9 @@ def test_chart_shows_the_improvement_over_lambda_and_latent_dim():
     assert row["fid_prior - fid_two_stage"] == pytest.approx(90 - 1)
     assert row["fid_prior"] == pytest.approx(100 + 180 + 0.5)  # mean over the two seeds
     # at lambda = 1 the second stage only costs (-1, -2): it helps in 4 of 6 settings, most at lambda = 0.1, d = 8
-    assert chart.reading.startswith("The second stage lowers the FID-proxy in 4 of 6 settings, most at λ=0.1 and "
-                                    "latent dimension 8 (dense)")
+    assert chart.reading.startswith(
+        "The second stage lowers the FID-proxy in 4 of 6 settings, most at λ=0.1 and latent dimension 8 (dense)"
+    )
     assert "at the largest λ=1" in chart.reading
 
 

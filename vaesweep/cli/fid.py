@@ -110,20 +110,3 @@ def cmd_fid(args: argparse.Namespace) -> int:
         for k, v in out.items():
             print(f"{k:>17}: {v:.6g}" if isinstance(v, float) else f"{k:>17}: {v}")
     return 0
-
-
-def add_commands(sub) -> None:
-    fid = sub.add_parser("fid", help="FID-proxy between two image sets (npz files, a trained trial, eval/train)")
-    fid.add_argument("a", help=f"images: an .npz file, a trial ({MODEL_FILE} / {CHECKPOINT_FILE} / its folder), "
-                     "eval or train")
-    fid.add_argument("b", nargs="?", help="the reference images, same kinds (default: the eval split; "
-                     "with a trial alone: its fid_prior, fid_recon, fid_zeroed)")
-    fid.add_argument("--dataset", help="whose feature network (default: the trial's data set, else mnist5k)")
-    fid.add_argument("--data-root", help="folder of torchvision data sets")
-    fid.add_argument("--n", type=int, default=1000, help="images per set (default: 1000; compare scores at equal n)")
-    fid.add_argument("--seed", type=int, help="seed of a trial's prior samples (default: the trial's seed)")
-    fid.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
-    fid.add_argument("--cache-dir", help="cache root: feature networks, fetched data "
-                     "(default: $VAESWEEP_CACHE or ~/.cache/vaesweep)")
-    fid.add_argument("--json", action="store_true", help="print one JSON object")
-    fid.set_defaults(func=cmd_fid)

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import get_args
 
 from pydantic import ValidationError
 
@@ -15,18 +14,6 @@ from vaesweep.config.trial import TrialConfig, one_line
 from vaesweep.engine.checkpoints import MODEL_FILE, save_model
 from vaesweep.engine.sampling import save_sample_grid
 from vaesweep.engine.trial import TrialRun
-
-
-def _add_trial_flags(p: argparse.ArgumentParser) -> None:
-    """One --flag per TrialConfig field (--latent-dim for latent_dim), parsed by pydantic."""
-    for name, f in TrialConfig.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        if f.annotation is bool:
-            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=f.description)
-        else:
-            choices = get_args(f.annotation) if name in ("arch", "recon_loss") else None
-            p.add_argument(flag, dest=name, default=None, choices=choices, metavar=name.upper(),
-                           help=f"{f.description or ''} (default: {f.default})")
 
 
 def _trial_config(args: argparse.Namespace) -> TrialConfig:
@@ -78,11 +65,3 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _as_json(result) -> dict:
     return {**result.summary, "config": result.config.model_dump(), "latents": result.latents,
             "seconds_per_epoch": [h["epoch_time"] for h in result.history]}
-
-
-def add_commands(sub) -> None:
-    train = sub.add_parser("train", help="train one VAE (no Ray) and print the Table 1 view")
-    _add_trial_flags(train)
-    train.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    train.add_argument("--out", help=f"save {MODEL_FILE}, result.json and samples.png (Fig. 3) here")
-    train.set_defaults(func=cmd_train)

@@ -1,0 +1,131 @@
+"""The layout of the code: imports flow one way, config -> engine -> study -> cli, with no cycles;
+``analysis`` reads the tables and the config, and only the commands that write the report import it.
+Read from the source with ast (nothing here imports the package, so the test takes well under a second),
+plus one fresh interpreter to see that reading a study needs neither torch nor Ray."""
+
+import ast
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+PACKAGES = ("vaesweep", "analysis")
+# layer -> the layers it must not import (vaesweep.experiments is checked should it appear)
+FORBIDDEN = {
+    "vaesweep.config": ("vaesweep.engine", "vaesweep.study", "vaesweep.cli", "analysis"),
+    "vaesweep.experiments": ("vaesweep.engine", "vaesweep.study", "vaesweep.cli", "analysis"),
+    "vaesweep.engine": ("vaesweep.study", "vaesweep.cli", "analysis"),
+    "vaesweep.study": ("vaesweep.cli", "analysis"),
+    "analysis": ("vaesweep.cli",),
+}
+REPORT_WRITERS = {"vaesweep.cli.report", "vaesweep.cli.study"}  # `report`, and `run` at its end
+
+
+def module_name(path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, ast.Module]:
+    return {
+        module_name(p): ast.parse(p.read_text(), str(p))
+        for package in PACKAGES
+        for p in sorted((ROOT / package).rglob("*.py"))
+    }
+
+
+def imported(name: str, tree: ast.Module, known: set[str]) -> set[str]:
+    """The package's own modules that module ``name`` imports, anywhere in its body."""
+    package = name if (ROOT / name.replace(".", "/") / "__init__.py").exists() else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from its package, one level up per extra dot
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            # `from pkg import mod` imports the module pkg.mod; `from mod import name` the module mod
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:  # a.b.c where only a.b is a module of ours
+                target = target.rpartition(".")[0]
+            if target:
+                found.add(target)
+    return found - {name}
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    trees = modules()
+    return {name: imported(name, tree, set(trees)) for name, tree in trees.items()}
+
+
+def in_layer(module: str, layer: str) -> bool:
+    return module == layer or module.startswith(layer + ".")
+
+
+def test_the_graph_is_read(graph):  # the checks below see the real imports
+    assert {
+        "vaesweep.config.spec",
+        "vaesweep.engine.trial",
+        "vaesweep.study.runner",
+        "vaesweep.cli.main",
+        "analysis.report",
+    } <= set(graph)
+    assert "vaesweep.config.trial" in graph["vaesweep.config.spec"]
+    assert "vaesweep.study.runner" in graph["vaesweep.cli.study"]
+    assert "vaesweep.study.tables" in graph["analysis.report"]
+
+
+def test_no_import_cycles(graph):
+    cycles, state = [], {}  # state: 1 on the current path, 2 done
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join(path[path.index(nxt) :] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, cycles
+
+
+def test_imports_flow_one_way(graph):
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        for target in sorted(targets)
+        for layer, banned in FORBIDDEN.items()
+        if in_layer(module, layer)
+        if any(in_layer(target, b) for b in banned)
+    ]
+    assert not wrong, wrong
+
+
+def test_only_the_report_writing_commands_import_analysis(graph):
+    importers = {
+        m for m, targets in graph.items() if in_layer(m, "vaesweep") and any(in_layer(t, "analysis") for t in targets)
+    }
+    assert importers <= REPORT_WRITERS, importers - REPORT_WRITERS
+
+
+def test_reading_a_study_and_the_cli_parser_load_neither_torch_nor_ray():
+    code = (
+        "import sys, vaesweep, vaesweep.config.spec, vaesweep.config.trial, vaesweep.study.tables, "
+        "vaesweep.cli.main, vaesweep.cli.status\n"
+        "vaesweep.load_study; vaesweep.TrialConfig; vaesweep.cli.main.build_parser()\n"
+        "print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
