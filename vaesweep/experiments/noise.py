@@ -8,14 +8,11 @@ Gaussian noise until its reconstruction gain falls below its KL, holds the noise
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from vaesweep.experiments.kind import Kind
+from vaesweep.experiments.kind import Kind, StudySpec
 
-if TYPE_CHECKING:
-    from vaesweep.config.spec import StudySpec
 
 
 class NoiseSettings(BaseModel):
