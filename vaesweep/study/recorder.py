@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from ray import tune
 
-from vaesweep.config.metrics import epoch_row, family_of, trial_row
+from vaesweep.config.metrics import epoch_row, family_of, latent_keys, trial_row
 from vaesweep.config.packing import PACK_KEY, packed_id
 from vaesweep.config.trial import trial_fields
 from vaesweep.study.tables import (BLOCKS, Progress, StudyTables, append_part, compact, load_study, read_table,
@@ -91,7 +91,7 @@ class Recorder(tune.Callback):
         self.new["epochs"][(trial_id, epoch)] = [row]
         self._finish(trial_id, row)
         if "latents" in result:
-            latents = [{"trial_id": trial_id, "epoch": epoch, **{k: v for k, v in r.items() if family_of(k, "latent")}}
+            latents = [{"trial_id": trial_id, "epoch": epoch, **{k: r[k] for k in latent_keys() if k in r}}
                        for r in result["latents"]]
             self.new["latent_history"][(trial_id, epoch)] = self.new["latents"][(trial_id,)] = latents
         if "trace" in result:
