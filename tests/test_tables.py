@@ -100,6 +100,11 @@ def test_a_resumed_trial_reports_again_without_doubled_rows(tmp_path):
     assert list(s.latents["epoch"]) == [5, 5, 5] and list(s.latents["latent"]) == [0, 1, 2]
     row = s.trials.iloc[0]
     assert (row["status"], row["epochs_done"], row["elbo"], row["time_total"]) == ("done", 5, -21.0, 0.5)
+    resumed.on_experiment_end([t])  # the parts merged into the compacted tables: the same rows
+    assert not (tmp_path / "trace.parts").exists()
+    compacted = load_study(tmp_path)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(getattr(compacted, name), getattr(s, name))
 
 
 def test_a_corrupt_part_is_refused_naming_it(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from ray import tune
 
@@ -33,9 +34,11 @@ class Recorder(tune.Callback):
         self._last_flush = 0.0
         self.trials: dict[str, dict] = {}  # trial_id -> config, status, error
         self.final: dict[str, dict] = {}  # trial_id -> summary of its last epoch, epochs_done, time_total
-        self.new: dict[str, dict[tuple, list[dict]]] = {t: {} for t in BLOCKS}  # rows not flushed yet, by block
-        if (self.out / "trials.parquet").exists():  # a resumed study
+        self.new: dict[str, dict[tuple, list | dict]] = {t: {} for t in BLOCKS}  # rows not flushed yet, by block
+        self._parts = 0  # parts flushed by this recorder: their numbers
+        if self.out.exists():  # a resumed study: its parts merged first
             compact(self.out)
+        if (self.out / "trials.parquet").exists():
             for row in read_table(self.out, "trials").to_dict("records"):
                 final = {k for k in row if k in FINAL or family_of(k, "trial") is not None}
                 self.trials[row["trial_id"]] = {k: v for k, v in row.items() if k not in final}
@@ -94,11 +97,14 @@ class Recorder(tune.Callback):
             latents = [{"trial_id": trial_id, "epoch": epoch, **{k: r[k] for k in latent_keys() if k in r}}
                        for r in result["latents"]]
             self.new["latent_history"][(trial_id, epoch)] = self.new["latents"][(trial_id,)] = latents
-        if "trace" in result:
-            self.new["trace"][(trial_id, epoch)] = [
-                {"trial_id": trial_id, "epoch": epoch, "step": t["step"], "latent": i,
-                 "var_mu": v, "mean_sigma2": s}
-                for t in result["trace"] for i, (v, s) in enumerate(zip(t["var_mu"], t["mean_sigma2"]))]
+        if result.get("trace"):  # one row per trace point per variable, built as columns (the bulk of a study)
+            points, dim = result["trace"], len(result["trace"][0]["var_mu"])
+            n = len(points) * dim
+            self.new["trace"][(trial_id, epoch)] = {
+                "trial_id": np.full(n, trial_id, dtype=object), "epoch": np.full(n, epoch),
+                "step": np.repeat([t["step"] for t in points], dim), "latent": np.tile(np.arange(dim), len(points)),
+                "var_mu": np.ravel([t["var_mu"] for t in points]),
+                "mean_sigma2": np.ravel([t["mean_sigma2"] for t in points])}
 
     def _finish(self, trial_id: str, row: dict) -> None:
         """Keep the trial's final answer: the summary of its last epoch, epochs done, time spent."""
@@ -141,8 +147,9 @@ class Recorder(tune.Callback):
         self.out.mkdir(parents=True, exist_ok=True)
         for table, blocks in self.new.items():
             if blocks:
-                append_part(pd.DataFrame([r for rows in blocks.values() for r in rows]), self.out, table)
+                append_part(_frame(list(blocks.values())), self.out, table, self._parts)
                 blocks.clear()
+        self._parts += 1
         summary = pd.DataFrame([{**row, **self.final.get(tid, {})} for tid, row in self.trials.items()])
         write_table(summary, self.out / "trials.parquet")
         self._last_flush = time.monotonic()
@@ -153,6 +160,13 @@ class Recorder(tune.Callback):
         """Flush, then read the study back (``load_study``)."""
         self.flush()
         return load_study(self.out)
+
+
+def _frame(blocks: list) -> pd.DataFrame:
+    """The rows of the blocks: lists of row dicts, or dicts of columns (the trace)."""
+    if isinstance(blocks[0], dict):
+        return pd.DataFrame({k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]})
+    return pd.DataFrame([r for b in blocks for r in b])
 
 
 def _cell(v):

@@ -73,22 +73,50 @@ def check_study_folder(path: Path) -> None:
 
 
 def compact(path: Path) -> None:
-    """Merge each table's parts into ``<table>.parquet`` (what ``load_study`` reads), then remove the parts."""
+    """Merge each table's parts into ``<table>.parquet`` (what ``load_study`` reads), then remove the parts.
+    The large tables (trace, latent_history) stream through one file at a time, so the driver never holds
+    them whole."""
     for table in BLOCKS:
         parts = _parts(path, table)
-        if parts:
+        if not parts:
+            continue
+        if table in ORDER:  # small: sorted in memory
             write_table(read_table(path, table), path / f"{table}.parquet")
-            for part in parts:
-                part.unlink()
-            parts[0].parent.rmdir()
+        else:
+            _stream(_files(path, table), list(BLOCKS[table]), path / f"{table}.parquet")
+        for part in parts:
+            part.unlink()
+        parts[0].parent.rmdir()
 
 
-def append_part(df: pd.DataFrame, path: Path, table: str) -> None:
-    """Write ``df`` as the next part of ``table`` (read after every earlier part)."""
+def _stream(files: list[Path], key: list[str], out: Path) -> None:
+    """Write the rows of ``files`` that ``read_table`` keeps, in the same order, batch by batch."""
+    owner = pd.concat([pq.read_table(f, columns=key).to_pandas().drop_duplicates().assign(_file=i)
+                       for i, f in enumerate(files) if f.parent.name.endswith(".parts")])
+    owner = owner.groupby(key)["_file"].max()  # the last part that wrote each block
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive").remove_metadata()
+    tmp = out.with_suffix(".parquet.tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for i, f in enumerate(files):
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=1 << 20):
+                blocks = batch.select(key).to_pandas()
+                index = pd.MultiIndex.from_frame(blocks) if len(key) > 1 else pd.Index(blocks[key[0]])
+                keep = owner.reindex(index).fillna(i).to_numpy() == i  # a block no part wrote: the compacted file's
+                rows = pa.Table.from_batches([batch]).filter(pa.array(keep))
+                writer.write_table(_conform(rows, schema))
+    os.replace(tmp, out)
+
+
+def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``rows`` with the columns of ``schema``, in its order and types (nulls where a file had none)."""
+    return pa.table([rows[f.name].cast(f.type) if f.name in rows.column_names else pa.nulls(len(rows), f.type)
+                     for f in schema], schema=schema)
+
+
+def append_part(df: pd.DataFrame, path: Path, table: str, seq: int) -> None:
+    """Write ``df`` as part ``seq`` of ``table`` (read after every part with a lower number)."""
     folder = path / f"{table}.parts"
     folder.mkdir(exist_ok=True)
-    parts = _parts(path, table)
-    seq = int(parts[-1].stem) + 1 if parts else 0
     write_table(df, folder / f"{seq:06d}.parquet")
 
 
