@@ -35,6 +35,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, MINIBATCHES, TRACK_EVERY, DIMS = 100, 469, 50, (2, 4, 8, 16, 32, 64)
 OLD_COMMIT = "54f91e2"
+NOTE = ("\nThe old recorder at 216 trials was stopped after --old-limit seconds (its flushes grow with every trial: "
+        "each rewrites every table; its row covers the trials it finished). 'peak RSS at end' is the process's "
+        "peak after the study: the new compaction streams the large tables, so that peak is `load_study` "
+        "itself holding every table in pandas.\n")
 
 
 def old_module(folder: Path):
@@ -167,7 +171,7 @@ def main() -> None:
             f"Command: `nice -n 5 python benchmarks/recorder_probe.py`. Synthetic full-MNIST-like trials "
             f"({EPOCHS} epochs x {MINIBATCHES} minibatches, track_every {TRACK_EVERY}, latent_dim cycling over "
             f"{', '.join(map(str, DIMS))}), one after another, a flush at every trial's completion.\n"
-            f"old: the recorder of commit {OLD_COMMIT}; new: vaesweep.study.recorder.\n\n" + table(rows))
+            f"old: the recorder of commit {OLD_COMMIT}; new: vaesweep.study.recorder.\n\n" + table(rows) + NOTE)
     args.out.write_text(text)
     print(text)
 
