@@ -28,10 +28,9 @@ from analysis.latents import describe_trial, gain_vs_kl, table1, var_mu_history
 from analysis.law import law_heatmap
 from analysis.noise import noise_chart
 from analysis.paper import paper_chart, paper_trials
+from analysis.samples import sample_grids
 from analysis.settled import flag, headline, unsettled
 from analysis.two_stage import two_stage_chart
-from analysis.samples import sample_grids
-
 from vaesweep.config.metrics import trial_keys
 from vaesweep.study.tables import load_study, read_spec_copy
 

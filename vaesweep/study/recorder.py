@@ -19,8 +19,16 @@ from ray import tune
 from vaesweep.config.metrics import epoch_row, family_of, latent_keys, trial_row
 from vaesweep.config.packing import PACK_KEY, packed_id
 from vaesweep.config.trial import trial_fields
-from vaesweep.study.tables import (BLOCKS, Progress, StudyTables, append_part, compact, load_study, read_table,
-                                   write_table)
+from vaesweep.study.tables import (
+    BLOCKS,
+    Progress,
+    StudyTables,
+    append_part,
+    compact,
+    load_study,
+    read_table,
+    write_table,
+)
 
 FINAL = ("epochs_done", "time_total")  # trials-table columns from a trial's epochs, after its summary
 

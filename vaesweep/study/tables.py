@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
+
 from vaesweep.config.errors import StudyFolderError
 
 TABLES = ("trials", "epochs", "latents", "latent_history", "trace")
@@ -76,14 +77,14 @@ def compact(path: Path) -> None:
     """Merge each table's parts into ``<table>.parquet`` (what ``load_study`` reads), then remove the parts.
     The large tables (trace, latent_history) stream through one file at a time, so the driver never holds
     them whole."""
-    for table in BLOCKS:
+    for table, key in BLOCKS.items():
         parts = _parts(path, table)
         if not parts:
             continue
         if table in ORDER:  # small: sorted in memory
             write_table(read_table(path, table), path / f"{table}.parquet")
         else:
-            _stream(_files(path, table), list(BLOCKS[table]), path / f"{table}.parquet")
+            _stream(_files(path, table), list(key), path / f"{table}.parquet")
         for part in parts:
             part.unlink()
         parts[0].parent.rmdir()
