@@ -23,23 +23,19 @@ import pandas as pd
 from analysis.capacity import active_vs_latent_dim
 from analysis.chart import Chart
 from analysis.design import frame, panel_fields, varied_fields, with_defaults
-from analysis.fid import FID_COLUMNS, fid_chart
+from analysis.fid import fid_chart
 from analysis.latents import describe_trial, gain_vs_kl, table1, var_mu_history
 from analysis.law import law_heatmap
 from analysis.paper import paper_chart, paper_trials
+from analysis.samples import sample_grids
 from analysis.settled import flag, headline, unsettled
 from analysis.two_stage import two_stage_chart
-from analysis.samples import sample_grids
-
+from vaesweep.config.metrics import trial_keys
 from vaesweep.experiments import kind, resolve
 from vaesweep.study.tables import load_study, read_spec_copy
 
 REPORT_DIR = "report"
 LAMBDA_STAR = "lambda_star.parquet"
-SUMMARY_COLUMNS = ("status", "settled", "settled_step", "n_active", "n_inactive", "law_residual_max",
-                   "mean_mu_abs_max", "kl_working",
-                   "recon", "kl", "elbo", *FID_COLUMNS, "fid_two_stage", "fid_q_gaussian", "epochs_done",
-                   "time_total", "error")
 
 
 def choose_trials(trials: pd.DataFrame, metric: str = "elbo", mode: str = "max",
@@ -133,7 +129,10 @@ def _build(study_dir: str | Path, out: str | Path | None, chosen_ids: list[str] 
 # --- files ----------------------------------------------------------------------------------------
 
 def _trials_table(trials: pd.DataFrame, varied: tuple[str, ...]) -> pd.DataFrame:
-    cols = ["trial_id", *[f for f in varied if f != "threads"], *SUMMARY_COLUMNS]
+    """One row per trial: its varied settings, status, every trial-level metric of the catalogue
+    (vaesweep/config/metrics.py) it has, epochs done, time spent and error."""
+    cols = ["trial_id", *[f for f in varied if f != "threads"], "status", *trial_keys(trials.columns),
+            "epochs_done", "time_total", "error"]
     df = with_defaults(trials)
     return df[[c for c in cols if c in df]]
 

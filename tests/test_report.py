@@ -397,7 +397,7 @@ def test_run_writes_a_report_with_every_applicable_chart(real_study):
     index = study / "report" / "index.html"
     assert f"report: {index}" in printed
     refs = assert_refs_exist(index)
-    trials = pd.read_parquet(study / "trials.parquet")
+    trials = load_study(study).trials
     assert trials[["fid_prior", "fid_recon", "fid_zeroed"]].notna().all().all()  # the study set fid: true
     for key in ALL_CHARTS:
         assert f"{key}.png" in refs, f"chart {key} missing: {index.read_text()[:2000]}"
@@ -411,7 +411,7 @@ def test_run_writes_a_report_with_every_applicable_chart(real_study):
         assert (index.parent / f"{table}.csv").is_file() and (index.parent / f"{table}.md").is_file()
     assert len(pd.read_csv(index.parent / "trials.csv")) == 2
     assert trials["settled"].all() and (trials["settled_step"] == 8).all()  # 4 minibatches an epoch: epoch 2
-    epochs = pd.read_parquet(study / "epochs.parquet")
+    epochs = load_study(study).epochs
     assert list(epochs.sort_values(["trial_id", "epoch"])["settled"]) == [False, True] * 2
     assert '<p class="warning">' not in page  # every trial settled: no warning line
 
@@ -419,7 +419,7 @@ def test_run_writes_a_report_with_every_applicable_chart(real_study):
 @pytest.mark.slow
 def test_report_command_rebuilds_for_chosen_trial(real_study, capsys):
     study = real_study.study
-    tid = pd.read_parquet(study / "trials.parquet")["trial_id"].iloc[-1]
+    tid = load_study(study).trials["trial_id"].iloc[-1]
     out = study / "again"
     assert main(["report", str(study), "--out", str(out), "--trial", tid]) == 0
     assert f"report: {out / 'index.html'}" in capsys.readouterr().out

@@ -61,6 +61,14 @@ def _foreign_epochs(study):
     return study / "epochs.parquet", "is not a vaesweep results table (Parquet file size is 0 bytes)"
 
 
+def _garbage_part(study):
+    pd.DataFrame({"trial_id": ["t1"], "status": ["done"]}).to_parquet(study / "trials.parquet")
+    (study / "trace.parts").mkdir()
+    (study / "trace.parts" / "000000.parquet").write_bytes(os.urandom(2000))
+    return study / "trace.parts" / "000000.parquet", ("is not a vaesweep results table "
+                                                       "(Parquet magic bytes not found in footer)")
+
+
 def _foreign_spec(study):
     pd.DataFrame({"trial_id": ["t1"], "status": ["done"]}).to_parquet(study / "trials.parquet")
     (study / "study.yaml").write_text("- just\n- a list\n")
@@ -73,7 +81,8 @@ def _not_yaml_spec(study):
     return study / "study.yaml", "is not a vaesweep study spec (not YAML: ParserError)"
 
 
-@pytest.mark.parametrize("spoil", [_garbage_table, _foreign_table, _foreign_epochs, _foreign_spec, _not_yaml_spec])
+@pytest.mark.parametrize("spoil", [_garbage_table, _foreign_table, _foreign_epochs, _garbage_part, _foreign_spec,
+                                   _not_yaml_spec])
 def test_corrupt_or_foreign_folder_one_line_exit_2(tmp_path, capsys, spoil):
     import ray
 
@@ -90,10 +99,10 @@ def test_corrupt_or_foreign_folder_one_line_exit_2(tmp_path, capsys, spoil):
     for argv in (["status", str(study)], ["report", str(study)]):
         assert main(argv) == 2
         assert one_error_line(capsys) == f"vaesweep: error: {message}"
-    before = {p: p.read_bytes() for p in study.iterdir()}
+    before = {p: p.read_bytes() for p in study.rglob("*") if p.is_file()}
     assert main(["run", str(write_study(tmp_path, "x")), "--storage", str(tmp_path / "runs")]) == 2
     assert one_error_line(capsys) == f"vaesweep: error: {message}"
-    assert {p: p.read_bytes() for p in study.iterdir()} == before  # nothing written
+    assert {p: p.read_bytes() for p in study.rglob("*") if p.is_file()} == before  # nothing written
     assert not ray.is_initialized()  # refused before Ray started
 
 

@@ -13,6 +13,7 @@ report read this catalogue; a metric added here reaches every table.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,10 +39,10 @@ CATALOGUE: tuple[Family, ...] = (
     Family("train", "epoch", ("train_loss", "train_recon", "train_kl", "lam_effective"),
            source="engine/losses.py: eq. (6) averaged over the epoch's minibatches"),
     Family("time", "epoch", timings=("epoch_time", "time_total"), source="engine/trial.py: wall-clock seconds"),
-    Family("collapse", "trial", ("n_active", "n_inactive", "law_residual_max", "law_residual_mean", "mean_mu_abs_max",
-                                 "recon", "kl", "elbo", "kl_working", "law_excess", "mu_excess"),
-           source="engine/latents.py: Table 1 and the Sec. 4 laws on the eval split"),
     Family("settle", "trial", ("settled", "settled_step"), source="engine/settle.py: has the collapse stopped moving?"),
+    Family("collapse", "trial", ("n_active", "n_inactive", "law_residual_max", "law_residual_mean", "mean_mu_abs_max",
+                                 "kl_working", "law_excess", "mu_excess", "recon", "kl", "elbo"),
+           source="engine/latents.py: Table 1 and the Sec. 4 laws on the eval split"),
     Family("fid", "trial", prefix="fid_", timings=("fid_seconds",),
            source="engine/fid.py: FID-proxy of prior samples, reconstructions, zeroed variables (Sec. 6-7)"),
     Family("two_stage", "trial", prefix="two_stage_", timings=("two_stage_seconds",),
@@ -82,9 +83,15 @@ def trial_row(report: dict) -> dict:
             if _scalar(v) and (f := family_of(k, "trial")) is not None and k not in f.timings}
 
 
-def trial_keys() -> tuple[str, ...]:
-    """The exact keys of the trial families, in catalogue order (the report's columns)."""
-    return tuple(k for f in CATALOGUE if f.level == "trial" for k in f.keys)
+def trial_keys(columns: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The exact keys of the trial families, in catalogue order; given ``columns`` (a table's), the
+    trial-level metrics among them in catalogue order, a prefix family's in the order given, timings left out
+    (the report's trials columns)."""
+    if columns is None:
+        return tuple(k for f in CATALOGUE if f.level == "trial" for k in f.keys)
+    columns = list(columns)
+    return tuple(dict.fromkeys(k for f in CATALOGUE if f.level == "trial" for k in (*f.keys, *columns)
+                               if k in columns and f.owns(k) and k not in f.timings))
 
 
 def latent_keys() -> tuple[str, ...]:

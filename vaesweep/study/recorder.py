@@ -1,51 +1,59 @@
 """The Ray Tune callback that records every reported epoch into the study's tables (vaesweep/study/tables.py).
 
-It keeps rows in memory, deduplicated by (trial, epoch) so a resumed study never doubles a row,
-and rewrites the files atomically.
+A flush costs what is new: the rows reported since the last flush are appended as one Parquet part per
+table, and the small trials table is rewritten whole. The driver holds only those rows and one small
+dict per trial, however long the study runs. The parts are compacted at the end of the study and when
+it resumes; a resumed trial's re-reported epochs replace the earlier ones, so no row is doubled.
+Which keys reach which table is the metric catalogue's word (vaesweep/config/metrics.py).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from ray import tune
 
+from vaesweep.config.metrics import epoch_row, family_of, latent_keys, trial_row
 from vaesweep.config.packing import PACK_KEY, packed_id
 from vaesweep.config.trial import trial_fields
-from vaesweep.study.tables import (EPOCH_KEYS, EXTRA_PREFIXES, SUMMARY_KEYS, TABLES, Progress, StudyTables,
-                                   _concat, load_study)
+from vaesweep.study.tables import (
+    BLOCKS,
+    Progress,
+    StudyTables,
+    append_part,
+    compact,
+    load_study,
+    read_table,
+    write_table,
+)
 
-
-def _write(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".parquet.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+FINAL = ("epochs_done", "time_total")  # trials-table columns from a trial's epochs, after its summary
 
 
 class Recorder(tune.Callback):
-    """Collects every reported epoch into tidy tables and flushes them as Parquet."""
+    """Collects every reported epoch into tidy tables and flushes the new rows as Parquet parts."""
 
     def __init__(self, out: Path, flush_every_s: float = 5.0, progress: "Progress | None" = None):
         self.out = Path(out)
         self.flush_every_s, self.progress = flush_every_s, progress
         self._last_flush = 0.0
-        old = load_study(self.out) if (self.out / "trials.parquet").exists() else None
-        self.trials: dict[str, dict] = {} if old is None else {r["trial_id"]: r for r in old.trials.to_dict("records")}
-        self.epochs: dict[tuple, dict] = {} if old is None else {
-            (r["trial_id"], r["epoch"]): r for r in old.epochs.to_dict("records")}
-        self.history: dict[tuple, list[dict]] = {}
-        self.trace: dict[tuple, list[dict]] = {}
-        if old is not None:
-            for key, group in old.latent_history.groupby(["trial_id", "epoch"]) if len(old.latent_history) else []:
-                self.history[key] = group.to_dict("records")
-            for key, group in old.trace.groupby(["trial_id", "epoch"]) if len(old.trace) else []:
-                self.trace[key] = group.to_dict("records")
+        self.trials: dict[str, dict] = {}  # trial_id -> config, status, error
+        self.final: dict[str, dict] = {}  # trial_id -> summary of its last epoch, epochs_done, time_total
+        self.new: dict[str, dict[tuple, list | dict]] = {t: {} for t in BLOCKS}  # rows not flushed yet, by block
+        self._parts = 0  # parts flushed by this recorder: their numbers
+        if self.out.exists():  # a resumed study: its parts merged first
+            compact(self.out)
+        if (self.out / "trials.parquet").exists():
+            for row in read_table(self.out, "trials").to_dict("records"):
+                final = {k for k in row if k in FINAL or family_of(k, "trial") is not None}
+                self.trials[row["trial_id"]] = {k: v for k, v in row.items() if k not in final}
+                self.final[row["trial_id"]] = {k: row[k] for k in row if k in final}
 
     # Ray pickles its callbacks into the experiment state and unpickles them on Tuner.restore:
-    # keep only the settings, and reload the rows from disk, so a resumed study loses nothing.
+    # keep only the settings, and reload the trials from disk, so a resumed study loses nothing.
     def __getstate__(self):
         return {"out": self.out, "flush_every_s": self.flush_every_s, "progress": self.progress}
 
@@ -79,6 +87,7 @@ class Recorder(tune.Callback):
 
     def on_experiment_end(self, trials, **info):
         self.flush(trials)
+        compact(self.out)
 
     # --- rows --------------------------------------------------------------------------------
     def add_result(self, trial_id: str, result: dict) -> None:
@@ -89,24 +98,36 @@ class Recorder(tune.Callback):
         epoch = result.get("epoch")
         if epoch is None:
             return
-        scalars = {k: v for k, v in result.items()
-                   if k in EPOCH_KEYS or (isinstance(v, (int, float, bool, str)) and k.startswith(EXTRA_PREFIXES))}
-        self.epochs[(trial_id, epoch)] = {"trial_id": trial_id, **scalars}
+        row = {"trial_id": trial_id, **epoch_row(result)}
+        self.new["epochs"][(trial_id, epoch)] = [row]
+        self._finish(trial_id, row)
         if "latents" in result:
-            self.history[(trial_id, epoch)] = [{"trial_id": trial_id, "epoch": epoch, **r} for r in result["latents"]]
-        if "trace" in result:
-            self.trace[(trial_id, epoch)] = [
-                {"trial_id": trial_id, "epoch": epoch, "step": t["step"], "latent": i,
-                 "var_mu": v, "mean_sigma2": s}
-                for t in result["trace"] for i, (v, s) in enumerate(zip(t["var_mu"], t["mean_sigma2"]))]
+            latents = [{"trial_id": trial_id, "epoch": epoch, **{k: r[k] for k in latent_keys() if k in r}}
+                       for r in result["latents"]]
+            self.new["latent_history"][(trial_id, epoch)] = self.new["latents"][(trial_id,)] = latents
+        if result.get("trace"):  # one row per trace point per variable, built as columns (the bulk of a study)
+            points, dim = result["trace"], len(result["trace"][0]["var_mu"])
+            n = len(points) * dim
+            self.new["trace"][(trial_id, epoch)] = {
+                "trial_id": np.full(n, trial_id, dtype=object), "epoch": np.full(n, epoch),
+                "step": np.repeat([t["step"] for t in points], dim), "latent": np.tile(np.arange(dim), len(points)),
+                "var_mu": np.ravel([t["var_mu"] for t in points]),
+                "mean_sigma2": np.ravel([t["mean_sigma2"] for t in points])}
 
-    def _trial_row(self, trial) -> dict:
-        return self._row(trial.trial_id, trial.config)
+    def _finish(self, trial_id: str, row: dict) -> None:
+        """Keep the trial's final answer: the summary of its last epoch, epochs done, time spent."""
+        final = self.final.get(trial_id, {})
+        done, spent = final.get("epochs_done"), [t for t in (final.get("time_total"), row.get("time_total"))
+                                                 if t is not None and not pd.isna(t)]
+        later = done is None or pd.isna(done) or row["epoch"] >= done
+        summary = trial_row(row) if later else {k: v for k, v in final.items() if k not in FINAL}
+        self.final[trial_id] = {**summary, "epochs_done": row["epoch"] if later else done,
+                                "time_total": max(spent) if spent else None}
 
     def _rows(self, trial) -> list[dict]:
         """The rows of a Ray trial: its own, or one per configuration of a packed trial."""
         if PACK_KEY not in trial.config:
-            return [self._trial_row(trial)]
+            return [self._row(trial.trial_id, trial.config)]
         return [self._row(packed_id(trial.trial_id, i), {**trial.config, **item})
                 for i, item in enumerate(trial.config[PACK_KEY])]
 
@@ -129,32 +150,31 @@ class Recorder(tune.Callback):
             self.flush(trials)
 
     def flush(self, trials=None) -> None:
+        """Append the rows not flushed yet, one part per table, and rewrite the trials table."""
         self._sync_statuses(trials)
-        tables = self.tables()
         self.out.mkdir(parents=True, exist_ok=True)
-        for name in TABLES:
-            _write(getattr(tables, name), self.out / f"{name}.parquet")
+        for table, blocks in self.new.items():
+            if blocks:
+                append_part(_frame(list(blocks.values())), self.out, table, self._parts)
+                blocks.clear()
+        self._parts += 1
+        summary = pd.DataFrame([{**row, **self.final.get(tid, {})} for tid, row in self.trials.items()])
+        write_table(summary, self.out / "trials.parquet")
         self._last_flush = time.monotonic()
         if self.progress is not None:
-            self.progress.show(tables.trials)
+            self.progress.show(summary)
 
     def tables(self) -> StudyTables:
-        epochs = pd.DataFrame(list(self.epochs.values()))
-        if len(epochs):
-            epochs = epochs.sort_values(["trial_id", "epoch"]).reset_index(drop=True)
-        trials = pd.DataFrame(list(self.trials.values()))
-        if len(epochs) and len(trials):
-            last = epochs.groupby("trial_id").tail(1).set_index("trial_id")
-            final = [c for c in dict.fromkeys((*SUMMARY_KEYS, *last.columns))
-                     if c in last and (c in SUMMARY_KEYS or c.startswith(EXTRA_PREFIXES))]
-            done = epochs.groupby("trial_id").agg(epochs_done=("epoch", "max"), time_total=("time_total", "max"))
-            trials = (trials.drop(columns=[*final, *done.columns], errors="ignore")
-                      .join(last[final], on="trial_id").join(done, on="trial_id"))
-        history = _concat(self.history.values())
-        latents = history.sort_values("epoch").groupby(["trial_id", "latent"]).tail(1) if len(history) else history
-        if len(latents):
-            latents = latents.sort_values(["trial_id", "latent"]).reset_index(drop=True)
-        return StudyTables(trials, epochs, latents, history, _concat(self.trace.values()))
+        """Flush, then read the study back (``load_study``)."""
+        self.flush()
+        return load_study(self.out)
+
+
+def _frame(blocks: list) -> pd.DataFrame:
+    """The rows of the blocks: lists of row dicts, or dicts of columns (the trace)."""
+    if isinstance(blocks[0], dict):
+        return pd.DataFrame({k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]})
+    return pd.DataFrame([r for b in blocks for r in b])
 
 
 def _cell(v):

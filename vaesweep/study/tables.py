@@ -2,22 +2,29 @@
 
 In ``runs/<name>/``:
 
-- ``trials.parquet``: one row per trial: ``trial_id``, config columns, final summary metrics,
-  ``status`` (pending / running / done / failed) and ``error``;
+- ``trials.parquet``: one row per trial: ``trial_id``, config columns, final summary metrics (the
+  trial-level metrics of vaesweep/config/metrics.py, from its last epoch), ``status`` (pending /
+  running / done / failed), ``error``, ``epochs_done`` and ``time_total``;
 - ``epochs.parquet``: one row per trial per epoch (train loss parts, timing, collapse summary,
   ``settled`` / ``settled_step``: whether the collapse had settled, vaesweep/engine/settle.py);
-- ``latents.parquet``: one row per trial per latent variable, the final per-variable metrics;
+- ``latents.parquet``: one row per trial per latent variable, at its last evaluated epoch;
 - ``latent_history.parquet``: the same per-variable metrics at every evaluated epoch (Fig. 2, 7);
 - ``trace.parquet``: per-variable minibatch var_mu every K steps, when ``track_every`` is set.
 
-Written by ``vaesweep.study.recorder.Recorder`` (a Ray Tune callback); this module needs only
-pandas and pyarrow, so a finished study reads back without Ray or torch.
-``load_study(path)`` reads them back; a folder whose tables or ``study.yaml`` are not vaesweep's
-(garbage bytes, another tool's Parquet) raises ``StudyFolderError`` naming the file and the fix.
+While a study runs, each flush of ``vaesweep.study.recorder.Recorder`` (a Ray Tune callback) appends
+only its new rows, as ``<table>.parts/<seq>.parquet`` (the small trials table is rewritten whole);
+``compact`` merges the parts into ``<table>.parquet`` at the end of the study and when it resumes.
+A later part replaces the earlier rows of the same block (one trial's epoch, or one trial's latents):
+a resumed trial re-reports the epochs after its last checkpoint, and no row is doubled.
+
+This module needs only pandas and pyarrow, so a finished study reads back without Ray or torch.
+``load_study(path)`` reads compacted tables and parts alike; a folder whose tables or ``study.yaml`` are
+not vaesweep's (garbage bytes, another tool's Parquet) raises ``StudyFolderError`` naming the file and the fix.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +32,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
+
 from vaesweep.config.errors import StudyFolderError
 
 TABLES = ("trials", "epochs", "latents", "latent_history", "trace")
+# the block a later report replaces whole, per appended table
+BLOCKS = {"epochs": ("trial_id", "epoch"), "latents": ("trial_id",), "latent_history": ("trial_id", "epoch"),
+          "trace": ("trial_id", "epoch")}
+ORDER = {"epochs": ["trial_id", "epoch"], "latents": ["trial_id", "latent"]}  # rows sorted; the others as reported
 
 
 @dataclass
@@ -49,17 +61,71 @@ def load_study(path: str | Path) -> StudyTables:
     if not (path / "trials.parquet").exists():
         raise FileNotFoundError(f"no study results in '{path}'; run a study first (python -m vaesweep run STUDY.yaml)")
     read_spec_copy(path)
-    return StudyTables(**{t: _read_table(path, t) for t in TABLES})
+    return StudyTables(**{t: read_table(path, t) for t in TABLES})
 
 
 def check_study_folder(path: Path) -> None:
     """Raise ``StudyFolderError`` unless the vaesweep files already in ``path`` are readable and vaesweep's.
-    Reads each table's footer only (the Recorder reads the rows themselves when the study resumes)."""
+    Reads each table's footers only (the Recorder reads the rows themselves when the study resumes)."""
     read_spec_copy(path)
     if (path / "trials.parquet").exists():  # the tables load_study would read
         for table in TABLES:
-            if (path / f"{table}.parquet").exists():
-                _check_table(path, table)
+            _files(path, table)
+
+
+def compact(path: Path) -> None:
+    """Merge each table's parts into ``<table>.parquet`` (what ``load_study`` reads), then remove the parts.
+    The large tables (trace, latent_history) stream through one file at a time, so the driver never holds
+    them whole."""
+    for table, key in BLOCKS.items():
+        parts = _parts(path, table)
+        if not parts:
+            continue
+        if table in ORDER:  # small: sorted in memory
+            write_table(read_table(path, table), path / f"{table}.parquet")
+        else:
+            _stream(_files(path, table), list(key), path / f"{table}.parquet")
+        for part in parts:
+            part.unlink()
+        parts[0].parent.rmdir()
+
+
+def _stream(files: list[Path], key: list[str], out: Path) -> None:
+    """Write the rows of ``files`` that ``read_table`` keeps, in the same order, batch by batch."""
+    owner = pd.concat([pq.read_table(f, columns=key).to_pandas().drop_duplicates().assign(_file=i)
+                       for i, f in enumerate(files) if f.parent.name.endswith(".parts")])
+    owner = owner.groupby(key)["_file"].max()  # the last part that wrote each block
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive").remove_metadata()
+    tmp = out.with_suffix(".parquet.tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for i, f in enumerate(files):
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=1 << 20):
+                blocks = batch.select(key).to_pandas()
+                index = pd.MultiIndex.from_frame(blocks) if len(key) > 1 else pd.Index(blocks[key[0]])
+                keep = owner.reindex(index).fillna(i).to_numpy() == i  # a block no part wrote: the compacted file's
+                rows = pa.Table.from_batches([batch]).filter(pa.array(keep))
+                writer.write_table(_conform(rows, schema))
+    os.replace(tmp, out)
+
+
+def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``rows`` with the columns of ``schema``, in its order and types (nulls where a file had none)."""
+    return pa.table([rows[f.name].cast(f.type) if f.name in rows.column_names else pa.nulls(len(rows), f.type)
+                     for f in schema], schema=schema)
+
+
+def append_part(df: pd.DataFrame, path: Path, table: str, seq: int) -> None:
+    """Write ``df`` as part ``seq`` of ``table`` (read after every part with a lower number)."""
+    folder = path / f"{table}.parts"
+    folder.mkdir(exist_ok=True)
+    write_table(df, folder / f"{seq:06d}.parquet")
+
+
+def write_table(df: pd.DataFrame, file: Path) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    tmp = file.with_suffix(".parquet.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, file)
 
 
 def read_spec_copy(path: Path) -> dict:
@@ -74,33 +140,49 @@ def read_spec_copy(path: Path) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         problem = f"not YAML: {type(err).__name__}"
     if problem is not None:
-        raise _foreign(copy, "is not a vaesweep study spec", problem)
+        raise _foreign(copy, path, "is not a vaesweep study spec", problem)
     return spec
 
 
-def _read_table(path: Path, table: str) -> pd.DataFrame:
-    if not (path / f"{table}.parquet").exists():
-        return pd.DataFrame()
-    return pd.read_parquet(_check_table(path, table))
+def _parts(path: Path, table: str) -> list[Path]:
+    folder = path / f"{table}.parts"
+    return sorted(folder.glob("*.parquet"), key=lambda p: int(p.stem)) if folder.is_dir() else []
 
 
-def _check_table(path: Path, table: str) -> Path:
-    """The table's file, once its Parquet footer reads and names vaesweep's key columns."""
-    file = path / f"{table}.parquet"
+def _files(path: Path, table: str) -> list[Path]:
+    """The table's files in the order they were written (compacted file, then parts), each checked."""
+    files = [path / f"{table}.parquet"] if (path / f"{table}.parquet").exists() else []
+    return [_check_table(path, table, f) for f in files + _parts(path, table)]
+
+
+def read_table(path: Path, table: str) -> pd.DataFrame:
+    """The table's rows: of each block (BLOCKS), only those of the last file that wrote it."""
+    files = _files(path, table)
+    if not _parts(path, table):  # a compacted table reads as it was written
+        return pd.read_parquet(files[0]) if files else pd.DataFrame()
+    frames = [pd.read_parquet(f).assign(_file=i) for i, f in enumerate(files)]
+    df = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    df = df[df["_file"] == df.groupby(list(BLOCKS[table]))["_file"].transform("max")].drop(columns="_file")
+    if table in ORDER:
+        df = df.sort_values(ORDER[table], kind="stable")
+    return df.reset_index(drop=True).infer_objects()
+
+
+def _check_table(path: Path, table: str, file: Path) -> Path:
+    """The file, once its Parquet footer reads and names vaesweep's key columns."""
     try:
         columns = pq.read_schema(file).names
     except (pa.ArrowException, OSError) as err:
         why = str(err).split("': ", 1)[-1].split(". ")[0].rstrip(".")  # drop pyarrow's own path and advice
-        raise _foreign(file, "is not a vaesweep results table", why) from None
+        raise _foreign(file, path, "is not a vaesweep results table", why) from None
     missing = [c for c in REQUIRED_COLUMNS.get(table, ("trial_id",)) if c not in columns]
     if columns and missing:  # an empty table (no trials yet) has no columns
         why = f"no {', '.join(missing)} column" + "s" * (len(missing) > 1)
-        raise _foreign(file, "is not a vaesweep results table", why)
+        raise _foreign(file, path, "is not a vaesweep results table", why)
     return file
 
 
-def _foreign(file: Path, what: str, why: str) -> StudyFolderError:
-    study = file.parent
+def _foreign(file: Path, study: Path, what: str, why: str) -> StudyFolderError:
     return StudyFolderError(f"{file} {what} ({why}); delete {study} to start the study afresh, "
                             f"or give the folder of a vaesweep study (e.g. runs/smoke)")
 
@@ -139,18 +221,3 @@ def best_trials(trials: pd.DataFrame, metric: str, mode: str, n: int = 5) -> pd.
 def describe(row) -> str:
     keys = ("arch", "latent_dim", "lam", "seed")
     return " ".join(f"{k}={row[k]}" for k in keys if k in row and pd.notna(row[k]))
-
-
-EXTRA_PREFIXES = ("fid_", "noise_", "two_stage_")  # scalar keys kept as they come: FID-proxy, Sec. 5, two-stage
-SUMMARY_KEYS = ("n_active", "n_inactive", "law_residual_max", "law_residual_mean", "mean_mu_abs_max",
-                "recon", "kl", "elbo", "kl_working", "law_excess", "mu_excess",
-                "settled", "settled_step")  # vaesweep/engine/settle.py: has the collapse stopped moving?
-EPOCH_KEYS = {"epoch", "step", "evaluated", "node", "train_loss", "train_recon", "train_kl", "lam_effective", "epoch_time",
-              "time_total", "phase", *SUMMARY_KEYS}  # phase and noise_*: the Sec. 5 experiment (vaesweep.engine.noise)
-
-
-def _concat(groups) -> pd.DataFrame:
-    rows = [r for g in groups for r in g]
-    return pd.DataFrame(rows)
-
-
