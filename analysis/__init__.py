@@ -20,14 +20,25 @@ Only trials whose collapse had settled count for the onset of sparsity, the law 
 lambda*; every chart marks the others.
 """
 
+from . import settled
 from .capacity import active_vs_latent_dim, onset_of_sparsity
 from .chart import Chart
 from .fid import fid_chart
 from .latents import gain_vs_kl, table1, var_mu_history
 from .law import law_heatmap
-from . import settled
 from .paper import paper_chart
 from .samples import sample_grids
 
-__all__ = ["Chart", "active_vs_latent_dim", "onset_of_sparsity", "law_heatmap", "table1", "var_mu_history",
-           "fid_chart", "sample_grids", "gain_vs_kl", "paper_chart", "settled"]
+__all__ = [
+    "Chart",
+    "active_vs_latent_dim",
+    "onset_of_sparsity",
+    "law_heatmap",
+    "table1",
+    "var_mu_history",
+    "fid_chart",
+    "sample_grids",
+    "gain_vs_kl",
+    "paper_chart",
+    "settled",
+]

@@ -45,9 +45,14 @@ def onset_of_sparsity(trials: pd.DataFrame, by: list[str], min_inactive: float =
         from_here_on = np.logical_and.accumulate(collapsed[::-1])[::-1]  # d and every larger d collapse
         onset = per_d.index[from_here_on][0] if from_here_on.any() else np.nan
         key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(by, key)), "onset": onset,
-                     "n_active_at_onset": per_d["n_active"].get(onset, np.nan),
-                     "largest_tested": per_d.index.max()})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "onset": onset,
+                "n_active_at_onset": per_d["n_active"].get(onset, np.nan),
+                "largest_tested": per_d.index.max(),
+            }
+        )
     return pd.DataFrame(rows, columns=[*by, "onset", "n_active_at_onset", "largest_tested"])
 
 
@@ -57,8 +62,12 @@ def active_vs_latent_dim(trials: pd.DataFrame) -> Chart:
     if not len(d.trials):
         return skip(KEY, TITLE, "No finished trials yet, so there is nothing to draw.")
     if d.trials["latent_dim"].nunique() < 2:
-        return skip(KEY, TITLE, f"The study tried one latent dimension only "
-                    f"({fmt(d.trials['latent_dim'].iloc[0])}); vary latent_dim to see where sparsity starts.")
+        return skip(
+            KEY,
+            TITLE,
+            f"The study tried one latent dimension only "
+            f"({fmt(d.trials['latent_dim'].iloc[0])}); vary latent_dim to see where sparsity starts.",
+        )
     by = ["panel", "lam_level", "setting"]
     df, left = settled.split(d.trials)  # a count still moving is no onset (Sec. 3, Fig. 2)
     if not len(df):
@@ -76,27 +85,49 @@ def active_vs_latent_dim(trials: pd.DataFrame) -> Chart:
         ax.plot(dims, dims, color="0.6", lw=4, alpha=0.35, zorder=0, label="all used (y = x)")
         marks = {"style": style, "markers": True, "dashes": True} if style else {"marker": "o"}
         if len(sub):
-            sns.lineplot(sub.rename(columns={"lam_level": "λ"}), x="latent_dim", y="n_active", hue="λ",
-                         hue_order=levels, palette=palette,
-                         errorbar=("pi", 100), err_kws={"alpha": 0.15}, ax=ax, **marks)
+            sns.lineplot(
+                sub.rename(columns={"lam_level": "λ"}),
+                x="latent_dim",
+                y="n_active",
+                hue="λ",
+                hue_order=levels,
+                palette=palette,
+                errorbar=("pi", 100),
+                err_kws={"alpha": 0.15},
+                ax=ax,
+                **marks,
+            )
         out = left[left["panel"] == panel]
         if len(out):
             ax.scatter(out["latent_dim"], out["n_active"], **settled.MARK, label=settled.LABEL + ", left out")
         mark = onset[(onset["panel"] == panel) & onset["onset"].notna()]
         for i, (_, r) in enumerate(mark.iterrows()):
-            ax.scatter([r["onset"]], [r["n_active_at_onset"]], s=160, marker="v", zorder=5,
-                       color=palette[r["lam_level"]], edgecolor="black", linewidth=1.2,
-                       label="onset of sparsity" if i == 0 else None)
+            ax.scatter(
+                [r["onset"]],
+                [r["n_active_at_onset"]],
+                s=160,
+                marker="v",
+                zorder=5,
+                color=palette[r["lam_level"]],
+                edgecolor="black",
+                linewidth=1.2,
+                label="onset of sparsity" if i == 0 else None,
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(dims, [fmt(x) for x in dims])
         ax.minorticks_off()
-        ax.set(title=f"arch = {panel}", xlabel="latent dimension", ylim=(0, None),
-               ylabel="active variables (mean; band: min–max over seeds)")
+        ax.set(
+            title=f"arch = {panel}",
+            xlabel="latent dimension",
+            ylim=(0, None),
+            ylabel="active variables (mean; band: min–max over seeds)",
+        )
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(TITLE)
     table = onset.assign(lam=onset["lam_level"].astype(str)).drop(columns="lam_level")
-    table = table.rename(columns={"panel": "arch"})[["arch", "lam", "setting", "onset", "n_active_at_onset",
-                                                      "largest_tested", "n_left_out (not settled)"]]
+    table = table.rename(columns={"panel": "arch"})[
+        ["arch", "lam", "setting", "onset", "n_active_at_onset", "largest_tested", "n_left_out (not settled)"]
+    ]
     if not d.settings:
         table = table.drop(columns="setting")
     if not settled.known(d.trials):  # a study from before the settled column: nothing known to leave out
@@ -116,8 +147,10 @@ def _reading(onset: pd.DataFrame, df: pd.DataFrame) -> str:
     found, never = onset[onset["onset"].notna()], onset[onset["onset"].isna()]
     keep = f"at {fmt(top)} the lines keep {span(at_top, '.3g')} active variables on average"
     if not len(found):
-        return (f"No line leaves the y = x line, so the study has not reached the onset of sparsity up to latent "
-                f"dimension {fmt(top)}; try larger latent dimensions or longer training ({keep}).")
+        return (
+            f"No line leaves the y = x line, so the study has not reached the onset of sparsity up to latent "
+            f"dimension {fmt(top)}; try larger latent dimensions or longer training ({keep})."
+        )
     starts = ", ".join(f"{fmt(int(r['onset']))} for {line(r)}" for _, r in found.iterrows())
     rest = f", and not up to {fmt(top)} for {', '.join(line(r) for _, r in never.iterrows())}" if len(never) else ""
     return f"Variables start to collapse (onset of sparsity) at latent dimension {starts}{rest}; {keep}."

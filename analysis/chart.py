@@ -15,14 +15,14 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-ACTIVE_COLOR, INACTIVE_COLOR = "#1f5fa8", "#d62728"   # Table 1: inactive variables in red
+ACTIVE_COLOR, INACTIVE_COLOR = "#1f5fa8", "#d62728"  # Table 1: inactive variables in red
 
 
 @dataclass
 class Chart:
-    key: str                       # file stem in the report: <key>.png
+    key: str  # file stem in the report: <key>.png
     title: str
-    reading: str                   # one sentence: what the chart shows, or why it was skipped
+    reading: str  # one sentence: what the chart shows, or why it was skipped
     figure: Figure | None = None
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
@@ -45,8 +45,13 @@ def skip(key: str, title: str, why: str) -> Chart:
     return Chart(key, title, why)
 
 
-def new_figure(n_panels: int = 1, panel_size: tuple[float, float] = (5.0, 4.0), ncols: int | None = None,
-               sharey: bool = False, sharex: bool = False):
+def new_figure(
+    n_panels: int = 1,
+    panel_size: tuple[float, float] = (5.0, 4.0),
+    ncols: int | None = None,
+    sharey: bool = False,
+    sharex: bool = False,
+):
     """A Figure on the Agg canvas and its axes (a flat list), ``ncols`` panels per row."""
     ncols = min(n_panels, ncols or n_panels)
     nrows = -(-n_panels // ncols)

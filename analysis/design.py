@@ -26,9 +26,23 @@ from vaesweep.config.trial import TrialConfig
 PANEL_FIELDS = ("arch", "dataset")
 AXIS_FIELDS = ("latent_dim", "lam")
 # Fields that do not change the trained model (or are the repeats): never a line of their own.
-NOT_SETTINGS = {"seed", "threads", "device", "data_root", "download", "eval_every", "gain_every", "track_every",
-                "fid", "fid_every", "fid_samples", "cache_dir", "settle_patience", "settle_min_steps",
-                "settle_law_tol"}
+NOT_SETTINGS = {
+    "seed",
+    "threads",
+    "device",
+    "data_root",
+    "download",
+    "eval_every",
+    "gain_every",
+    "track_every",
+    "fid",
+    "fid_every",
+    "fid_samples",
+    "cache_dir",
+    "settle_patience",
+    "settle_min_steps",
+    "settle_law_tol",
+}
 MAX_LAM_LEVELS = 8
 
 
@@ -36,9 +50,9 @@ MAX_LAM_LEVELS = 8
 class Design:
     """The trials of a study, annotated, and what the study varied."""
 
-    trials: pd.DataFrame        # done trials only, with panel / setting / lam_level / lam_center
-    varied: tuple[str, ...]     # config fields with more than one value (over all trials)
-    settings: tuple[str, ...]   # the varied fields folded into ``setting``
+    trials: pd.DataFrame  # done trials only, with panel / setting / lam_level / lam_center
+    varied: tuple[str, ...]  # config fields with more than one value (over all trials)
+    settings: tuple[str, ...]  # the varied fields folded into ``setting``
 
     @property
     def panels(self) -> list[str]:
@@ -111,13 +125,20 @@ def frame(trials: pd.DataFrame) -> Design:
     varied = varied_fields(df)
     done = df[df["status"] == "done"].copy() if "status" in df else df.copy()
     panel_cols = panel_fields(varied)
-    settings = [f for f in varied_fields(done)  # what differs between the trials drawn
-                if f not in (*PANEL_FIELDS, *AXIS_FIELDS) and f not in NOT_SETTINGS]
+    settings = [
+        f
+        for f in varied_fields(done)  # what differs between the trials drawn
+        if f not in (*PANEL_FIELDS, *AXIS_FIELDS) and f not in NOT_SETTINGS
+    ]
     rows = done.to_dict("records")
-    done["panel"] = pd.Series([" · ".join(fmt(r[c]) if c == "arch" else f"{c}={fmt(r[c])}" for c in panel_cols)
-                               for r in rows], index=done.index, dtype=object)
-    done["setting"] = pd.Series([" · ".join(f"{c}={fmt(r[c])}" for c in settings) for r in rows], index=done.index,
-                                dtype=object)
+    done["panel"] = pd.Series(
+        [" · ".join(fmt(r[c]) if c == "arch" else f"{c}={fmt(r[c])}" for c in panel_cols) for r in rows],
+        index=done.index,
+        dtype=object,
+    )
+    done["setting"] = pd.Series(
+        [" · ".join(f"{c}={fmt(r[c])}" for c in settings) for r in rows], index=done.index, dtype=object
+    )
     if len(done):
         done["lam_level"], centers = lam_levels(done["lam"])
         done["lam_center"] = done["lam_level"].map(centers).astype(float)

@@ -26,12 +26,18 @@ def fid_chart(trials: pd.DataFrame) -> Chart:
     df = d.trials
     kinds = [c for c in FID_COLUMNS if c in df and df[c].notna().any()]
     if not kinds:
-        return skip(KEY, TITLE, "The study has no FID-proxy values (fid_prior / fid_recon / fid_zeroed), so this "
-                    "chart is left out.")
+        return skip(
+            KEY,
+            TITLE,
+            "The study has no FID-proxy values (fid_prior / fid_recon / fid_zeroed), so this chart is left out.",
+        )
     x = "lam" if df["lam"].nunique() > 1 else "latent_dim" if df["latent_dim"].nunique() > 1 else None
     if x is None:
-        return skip(KEY, TITLE, "The study fixed both λ and the latent dimension; the FID-proxy of each trial is "
-                    "in the trials table.")
+        return skip(
+            KEY,
+            TITLE,
+            "The study fixed both λ and the latent dimension; the FID-proxy of each trial is in the trials table.",
+        )
     hue = "latent_dim" if x == "lam" and df["latent_dim"].nunique() > 1 else None
     df = df.assign(_unsettled=settled.unsettled(df))
     ids = ["panel", "lam", "latent_dim", "seed", "n_inactive", "_unsettled"]
@@ -46,14 +52,27 @@ def fid_chart(trials: pd.DataFrame) -> Chart:
         moving = sub[sub["_unsettled"]]
         if len(moving):  # first, so seaborn's legend below takes it in
             ax.scatter(moving[x], moving["score"], **settled.MARK, label=settled.LABEL)
-        sns.lineplot(sub, x=x, y="score", hue="latent dim" if hue else None, palette=colors if hue else None,
-                     style="kind", markers=True, errorbar=("pi", 100), err_kws={"alpha": 0.15}, ax=ax)
+        sns.lineplot(
+            sub,
+            x=x,
+            y="score",
+            hue="latent dim" if hue else None,
+            palette=colors if hue else None,
+            style="kind",
+            markers=True,
+            errorbar=("pi", 100),
+            err_kws={"alpha": 0.15},
+            ax=ax,
+        )
         ax.set_xscale("log", base=2 if x == "latent_dim" else 10)
         values = sorted(sub[x].unique())
         ax.set_xticks(values, [fmt(v) for v in values])
         ax.minorticks_off()
-        ax.set(title=f"arch = {panel}", xlabel="λ" if x == "lam" else "latent dimension",
-               ylabel="FID-proxy, lower is better (band: min–max over seeds)")
+        ax.set(
+            title=f"arch = {panel}",
+            xlabel="λ" if x == "lam" else "latent dimension",
+            ylabel="FID-proxy, lower is better (band: min–max over seeds)",
+        )
         if i == len(d.panels) - 1:  # one legend, beside the last panel
             sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
         else:
@@ -68,12 +87,15 @@ def _reading(long: pd.DataFrame, kinds: list[str]) -> str:
     mean = long[long["kind"] == kind].groupby(["panel", "lam", "latent_dim"])["score"].mean()
     (panel, lam, dim), best = mean.idxmin(), mean.min()
     worst = mean.max()
-    text = (f"The lowest {kind} FID-proxy, {best:.3g}, is at λ={fmt(lam)} and latent dimension {fmt(dim)} "
-            f"({panel}); the highest is {worst:.3g}")
+    text = (
+        f"The lowest {kind} FID-proxy, {best:.3g}, is at λ={fmt(lam)} and latent dimension {fmt(dim)} "
+        f"({panel}); the highest is {worst:.3g}"
+    )
     sparse = long[long["n_inactive"] > 0]
     if {"fid_prior", "fid_zeroed"} <= set(kinds) and len(sparse):
         both = sparse.pivot_table(index=["panel", "lam", "latent_dim", "seed"], columns="kind", values="score")
         gap = float(np.nanmedian(np.abs(both["zeroed"] - both["prior"])))
-        text += (f"; in the {len(both)} trials with inactive variables, zeroing them moves it by a median "
-                 f"{gap:.2g} (Fig. 3)")
+        text += (
+            f"; in the {len(both)} trials with inactive variables, zeroing them moves it by a median {gap:.2g} (Fig. 3)"
+        )
     return text + "."

@@ -31,8 +31,10 @@ TABLE1_COLUMNS = ["latent", "var_mu", "mean_sigma2", "law", "mean_mu", "kl", "re
 
 def describe_trial(row) -> str:
     """'dense, d=16, λ=1, seed 0 (trial 1a2b_00003)'."""
-    return (f"{row['arch']}, d={fmt(row['latent_dim'])}, λ={fmt(row['lam'])}, seed {fmt(row['seed'])} "
-            f"(trial {row['trial_id']})")
+    return (
+        f"{row['arch']}, d={fmt(row['latent_dim'])}, λ={fmt(row['lam'])}, seed {fmt(row['seed'])} "
+        f"(trial {row['trial_id']})"
+    )
 
 
 def _chosen_rows(chosen: pd.DataFrame) -> list:
@@ -40,6 +42,7 @@ def _chosen_rows(chosen: pd.DataFrame) -> list:
 
 
 # --- Table 1 --------------------------------------------------------------------------------------
+
 
 def table1(latents: pd.DataFrame, chosen: pd.DataFrame) -> Chart:
     """Table 1 for each chosen trial: a bar chart of var_mu and mean_sigma2 per variable, and the table."""
@@ -54,8 +57,11 @@ def table1(latents: pd.DataFrame, chosen: pd.DataFrame) -> Chart:
         t = latents[latents["trial_id"] == row["trial_id"]].sort_values("latent")
         _bars(ax, t)
         n_in = int((~t["active"]).sum())
-        ax.set_title(f"{describe_trial(row)}: {n_in} of {len(t)} variables inactive (red){settled.flag(row)}",
-                     fontsize=10, color="0.4" if settled.flag(row) else "black")
+        ax.set_title(
+            f"{describe_trial(row)}: {n_in} of {len(t)} variables inactive (red){settled.flag(row)}",
+            fontsize=10,
+            color="0.4" if settled.flag(row) else "black",
+        )
         table = t[[c for c in TABLE1_COLUMNS if c in t]].reset_index(drop=True)
         if settled.known(chosen):  # the trial's status on every row: Table 1 counts only once settled
             table["settled"] = not settled.flag(row)
@@ -87,16 +93,25 @@ def _table1_reading(t: pd.DataFrame, row) -> str:
     where = f"in {row['arch']} d={fmt(row['latent_dim'])} λ={fmt(row['lam'])}"
     if not len(ina):
         return f"{where} every variable is active (Var[μ] {span(act['var_mu'])})"
-    return (f"{where} the {len(ina)} inactive variables have Var[μ] ≤ {ina['var_mu'].max():.2g} and mean σ² "
-            f"≈ {ina['mean_sigma2'].mean():.2f} (ignored by the generator), the {len(act)} active ones Var[μ] "
-            f"{span(act['var_mu'])} with mean σ² ≤ {act['mean_sigma2'].max():.2g}"
-            if len(act) else f"{where} all {len(ina)} variables are inactive")
+    return (
+        f"{where} the {len(ina)} inactive variables have Var[μ] ≤ {ina['var_mu'].max():.2g} and mean σ² "
+        f"≈ {ina['mean_sigma2'].mean():.2f} (ignored by the generator), the {len(act)} active ones Var[μ] "
+        f"{span(act['var_mu'])} with mean σ² ≤ {act['mean_sigma2'].max():.2g}"
+        if len(act)
+        else f"{where} all {len(ina)} variables are inactive"
+    )
 
 
 # --- Fig. 2 ---------------------------------------------------------------------------------------
 
-def var_mu_history(chosen: pd.DataFrame, latent_history: pd.DataFrame, epochs: pd.DataFrame,
-                   trace: pd.DataFrame | None = None, latents: pd.DataFrame | None = None) -> Chart:
+
+def var_mu_history(
+    chosen: pd.DataFrame,
+    latent_history: pd.DataFrame,
+    epochs: pd.DataFrame,
+    trace: pd.DataFrame | None = None,
+    latents: pd.DataFrame | None = None,
+) -> Chart:
     """Fig. 2: Var[mu_i] per variable along training (minibatches), coloured by final activity."""
     key, title = "fig2_var_mu", "Fig. 2: Var[μ] of each latent variable along training"
     series = {}
@@ -112,12 +127,20 @@ def var_mu_history(chosen: pd.DataFrame, latent_history: pd.DataFrame, epochs: p
         final = _final_active(tid, h, latents)
         for latent, g in h.groupby("latent"):  # inactive ones on top: they hug the x axis
             active = final.get(latent, True)
-            ax.plot(g["x"], g["var_mu"], lw=1.1, alpha=0.85, zorder=2 if active else 3,
-                    color=ACTIVE_COLOR if active else INACTIVE_COLOR)
+            ax.plot(
+                g["x"],
+                g["var_mu"],
+                lw=1.1,
+                alpha=0.85,
+                zorder=2 if active else 3,
+                color=ACTIVE_COLOR if active else INACTIVE_COLOR,
+            )
         ax.set(title=f"{describe_trial(row)}{settled.flag(row)}", xlabel=xlabel, ylabel="Var[μ]")
         ax.title.set_fontsize(9)
-        handles = [Line2D([], [], color=ACTIVE_COLOR, label="active at the end"),
-                   Line2D([], [], color=INACTIVE_COLOR, label="inactive at the end")]
+        handles = [
+            Line2D([], [], color=ACTIVE_COLOR, label="active at the end"),
+            Line2D([], [], color=INACTIVE_COLOR, label="inactive at the end"),
+        ]
         step = row.get("settled_step")
         if xlabel.startswith("minibatches") and not settled.flag(row) and pd.notna(step):
             ax.axvline(step, color="0.3", ls="--", lw=1)  # from here on the active set held still
@@ -172,17 +195,23 @@ def _fig2_reading(h: pd.DataFrame, final: dict, row) -> str:
     above = lows[lows["var_mu"] > 0.01]
     by = f"after minibatch {int(above['x'].max())}" if len(above) else "from the start"
     return f"{where}: the {len(dead)} variables that end inactive stay below Var[μ] = 0.01 {by}" + (
-        f", while {grow}" if grow else "")
+        f", while {grow}" if grow else ""
+    )
 
 
 # --- Sec. 5 ---------------------------------------------------------------------------------------
+
 
 def gain_vs_kl(latents: pd.DataFrame, trials: pd.DataFrame) -> Chart:
     """Sec. 5: reconstruction gain against KL, one point per variable of every trial, panel per arch."""
     key, title = "gain_vs_kl", "Sec. 5: reconstruction gain against KL per variable"
     if not len(latents) or "recon_gain" not in latents or latents["recon_gain"].isna().all():
-        return skip(key, title, "No trial has per-variable reconstruction gains (they are computed at the end "
-                    "of training and every gain_every epochs).")
+        return skip(
+            key,
+            title,
+            "No trial has per-variable reconstruction gains (they are computed at the end "
+            "of training and every gain_every epochs).",
+        )
     d = frame(trials).trials
     d = d.assign(_unsettled=settled.unsettled(d))
     df = latents.dropna(subset=["recon_gain", "kl"])
@@ -197,23 +226,43 @@ def gain_vs_kl(latents: pd.DataFrame, trials: pd.DataFrame) -> Chart:
     for ax, panel in zip(axes, panels):
         sub = df[df["panel"] == panel]
         if (~sub["_unsettled"]).any():
-            sns.scatterplot(sub[~sub["_unsettled"]], x="kl", y="recon_gain", hue="state",
-                            hue_order=["active", "inactive"], palette=colors, s=22, alpha=0.6,
-                            edgecolor="none", ax=ax)
+            sns.scatterplot(
+                sub[~sub["_unsettled"]],
+                x="kl",
+                y="recon_gain",
+                hue="state",
+                hue_order=["active", "inactive"],
+                palette=colors,
+                s=22,
+                alpha=0.6,
+                edgecolor="none",
+                ax=ax,
+            )
         moving = sub[sub["_unsettled"]]
         if len(moving):  # variables of trials whose collapse had not settled: hollow
-            ax.scatter(moving["kl"], moving["recon_gain"], s=26, facecolors="none", linewidths=0.9,
-                       edgecolors=[colors[s] for s in moving["state"]], label="trial not settled (hollow)")
+            ax.scatter(
+                moving["kl"],
+                moving["recon_gain"],
+                s=26,
+                facecolors="none",
+                linewidths=0.9,
+                edgecolors=[colors[s] for s in moving["state"]],
+                label="trial not settled (hollow)",
+            )
         line = np.geomspace(1e-3, hi, 50)
         ax.plot(line, line, ls=":", color="0.3", label="gain = KL")
         ax.set_xscale("symlog", linthresh=0.01)
         ax.set_yscale("symlog", linthresh=0.01)
-        ax.set(title=f"arch = {panel}", xlabel="KL divergence of the variable (nats)",
-               ylabel="reconstruction gain (error with z_i = 0 − error)")
+        ax.set(
+            title=f"arch = {panel}",
+            xlabel="KL divergence of the variable (nats)",
+            ylabel="reconstruction gain (error with z_i = 0 − error)",
+        )
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
-    note = settled.not_settled(df.loc[df["_unsettled"], "trial_id"].nunique(), df["trial_id"].nunique(),
-                               "their variables hollow")
+    note = settled.not_settled(
+        df.loc[df["_unsettled"], "trial_id"].nunique(), df["trial_id"].nunique(), "their variables hollow"
+    )
     return Chart(key, title, settled.with_note(_gain_reading(df), note), fig)
 
 
@@ -222,9 +271,13 @@ def _gain_reading(df: pd.DataFrame) -> str:
     parts = []
     if len(act):
         above = float((act["recon_gain"] > act["kl"]).mean())
-        parts.append(f"{above:.0%} of the {len(act)} active variables gain more reconstruction than their KL cost "
-                     f"(above the dotted line)")
+        parts.append(
+            f"{above:.0%} of the {len(act)} active variables gain more reconstruction than their KL cost "
+            f"(above the dotted line)"
+        )
     if len(ina):
-        parts.append(f"the {len(ina)} inactive ones sit at the origin (median KL {ina['kl'].median():.2g} nats, "
-                     f"median gain {ina['recon_gain'].median():.2g})")
+        parts.append(
+            f"the {len(ina)} inactive ones sit at the origin (median KL {ina['kl'].median():.2g} nats, "
+            f"median gain {ina['recon_gain'].median():.2g})"
+        )
     return "; ".join(parts) + "."

@@ -26,8 +26,14 @@ from .design import fmt, frame
 
 KEY, TITLE = "law_heatmap", "Variance-law residual over λ × latent dimension"
 VALUE = "law_residual_max"
-STAR_STYLE = {"color": "white", "lw": 2.5, "marker": "D", "markersize": 7, "markeredgecolor": "black",
-              "label": "λ* (Optuna minimal working λ)"}
+STAR_STYLE = {
+    "color": "white",
+    "lw": 2.5,
+    "marker": "D",
+    "markersize": 7,
+    "markeredgecolor": "black",
+    "label": "λ* (Optuna minimal working λ)",
+}
 
 
 def law_heatmap(trials: pd.DataFrame, lambda_star: pd.DataFrame | None = None) -> Chart:
@@ -37,17 +43,21 @@ def law_heatmap(trials: pd.DataFrame, lambda_star: pd.DataFrame | None = None) -
     if not len(df) or VALUE not in df or df[VALUE].isna().all():
         return skip(KEY, TITLE, "No finished trial has a variance-law residual yet.")
     if df["lam_level"].nunique() * df["latent_dim"].nunique() < 2:
-        return skip(KEY, TITLE, "The study fixed both λ and the latent dimension, so there is no map to draw; "
-                    "the residual of each trial is in the trials table.")
+        return skip(
+            KEY,
+            TITLE,
+            "The study fixed both λ and the latent dimension, so there is no map to draw; "
+            "the residual of each trial is in the trials table.",
+        )
     df = df.assign(facet=[p if not s else f"{p} · {s}" for p, s in zip(df["panel"], df["setting"])])
     facets = list(dict.fromkeys(df["facet"]))
     counted, left = settled.split(df)  # a residual still moving says nothing yet (Sec. 3, Fig. 2)
     if not len(counted):
         return skip(KEY, TITLE, settled.none_settled(len(left), "variance-law residual"))
     cell = ["facet", "lam_level", "latent_dim"]
-    cells = (counted.groupby(cell, observed=True)
-             .agg(residual=(VALUE, "mean"), working=("kl_working", "mean"))
-             .reset_index())
+    cells = (
+        counted.groupby(cell, observed=True).agg(residual=(VALUE, "mean"), working=("kl_working", "mean")).reset_index()
+    )
     n_left = left.groupby(cell, observed=True).size().rename("left_out").reset_index()
     positive = cells["residual"][cells["residual"] > 0]
     norm = LogNorm(vmin=max(positive.min(), 1e-3), vmax=max(positive.max(), 1.0)) if len(positive) else None
@@ -59,25 +69,38 @@ def law_heatmap(trials: pd.DataFrame, lambda_star: pd.DataFrame | None = None) -
     for ax, facet in zip(axes, facets):
         sub = cells[cells["facet"] == facet]
         grid = sub.pivot(index="lam_level", columns="latent_dim", values="residual").reindex(
-            index=levels[::-1], columns=dims)  # largest lambda on top
-        sns.heatmap(grid, ax=ax, annot=True, fmt=".2g", cmap="rocket_r", norm=norm, linewidths=0.5,
-                    linecolor="white", cbar_kws={"label": "max |var_mu + mean σ² − 1|"}, annot_kws={"size": 8})
+            index=levels[::-1], columns=dims
+        )  # largest lambda on top
+        sns.heatmap(
+            grid,
+            ax=ax,
+            annot=True,
+            fmt=".2g",
+            cmap="rocket_r",
+            norm=norm,
+            linewidths=0.5,
+            linecolor="white",
+            cbar_kws={"label": "max |var_mu + mean σ² − 1|"},
+            annot_kws={"size": 8},
+        )
         _label_colorbar(ax.collections[0].colorbar)
         works = sub.pivot(index="lam_level", columns="latent_dim", values="working").reindex(
-            index=levels[::-1], columns=dims)
-        for (i, j) in zip(*np.nonzero(works.fillna(0).to_numpy() > 0.5)):
+            index=levels[::-1], columns=dims
+        )
+        for i, j in zip(*np.nonzero(works.fillna(0).to_numpy() > 0.5)):
             ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="#00a0b0", linewidth=2.5))
         out = n_left[n_left["facet"] == facet].pivot(index="lam_level", columns="latent_dim", values="left_out")
         out = out.reindex(index=levels[::-1], columns=dims).fillna(0).to_numpy()
-        for (i, j) in zip(*np.nonzero(out > 0)):
+        for i, j in zip(*np.nonzero(out > 0)):
             ax.add_patch(Rectangle((j, i), 1, 1, **settled.HATCH))
         if lambda_star is not None and len(lambda_star):
             facet_row = df[df["facet"] == facet].iloc[0]
             drew_star |= _draw_lambda_star(ax, lambda_star, facet_row, dims, levels, centers)
         ax.set(title=f"arch = {facet}", xlabel="latent dimension", ylabel="λ")
         ax.tick_params(axis="y", rotation=0)
-    handles = [Rectangle((0, 0), 1, 1, fill=False, edgecolor="#00a0b0", linewidth=2.5,
-                         label="KL term works (most seeds)")]
+    handles = [
+        Rectangle((0, 0), 1, 1, fill=False, edgecolor="#00a0b0", linewidth=2.5, label="KL term works (most seeds)")
+    ]
     if len(left):
         handles.append(Rectangle((0, 0), 1, 1, **settled.HATCH, label="trials left out: not settled"))
     if drew_star:
@@ -87,17 +110,25 @@ def law_heatmap(trials: pd.DataFrame, lambda_star: pd.DataFrame | None = None) -
     table = cells.merge(n_left, on=cell, how="outer").fillna({"left_out": 0})
     table = table.assign(lam=table["lam_level"].astype(str)).rename(columns={"facet": "panel"})
     table = table[["panel", "lam", "latent_dim", "residual", "working", "left_out"]].rename(
-        columns={"residual": VALUE + " (mean)", "working": "kl_working (fraction of seeds)",
-                 "left_out": "n_left_out (not settled)"})
+        columns={
+            "residual": VALUE + " (mean)",
+            "working": "kl_working (fraction of seeds)",
+            "left_out": "n_left_out (not settled)",
+        }
+    )
     if not settled.known(df):  # a study from before the settled column: nothing known to leave out
         table = table.drop(columns="n_left_out (not settled)")
-    note = "" if lambda_star is not None and len(lambda_star) else (
-        " (no lambda_star.parquet in the study: no Optuna λ* to draw)")
+    note = (
+        ""
+        if lambda_star is not None and len(lambda_star)
+        else (" (no lambda_star.parquet in the study: no Optuna λ* to draw)")
+    )
     if len(left):
         note += f" ({settled.left_out(len(left), len(df))}; hatched cells)"
     if lambda_star is not None and lambda_star.get("n_unsettled", pd.Series(dtype=float)).fillna(0).sum() > 0:
-        note += (f" (λ* from settled trials only: {int(lambda_star['n_unsettled'].sum())} unsettled search "
-                 "trials left out)")
+        note += (
+            f" (λ* from settled trials only: {int(lambda_star['n_unsettled'].sum())} unsettled search trials left out)"
+        )
     reading = _reading(cells, dims, float(df["law_tol"].max())).removesuffix(".") + note + "."
     return Chart(KEY, TITLE, reading, fig, {"law_residual": table})
 
@@ -118,8 +149,12 @@ def _draw_lambda_star(ax, lambda_star, facet_row, dims, levels, centers) -> bool
         mask &= lambda_star[c].astype(str).to_numpy() == str(facet_row[c])
     stars = lambda_star[mask]
     if "latent_dim" in stars:  # one point per latent dimension: the geometric mean over seeds
-        stars = (stars[stars["latent_dim"].isin(dims)].groupby("latent_dim")["lam_star"]
-                 .apply(lambda v: float(np.exp(np.log(v).mean()))).reset_index())
+        stars = (
+            stars[stars["latent_dim"].isin(dims)]
+            .groupby("latent_dim")["lam_star"]
+            .apply(lambda v: float(np.exp(np.log(v).mean())))
+            .reset_index()
+        )
         xs = [dims.index(v) + 0.5 for v in stars["latent_dim"]]
     else:  # one λ* for every latent dimension: a line across the panel
         stars = stars.head(1)
@@ -150,9 +185,11 @@ def _reading(cells: pd.DataFrame, dims: list, tol: float) -> str:
     works = cells[cells["working"] > 0.5]
     head = f"The KL term works (outlined) in {len(works)} of {len(cells)} cells"
     if not len(works):
-        return (f"{head}: no cell passes the Sec. 4 check (smallest mean residual {cells['residual'].min():.2g}, "
-                f"tolerance law_tol = {tol:g}), so no tested λ makes Q(z) match N(0, I) yet; train longer or "
-                "try larger λ.")
+        return (
+            f"{head}: no cell passes the Sec. 4 check (smallest mean residual {cells['residual'].min():.2g}, "
+            f"tolerance law_tol = {tol:g}), so no tested λ makes Q(z) match N(0, I) yet; train longer or "
+            "try larger λ."
+        )
     per_d = []
     for dim in dims:
         ok = works[works["latent_dim"] == dim]

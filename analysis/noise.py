@@ -21,8 +21,11 @@ from . import settled
 from .chart import Chart, new_figure, skip
 
 PHASE_COLORS = {"noise_rising": "#fde0c5", "noise_held": "#f9b98c", "recovery": "#d4ecd4"}
-EVENTS = (("noise_threshold_epoch", "gain < KL", "tab:red"), ("noise_collapsed_epoch", "collapsed", "black"),
-          ("noise_revived_epoch", "revived", "tab:green"))
+EVENTS = (
+    ("noise_threshold_epoch", "gain < KL", "tab:red"),
+    ("noise_collapsed_epoch", "collapsed", "black"),
+    ("noise_revived_epoch", "revived", "tab:green"),
+)
 NEEDED = ("epoch", "phase", "noise_sigma", "noise_gain", "noise_kl", "noise_var_mu", "noise_mean_sigma2")
 
 
@@ -48,8 +51,10 @@ def plot_noise_experiment(epochs: pd.DataFrame, path: str | Path) -> Path:
     """Write the Fig. 7-style chart of every noise-experiment trial in ``epochs`` to ``path``."""
     chart = noise_chart(epochs)
     if chart.skipped:
-        raise ValueError(f"epochs table has no {', '.join(c for c in NEEDED if c not in epochs)}; "
-                         "give the epochs of an experiment: noise study")
+        raise ValueError(
+            f"epochs table has no {', '.join(c for c in NEEDED if c not in epochs)}; "
+            "give the epochs of an experiment: noise study"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     chart.figure.savefig(path, dpi=110)
@@ -62,8 +67,7 @@ def _events(epochs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     events = epochs.groupby("trial_id")[cols].max().reset_index()
     if settled.known(epochs):
-        events["base_settled"] = events["trial_id"].map(
-            {t: _base_settled(g) for t, g in epochs.groupby("trial_id")})
+        events["base_settled"] = events["trial_id"].map({t: _base_settled(g) for t, g in epochs.groupby("trial_id")})
     return events
 
 
@@ -79,11 +83,16 @@ def _reading(epochs: pd.DataFrame) -> str:
         return "The chosen variable's gain, KL and variances along the noise phases."
     r = ev.iloc[0]
     said = [f"{label} at epoch {r[c]:.0f}" for c, label, _ in EVENTS if c in r and pd.notna(r[c])]
-    text = ("The noised variable's gain fell below its KL, " + ", ".join(said) if said else
-            "The noised variable never crossed gain < KL within the noise budget")
+    text = (
+        "The noised variable's gain fell below its KL, " + ", ".join(said)
+        if said
+        else "The noised variable never crossed gain < KL within the noise budget"
+    )
     if "base_settled" in ev and not ev["base_settled"].all():
-        text += (f"; the collapse had not settled before the noise in {int((~ev['base_settled']).sum())} of "
-                 f"{len(ev)} trials (raise noise.base_epochs)")
+        text += (
+            f"; the collapse had not settled before the noise in {int((~ev['base_settled']).sum())} of "
+            f"{len(ev)} trials (raise noise.base_epochs)"
+        )
     return text + "."
 
 
@@ -113,8 +122,10 @@ def _plot_trial(top, bottom, df: pd.DataFrame, trial_id: str) -> None:
     top.set_ylabel("nats per image (symlog)")
     variable = shown["noise_variable"].dropna().iloc[-1] if "noise_variable" in shown else float("nan")
     moving = " — base phase NOT settled" if settled.known(df) and not _base_settled(df) else ""
-    top.set_title(f"{trial_id + ': ' if trial_id else ''}latent variable {variable:.0f} under Gaussian noise "
-                  f"(Sec. 5, Fig. 7){moving}")
+    top.set_title(
+        f"{trial_id + ': ' if trial_id else ''}latent variable {variable:.0f} under Gaussian noise "
+        f"(Sec. 5, Fig. 7){moving}"
+    )
     bottom.plot(x, shown["noise_var_mu"], color="tab:purple", label="var_mu = Var[mu(X)]")
     bottom.set_ylabel("var_mu")
     bottom.set_xlabel("epoch")
@@ -133,8 +144,14 @@ def _tint_phases(ax, df: pd.DataFrame) -> None:
     for _, part in df.groupby(runs):
         phase = part["phase"].iloc[0]
         if phase in PHASE_COLORS:
-            ax.axvspan(part["epoch"].min() - 0.5, part["epoch"].max() + 0.5, color=PHASE_COLORS[phase],
-                       alpha=0.5, lw=0, label=phase.replace("_", " "))
+            ax.axvspan(
+                part["epoch"].min() - 0.5,
+                part["epoch"].max() + 0.5,
+                color=PHASE_COLORS[phase],
+                alpha=0.5,
+                lw=0,
+                label=phase.replace("_", " "),
+            )
 
 
 def _mark_events(top, bottom, df: pd.DataFrame) -> None:

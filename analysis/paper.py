@@ -35,12 +35,26 @@ TABLE, SEEDS_TABLE = "paper_side_by_side", "paper_seeds"
 
 # Table 1 of the paper (dense, latent dimension 16): (variance = Var_X[mu_i], mean sigma_i^2(X)), i = 0..15.
 PAPER_TABLE1 = pd.DataFrame(
-    [(8.847272e-05, 0.9802212), (0.00011756, 0.99551463), (6.665453e-05, 0.98517334),
-     (0.97417927, 0.008741336), (0.99131817, 0.006186147), (1.0012343, 0.010142518),
-     (0.94563377, 0.057169348), (0.00015841, 0.98205334), (0.94694275, 0.033207607),
-     (0.00014789, 0.98505586), (1.0040375, 0.018151345), (0.98543876, 0.023995731),
-     (0.000107441, 0.9829797), (4.5068125e-05, 0.998983), (0.00010853, 0.9604088), (0.9886378, 0.044405878)],
-    columns=["var_mu", "mean_sigma2"])
+    [
+        (8.847272e-05, 0.9802212),
+        (0.00011756, 0.99551463),
+        (6.665453e-05, 0.98517334),
+        (0.97417927, 0.008741336),
+        (0.99131817, 0.006186147),
+        (1.0012343, 0.010142518),
+        (0.94563377, 0.057169348),
+        (0.00015841, 0.98205334),
+        (0.94694275, 0.033207607),
+        (0.00014789, 0.98505586),
+        (1.0040375, 0.018151345),
+        (0.98543876, 0.023995731),
+        (0.000107441, 0.9829797),
+        (4.5068125e-05, 0.998983),
+        (0.00010853, 0.9604088),
+        (0.9886378, 0.044405878),
+    ],
+    columns=["var_mu", "mean_sigma2"],
+)
 # its red rows (variance ~1e-4) are exactly those at or below our active_threshold (0.01)
 PAPER_TABLE1["active"] = PAPER_TABLE1["var_mu"] > TrialConfig.model_fields["active_threshold"].default
 PAPER_TABLE1["law"] = PAPER_TABLE1["var_mu"] + PAPER_TABLE1["mean_sigma2"]
@@ -51,12 +65,16 @@ PAPER_SETTINGS = {"latent_dim": 16, "lam": 1.0, "warmup_steps": 0, "free_bits": 
 PAPER_HIDDEN, PAPER_CONV_WIDTH = (256, 64, 32), 32  # Table 1's 784-256-64-32-16; Fig. 4's 32 channels
 MIN_SEEDS = 3
 # Official train / eval split sizes (vaesweep/engine/data.py), to state what a metric was computed on.
-SPLIT_SIZES = {"mnist5k": (4000, 1000), "mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
-               "cifar10": (50000, 10000)}
+SPLIT_SIZES = {
+    "mnist5k": (4000, 1000),
+    "mnist": (60000, 10000),
+    "fashion_mnist": (60000, 10000),
+    "cifar10": (50000, 10000),
+}
 # How close counts as agreeing (stated in every reading):
-LAW_CLOSE = 0.05     # a variance near 1 on 1,000 eval images has a sampling error of sqrt(2/1000) = 0.045
+LAW_CLOSE = 0.05  # a variance near 1 on 1,000 eval images has a sampling error of sqrt(2/1000) = 0.045
 VAR_MU_FACTOR = 10.0  # an inactive Var[mu] ~ 1e-4: the same order of magnitude
-FID_CLOSE = 0.05     # zeroing moves the FID-proxy by <= 5% of fid_prior (the same z: no sampling noise)
+FID_CLOSE = 0.05  # zeroing moves the FID-proxy by <= 5% of fid_prior (the same z: no sampling noise)
 GREY_LEVEL = 1 / 255  # one 8-bit grey level: a mean pixel change below it cannot be seen
 
 
@@ -72,7 +90,7 @@ class Row:
     where: str
     quantity: str
     arch: str
-    column: str            # of the per-seed table
+    column: str  # of the per-seed table
     paper: float
     paper_text: str
     rule: str
@@ -85,25 +103,104 @@ def _rows() -> list[Row]:
     t1 = PAPER_TABLE1
     act, ina = t1[t1["active"]], t1[~t1["active"]]
     return [
-        Row("Table 1", "active variables (of 16)", "dense", "n_active", int(t1["active"].sum()),
-            f"{int(t1['active'].sum())} of 16", "range", spec=".3g"),
-        Row("Table 1", "lowest law (Var[μ] + mean σ²) of an active variable", "dense", "law_active_min",
-            act["law"].min(), f"{act['law'].min():.3f}", "abs", LAW_CLOSE, ".3f"),
-        Row("Table 1", "highest law of an active variable", "dense", "law_active_max", act["law"].max(),
-            f"{act['law'].max():.3f}", "abs", LAW_CLOSE, ".3f"),
-        Row("Table 1", "lowest mean σ² of an inactive variable", "dense", "sigma2_inactive_min",
-            ina["mean_sigma2"].min(), f"{ina['mean_sigma2'].min():.3f}", "abs", LAW_CLOSE, ".3f"),
-        Row("Table 1", "highest mean σ² of an inactive variable", "dense", "sigma2_inactive_max",
-            ina["mean_sigma2"].max(), f"{ina['mean_sigma2'].max():.3f}", "abs", LAW_CLOSE, ".3f"),
-        Row("Table 1", "largest Var[μ] of an inactive variable", "dense", "var_mu_inactive_max",
-            ina["var_mu"].max(), f"{ina['var_mu'].max():.2g}", "factor", VAR_MU_FACTOR, ".2g"),
-        Row("Fig. 3", "FID-proxy change from zeroing the inactive variables (fid_zeroed − fid_prior)",
-            "dense", "fid_zeroing_change", 0.0, "≈ 0 (indistinguishable)", "relative", FID_CLOSE, ".3g",
-            scale="fid_prior"),
-        Row("Fig. 3", "mean pixel change from zeroing the inactive variables (images in [0, 1])", "dense",
-            "fid_zeroed_pixel_change", 0.0, "≈ 0 (indistinguishable)", "below", GREY_LEVEL, ".2g"),
-        Row("Sec. 3.1, Fig. 4", "active variables (of 16)", "conv", "n_active", CONV_ACTIVE,
-            f"{CONV_ACTIVE} of 16", "range", spec=".3g"),
+        Row(
+            "Table 1",
+            "active variables (of 16)",
+            "dense",
+            "n_active",
+            int(t1["active"].sum()),
+            f"{int(t1['active'].sum())} of 16",
+            "range",
+            spec=".3g",
+        ),
+        Row(
+            "Table 1",
+            "lowest law (Var[μ] + mean σ²) of an active variable",
+            "dense",
+            "law_active_min",
+            act["law"].min(),
+            f"{act['law'].min():.3f}",
+            "abs",
+            LAW_CLOSE,
+            ".3f",
+        ),
+        Row(
+            "Table 1",
+            "highest law of an active variable",
+            "dense",
+            "law_active_max",
+            act["law"].max(),
+            f"{act['law'].max():.3f}",
+            "abs",
+            LAW_CLOSE,
+            ".3f",
+        ),
+        Row(
+            "Table 1",
+            "lowest mean σ² of an inactive variable",
+            "dense",
+            "sigma2_inactive_min",
+            ina["mean_sigma2"].min(),
+            f"{ina['mean_sigma2'].min():.3f}",
+            "abs",
+            LAW_CLOSE,
+            ".3f",
+        ),
+        Row(
+            "Table 1",
+            "highest mean σ² of an inactive variable",
+            "dense",
+            "sigma2_inactive_max",
+            ina["mean_sigma2"].max(),
+            f"{ina['mean_sigma2'].max():.3f}",
+            "abs",
+            LAW_CLOSE,
+            ".3f",
+        ),
+        Row(
+            "Table 1",
+            "largest Var[μ] of an inactive variable",
+            "dense",
+            "var_mu_inactive_max",
+            ina["var_mu"].max(),
+            f"{ina['var_mu'].max():.2g}",
+            "factor",
+            VAR_MU_FACTOR,
+            ".2g",
+        ),
+        Row(
+            "Fig. 3",
+            "FID-proxy change from zeroing the inactive variables (fid_zeroed − fid_prior)",
+            "dense",
+            "fid_zeroing_change",
+            0.0,
+            "≈ 0 (indistinguishable)",
+            "relative",
+            FID_CLOSE,
+            ".3g",
+            scale="fid_prior",
+        ),
+        Row(
+            "Fig. 3",
+            "mean pixel change from zeroing the inactive variables (images in [0, 1])",
+            "dense",
+            "fid_zeroed_pixel_change",
+            0.0,
+            "≈ 0 (indistinguishable)",
+            "below",
+            GREY_LEVEL,
+            ".2g",
+        ),
+        Row(
+            "Sec. 3.1, Fig. 4",
+            "active variables (of 16)",
+            "conv",
+            "n_active",
+            CONV_ACTIVE,
+            f"{CONV_ACTIVE} of 16",
+            "range",
+            spec=".3g",
+        ),
     ]
 
 
@@ -111,6 +208,7 @@ ROWS = _rows()
 
 
 # --- which trials -----------------------------------------------------------------------------
+
 
 def paper_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """The finished trials with the paper's settings (dense or conv, latent 16, lambda 1, plain loss)."""
@@ -131,11 +229,13 @@ def per_seed(matched: pd.DataFrame, latents: pd.DataFrame, epochs: pd.DataFrame)
     if len(latents) and "law" in latents:
         lat = latents[latents["trial_id"].isin(out["trial_id"])]
         act, ina = lat[lat["active"].astype(bool)], lat[~lat["active"].astype(bool)]
-        stats = {"law_active_min": act.groupby("trial_id")["law"].min(),
-                 "law_active_max": act.groupby("trial_id")["law"].max(),
-                 "sigma2_inactive_min": ina.groupby("trial_id")["mean_sigma2"].min(),
-                 "sigma2_inactive_max": ina.groupby("trial_id")["mean_sigma2"].max(),
-                 "var_mu_inactive_max": ina.groupby("trial_id")["var_mu"].max()}
+        stats = {
+            "law_active_min": act.groupby("trial_id")["law"].min(),
+            "law_active_max": act.groupby("trial_id")["law"].max(),
+            "sigma2_inactive_min": ina.groupby("trial_id")["mean_sigma2"].min(),
+            "sigma2_inactive_max": ina.groupby("trial_id")["mean_sigma2"].max(),
+            "var_mu_inactive_max": ina.groupby("trial_id")["var_mu"].max(),
+        }
         for name, s in stats.items():
             out[name] = out["trial_id"].map(s).astype(float)
     for col in ("fid_prior", "fid_zeroed", "fid_zeroed_pixel_change"):
@@ -151,16 +251,26 @@ def per_seed(matched: pd.DataFrame, latents: pd.DataFrame, epochs: pd.DataFrame)
 
 # --- the section ------------------------------------------------------------------------------
 
+
 def paper_chart(trials: pd.DataFrame, latents: pd.DataFrame, epochs: pd.DataFrame) -> Chart:
     """The section: the paper's number beside this study's per quantity, and a chart of both."""
     matched = paper_trials(trials)
     if not len(matched):
-        return skip(KEY, TITLE, "No finished trial has the paper's settings (dense or conv, latent_dim 16, "
-                    "lam 1, no warm-up, free bits or capacity).")
+        return skip(
+            KEY,
+            TITLE,
+            "No finished trial has the paper's settings (dense or conv, latent_dim 16, "
+            "lam 1, no warm-up, free bits or capacity).",
+        )
     seeds = per_seed(matched, latents, epochs)
     used, _ = settled.split(seeds)
-    table = pd.DataFrame([_row(r, used[used["arch"] == r.arch], matched[matched["arch"] == r.arch])
-                          for r in ROWS if (seeds["arch"] == r.arch).any()])
+    table = pd.DataFrame(
+        [
+            _row(r, used[used["arch"] == r.arch], matched[matched["arch"] == r.arch])
+            for r in ROWS
+            if (seeds["arch"] == r.arch).any()
+        ]
+    )
     fig = _figure(used, latents) if len(used) else None
     reading = " ".join([_settled_sentence(seeds), _scale_sentence(matched, seeds), _agreement(table)])
     return Chart(KEY, TITLE, reading, fig, {TABLE: table, SEEDS_TABLE: seeds})
@@ -172,12 +282,22 @@ def _row(row: Row, s: pd.DataFrame, trials: pd.DataFrame) -> dict:
     n = len(values)
     mean = float(values.mean()) if n else np.nan
     sd = float(values.std(ddof=1)) if n > 1 else np.nan
-    return {"in the paper": row.where, "arch": row.arch, "quantity": row.quantity,
-            "paper value": row.paper_text,
-            "this study": _mean_sd(mean, sd, n, row.spec), "mean": mean, "sd": sd,
-            "min": float(values.min()) if n else np.nan, "max": float(values.max()) if n else np.nan,
-            "seeds": n, "data set": _data_text(trials), "minibatches": _steps_text(s["minibatches"]),
-            "computed on": _eval_text(trials, row), "reading": _reading(row, values, s)}
+    return {
+        "in the paper": row.where,
+        "arch": row.arch,
+        "quantity": row.quantity,
+        "paper value": row.paper_text,
+        "this study": _mean_sd(mean, sd, n, row.spec),
+        "mean": mean,
+        "sd": sd,
+        "min": float(values.min()) if n else np.nan,
+        "max": float(values.max()) if n else np.nan,
+        "seeds": n,
+        "data set": _data_text(trials),
+        "minibatches": _steps_text(s["minibatches"]),
+        "computed on": _eval_text(trials, row),
+        "reading": _reading(row, values, s),
+    }
 
 
 def _mean_sd(mean: float, sd: float, n: int, spec: str) -> str:
@@ -195,32 +315,48 @@ def _reading(row: Row, values: pd.Series, s: pd.DataFrame) -> str:
     ours = f"{f(mean)} (min..max {f(lo)}..{f(hi)})" if n > 1 else f(mean)
     within = lo <= row.paper <= hi
     if row.rule == "range":
-        verdict = (f"agrees: the paper's {row.paper_text} lies within this study's {f(lo)}..{f(hi)}"
-                   if within else f"differs: {f(mean)} on average against the paper's {row.paper_text}, "
-                   f"{mean - row.paper:+.2g} variables")
+        verdict = (
+            f"agrees: the paper's {row.paper_text} lies within this study's {f(lo)}..{f(hi)}"
+            if within
+            else f"differs: {f(mean)} on average against the paper's {row.paper_text}, "
+            f"{mean - row.paper:+.2g} variables"
+        )
     elif row.rule == "abs":
         near = abs(mean - row.paper) <= row.tol
-        how = (f"within {row.tol:.2g}" if near else f"more than {row.tol:.2g}, but the paper's value lies "
-               "within the seeds' min..max" if within else f"more than {row.tol:.2g}")
-        verdict = (f"{'agrees' if near or within else 'differs'}: {ours} against the paper's {row.paper_text}, "
-                   f"{mean - row.paper:+.2g} ({how})")
+        how = (
+            f"within {row.tol:.2g}"
+            if near
+            else f"more than {row.tol:.2g}, but the paper's value lies within the seeds' min..max"
+            if within
+            else f"more than {row.tol:.2g}"
+        )
+        verdict = (
+            f"{'agrees' if near or within else 'differs'}: {ours} against the paper's {row.paper_text}, "
+            f"{mean - row.paper:+.2g} ({how})"
+        )
     elif row.rule == "below":
         close = mean <= row.tol
-        verdict = (f"{'agrees' if close else 'differs'}: zeroing changes a pixel by {ours} on average, "
-                   f"{'below' if close else 'above'} one grey level (1/255 = {GREY_LEVEL:.2g})"
-                   + (": indistinguishable, as in the paper" if close else "; the paper saw no difference"))
+        verdict = (
+            f"{'agrees' if close else 'differs'}: zeroing changes a pixel by {ours} on average, "
+            f"{'below' if close else 'above'} one grey level (1/255 = {GREY_LEVEL:.2g})"
+            + (": indistinguishable, as in the paper" if close else "; the paper saw no difference")
+        )
     elif row.rule == "factor":
         ratio = mean / row.paper if row.paper else np.inf
         close = 1 / row.tol <= ratio <= row.tol
-        verdict = (f"{'agrees' if close else 'differs'}: {ours} against the paper's {row.paper_text}, "
-                   f"{ratio:.2g} times it ({'within' if close else 'beyond'} a factor of {row.tol:g})")
+        verdict = (
+            f"{'agrees' if close else 'differs'}: {ours} against the paper's {row.paper_text}, "
+            f"{ratio:.2g} times it ({'within' if close else 'beyond'} a factor of {row.tol:g})"
+        )
     else:  # relative to another column's mean: the FID-proxy change against the FID-proxy itself
         base = float(s[row.scale].mean())
         share = abs(mean) / base if base else np.inf
         close = share <= row.tol
-        verdict = (f"{'agrees' if close else 'differs'}: zeroing moves the FID-proxy by {ours}, "
-                   f"{share:.1%} of fid_prior {base:.3g} ({'within' if close else 'more than'} {row.tol:.0%})"
-                   + (": indistinguishable, as in the paper" if close else "; the paper saw no difference"))
+        verdict = (
+            f"{'agrees' if close else 'differs'}: zeroing moves the FID-proxy by {ours}, "
+            f"{share:.1%} of fid_prior {base:.3g} ({'within' if close else 'more than'} {row.tol:.0%})"
+            + (": indistinguishable, as in the paper" if close else "; the paper saw no difference")
+        )
     if n < MIN_SEEDS:
         verdict += f"; only {n} seed{'s' if n > 1 else ''}, fewer than {MIN_SEEDS}"
     return verdict + "."
@@ -241,15 +377,17 @@ def _settled_sentence(seeds: pd.DataFrame) -> str:
     for arch, g in seeds.groupby("arch", sort=False):
         n = len(g)
         if not settled.known(g):
-            parts.append(f"{arch}: {n} seed{'s' if n != 1 else ''}, settled status unknown "
-                         "(no settled column)")
+            parts.append(f"{arch}: {n} seed{'s' if n != 1 else ''}, settled status unknown (no settled column)")
             continue
         left = int(settled.unsettled(g).sum())
-        parts.append(f"{arch}: {n - left} seed{'s' if n - left != 1 else ''} counted"
-                     + (f", {left} of {n} seeds left out: not settled" if left else ", all settled"))
+        parts.append(
+            f"{arch}: {n - left} seed{'s' if n - left != 1 else ''} counted"
+            + (f", {left} of {n} seeds left out: not settled" if left else ", all settled")
+        )
     few = [arch for arch, g in seeds.groupby("arch", sort=False) if len(settled.split(g)[0]) < MIN_SEEDS]
-    warn = (f" Fewer than {MIN_SEEDS} seeds for {' and '.join(few)}: the spread over seeds is not reliable."
-            if few else "")
+    warn = (
+        f" Fewer than {MIN_SEEDS} seeds for {' and '.join(few)}: the spread over seeds is not reliable." if few else ""
+    )
     return "Trials with the paper's settings (latent 16, λ = 1): " + "; ".join(parts) + "." + warn
 
 
@@ -263,18 +401,22 @@ def _scale_sentence(matched: pd.DataFrame, seeds: pd.DataFrame) -> str:
             net = f" with hidden widths {', '.join(sorted({fmt(h) for h in g['hidden']}))} (paper: 256-64-32)"
         if arch == "conv" and set(g["conv_width"]) != {PAPER_CONV_WIDTH}:
             net = f" with conv_width {', '.join(sorted({fmt(w) for w in g['conv_width']}))} (paper: 32)"
-        parts.append(f"the {arch} trials{net} on {_data_text(g)} for {_steps_text(steps)} minibatches "
-                     f"of {'/'.join(sorted({fmt(b) for b in g['batch_size']}))}")
-    return ("The paper trained on the full MNIST training set (60,000 digits) and computed Table 1 over the "
-            "full data set, training length not stated; this study trained " + "; ".join(parts)
-            + ", and computed every metric on the eval split (column 'computed on').")
+        parts.append(
+            f"the {arch} trials{net} on {_data_text(g)} for {_steps_text(steps)} minibatches "
+            f"of {'/'.join(sorted({fmt(b) for b in g['batch_size']}))}"
+        )
+    return (
+        "The paper trained on the full MNIST training set (60,000 digits) and computed Table 1 over the "
+        "full data set, training length not stated; this study trained "
+        + "; ".join(parts)
+        + ", and computed every metric on the eval split (column 'computed on')."
+    )
 
 
 def _agreement(table: pd.DataFrame) -> str:
     agree = table["reading"].str.startswith("agrees")
     measured = ~table["reading"].str.startswith(("Not measured", "No "))
-    return (f"{int(agree.sum())} of {int(measured.sum())} measured quantities agree with the paper "
-            "(table below).")
+    return f"{int(agree.sum())} of {int(measured.sum())} measured quantities agree with the paper (table below)."
 
 
 def _data_text(trials: pd.DataFrame) -> str:
@@ -293,6 +435,7 @@ def _data_text(trials: pd.DataFrame) -> str:
 
 def _eval_text(trials: pd.DataFrame, row: Row) -> str:
     """The split (and its size) the row's metric was computed on."""
+
     def size(n) -> str:
         return "unknown number of" if n is None else f"{int(n):,}"
 
@@ -318,6 +461,7 @@ def _steps_text(steps: pd.Series) -> str:
 
 # --- the figure -------------------------------------------------------------------------------
 
+
 def _figure(used: pd.DataFrame, latents: pd.DataFrame):
     """Left: active variables per seed against the paper's count. Right (dense): Table 1 as points,
     Var[μ] against mean σ² of every variable of every seed, the paper's 16 as black crosses."""
@@ -331,24 +475,40 @@ def _figure(used: pd.DataFrame, latents: pd.DataFrame):
     jitter = np.random.default_rng(0)
     for x, arch in enumerate(archs):
         counts = used.loc[used["arch"] == arch, "n_active"].astype(float)
-        ax.scatter(x + jitter.uniform(-0.12, 0.12, len(counts)), counts, color=ACTIVE_COLOR, alpha=0.7,
-                   zorder=3, label="this study, one point per seed" if x == 0 else None)
+        ax.scatter(
+            x + jitter.uniform(-0.12, 0.12, len(counts)),
+            counts,
+            color=ACTIVE_COLOR,
+            alpha=0.7,
+            zorder=3,
+            label="this study, one point per seed" if x == 0 else None,
+        )
         ax.hlines(paper[arch], x - 0.3, x + 0.3, color="black", lw=2, label="paper" if x == 0 else None)
     ax.set_xticks(range(len(archs)), archs)
-    ax.set(xlim=(-0.6, len(archs) - 0.4), ylim=(0, 16.5), ylabel="active variables (of 16)",
-           title="Active variables, latent 16, λ = 1")
+    ax.set(
+        xlim=(-0.6, len(archs) - 0.4),
+        ylim=(0, 16.5),
+        ylabel="active variables (of 16)",
+        title="Active variables, latent 16, λ = 1",
+    )
     ax.legend(fontsize=8, loc="lower right")
     if len(lat):
         ax = axes[1]
         for active, color, label in ((True, ACTIVE_COLOR, "active"), (False, INACTIVE_COLOR, "inactive")):
             sub = lat[lat["active"].astype(bool) == active]
-            ax.scatter(sub["var_mu"].clip(lower=1e-7), sub["mean_sigma2"], s=14, alpha=0.5, color=color,
-                       label=f"this study, {label}")
-        ax.scatter(PAPER_TABLE1["var_mu"], PAPER_TABLE1["mean_sigma2"], marker="x", color="black", s=30,
-                   label="paper, Table 1")
+            ax.scatter(
+                sub["var_mu"].clip(lower=1e-7),
+                sub["mean_sigma2"],
+                s=14,
+                alpha=0.5,
+                color=color,
+                label=f"this study, {label}",
+            )
+        ax.scatter(
+            PAPER_TABLE1["var_mu"], PAPER_TABLE1["mean_sigma2"], marker="x", color="black", s=30, label="paper, Table 1"
+        )
         ax.set_xscale("log")
-        ax.set(xlabel="Var[μ] (Table 1 'variance')", ylabel="mean σ²",
-               title="Table 1, dense: every variable")
+        ax.set(xlabel="Var[μ] (Table 1 'variance')", ylabel="mean σ²", title="Table 1, dense: every variable")
         ax.legend(fontsize=8, loc="center right")
     fig.suptitle(TITLE)
     return fig

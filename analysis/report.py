@@ -38,8 +38,9 @@ REPORT_DIR = "report"
 LAMBDA_STAR = "lambda_star.parquet"
 
 
-def choose_trials(trials: pd.DataFrame, metric: str = "elbo", mode: str = "max",
-                  ids: list[str] | None = None) -> pd.DataFrame:
+def choose_trials(
+    trials: pd.DataFrame, metric: str = "elbo", mode: str = "max", ids: list[str] | None = None
+) -> pd.DataFrame:
     """The trials drawn one by one (Table 1, Fig. 2, Fig. 3): ``ids`` when given, else one per
     architecture (and data set): among its finished trials, prefer one whose collapse settled, then
     one whose KL term works (Sec. 4), then one with inactive variables (sparsity to look at), then
@@ -48,8 +49,9 @@ def choose_trials(trials: pd.DataFrame, metric: str = "elbo", mode: str = "max",
     if ids:
         unknown = [i for i in ids if i not in set(df["trial_id"])]
         if unknown:
-            raise ValueError(f"trial '{unknown[0]}': no such trial in this study; see the trial_id column of "
-                             "its trials table")
+            raise ValueError(
+                f"trial '{unknown[0]}': no such trial in this study; see the trial_id column of its trials table"
+            )
         return df.set_index("trial_id").loc[ids].reset_index()
     done = df[(df["status"] == "done") & df["n_active"].notna()] if "n_active" in df else df.iloc[:0]
     if not len(done):
@@ -57,8 +59,12 @@ def choose_trials(trials: pd.DataFrame, metric: str = "elbo", mode: str = "max",
     if metric not in done or done[metric].isna().all():
         metric, mode = "elbo", "max"
     score = done[metric] if mode == "max" else -done[metric]
-    ranked = done.assign(_settled=~unsettled(done), _works=done["kl_working"].fillna(False).astype(bool),
-                         _sparse=done["n_inactive"] > 0, _score=score.fillna(-float("inf")))
+    ranked = done.assign(
+        _settled=~unsettled(done),
+        _works=done["kl_working"].fillna(False).astype(bool),
+        _sparse=done["n_inactive"] > 0,
+        _score=score.fillna(-float("inf")),
+    )
     ranked = ranked.sort_values(["_settled", "_works", "_sparse", "_score"], ascending=False)
     best = ranked.groupby(panel_fields(varied_fields(df)), sort=True).head(1)
     return best.drop(columns=["_settled", "_works", "_sparse", "_score"]).reset_index(drop=True)
@@ -85,10 +91,15 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
     if len(paper_trials(t.trials)):  # trials with the paper's settings: its numbers beside ours, first
         charts.insert(0, paper_chart(t.trials, t.latents, t.epochs))
     d = frame(t.trials)
-    facts = {"name": spec.get("name", study_dir.name), "n_trials": len(t.trials), "n_done": len(d.trials),
-             "varied": [f for f in d.varied if f != "threads"],
-             "chosen": [describe_trial(r) + flag(r) for _, r in chosen.iterrows()],
-             "trials": _trials_table(t.trials, d.varied), "headline": headline(t.trials)}
+    facts = {
+        "name": spec.get("name", study_dir.name),
+        "n_trials": len(t.trials),
+        "n_done": len(d.trials),
+        "varied": [f for f in d.varied if f != "threads"],
+        "chosen": [describe_trial(r) + flag(r) for _, r in chosen.iterrows()],
+        "trials": _trials_table(t.trials, d.varied),
+        "headline": headline(t.trials),
+    }
     return charts, facts
 
 
@@ -97,14 +108,14 @@ def _asks_two_stage(trials: pd.DataFrame) -> bool:
     return "fid_two_stage" in trials or ("two_stage" in trials and trials["two_stage"].eq(True).any())
 
 
-def build_report(study_dir: str | Path, out: str | Path | None = None,
-                 chosen_ids: list[str] | None = None) -> Path:
+def build_report(study_dir: str | Path, out: str | Path | None = None, chosen_ids: list[str] | None = None) -> Path:
     """Write the report folder (default ``<study>/report``); returns the path of its index.html."""
     return _build(study_dir, out, chosen_ids)[0]
 
 
-def report_lines(study_dir: str | Path, out: str | Path | None = None,
-                 chosen_ids: list[str] | None = None) -> list[str]:
+def report_lines(
+    study_dir: str | Path, out: str | Path | None = None, chosen_ids: list[str] | None = None
+) -> list[str]:
     """Write the report; the lines a command prints: the page's first line about settling (when
     not every finished trial settled, e.g. "No trial settled: ..."), then ``report: <index.html>``."""
     index, facts = _build(study_dir, out, chosen_ids)
@@ -128,11 +139,19 @@ def _build(study_dir: str | Path, out: str | Path | None, chosen_ids: list[str] 
 
 # --- files ----------------------------------------------------------------------------------------
 
+
 def _trials_table(trials: pd.DataFrame, varied: tuple[str, ...]) -> pd.DataFrame:
     """One row per trial: its varied settings, status, every trial-level metric of the catalogue
     (vaesweep/config/metrics.py) it has, epochs done, time spent and error."""
-    cols = ["trial_id", *[f for f in varied if f != "threads"], "status", *trial_keys(trials.columns),
-            "epochs_done", "time_total", "error"]
+    cols = [
+        "trial_id",
+        *[f for f in varied if f != "threads"],
+        "status",
+        *trial_keys(trials.columns),
+        "epochs_done",
+        "time_total",
+        "error",
+    ]
     df = with_defaults(trials)
     return df[[c for c in cols if c in df]]
 
@@ -161,24 +180,30 @@ def _table_block(name: str, df: pd.DataFrame, out: Path, max_rows: int = 200) ->
     if "active" in df:
         styler = styler.apply(lambda r: ["background: #f9d3d3" if not r["active"] else ""] * len(r), axis=1)
     if "settled" in df:  # unsettled trials greyed: their collapse numbers were still moving
-        styler = styler.apply(lambda r: [UNSETTLED_ROW if r.get("status", "done") == "done" and flag(r)
-                                         else ""] * len(r), axis=1)
-    return (f'<div class="table"><h3>{html.escape(name)} <a href="{name}.csv">CSV</a> '
-            f'<a href="{name}.md">Markdown</a></h3>{styler.to_html()}{more}</div>')
+        styler = styler.apply(
+            lambda r: [UNSETTLED_ROW if r.get("status", "done") == "done" and flag(r) else ""] * len(r), axis=1
+        )
+    return (
+        f'<div class="table"><h3>{html.escape(name)} <a href="{name}.csv">CSV</a> '
+        f'<a href="{name}.md">Markdown</a></h3>{styler.to_html()}{more}</div>'
+    )
 
 
 def to_markdown(df: pd.DataFrame) -> str:
     """A GitHub Markdown table; floats to 4 significant digits, inactive variables and unsettled
     trials in bold."""
+
     def cell(col, v):
         if col in ("active", "settled") and not pd.isna(v):
             return "yes" if bool(v) else "**no**"
         if isinstance(v, float):
             return "" if pd.isna(v) else f"{v:.4g}"
         return "" if v is None else str(v).replace("|", "\\|")
+
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + " --- |" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(c, v) for c, v in zip(df.columns, row)) + " |"
-              for row in df.itertuples(index=False)]
+    lines += [
+        "| " + " | ".join(cell(c, v) for c, v in zip(df.columns, row)) + " |" for row in df.itertuples(index=False)
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -196,10 +221,13 @@ def _page(facts: dict, charts: list[Chart], sections: list[str]) -> str:
     nav = " ".join(f'<a href="#{c.key}">{html.escape(c.title.split(":")[0])}</a>' for c in charts)
     chosen = "".join(f"<li>{html.escape(c)}</li>" for c in facts["chosen"]) or "<li>none yet</li>"
     warning = f'<p class="warning">{html.escape(facts["headline"])}</p>' if facts.get("headline") else ""
-    head = (f"{warning}<h1>vaesweep study report: {name}</h1>"
-            f"<p>{facts['n_done']} of {facts['n_trials']} trials finished; varied: "
-            f"{html.escape(', '.join(facts['varied']) or 'nothing')}.</p>"
-            f"<p>Trials drawn one by one (Table 1, Fig. 2, Fig. 3):</p><ul>{chosen}</ul><nav>{nav}</nav>")
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>vaesweep report: {name}</title>'
-            f"<style>{STYLE}</style></head><body>\n{head}\n" + "\n".join(sections) + "\n</body></html>\n")
-
+    head = (
+        f"{warning}<h1>vaesweep study report: {name}</h1>"
+        f"<p>{facts['n_done']} of {facts['n_trials']} trials finished; varied: "
+        f"{html.escape(', '.join(facts['varied']) or 'nothing')}.</p>"
+        f"<p>Trials drawn one by one (Table 1, Fig. 2, Fig. 3):</p><ul>{chosen}</ul><nav>{nav}</nav>"
+    )
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>vaesweep report: {name}</title>'
+        f"<style>{STYLE}</style></head><body>\n{head}\n" + "\n".join(sections) + "\n</body></html>\n"
+    )

@@ -11,16 +11,16 @@ Models come from a study's Ray checkpoints: the trial's latest one
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
 
 from vaesweep.config.trial import TrialConfig
+from vaesweep.engine.checkpoints import RAY_FOLDER, build_trained, find_checkpoint, load_trained
 from vaesweep.engine.data import DataError, load_dataset
 from vaesweep.engine.sampling import decode_images, prior_codes, zero_inactive
-from vaesweep.engine.checkpoints import RAY_FOLDER, build_trained, find_checkpoint, load_trained
 
 from . import settled
 from .chart import Chart, new_figure, skip
@@ -53,13 +53,14 @@ def image_grid(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
     (torchvision's make_grid does the same, but importing torchvision costs seconds.)"""
     r, n, c, h, w = images.shape
     framed = torch.ones(r, n, c, h + 2 * pad, w + 2 * pad)
-    framed[..., pad:pad + h, pad:pad + w] = images
+    framed[..., pad : pad + h, pad : pad + w] = images
     grid = framed.permute(0, 3, 1, 4, 2).reshape(r * (h + 2 * pad), n * (w + 2 * pad), c)
     return grid[..., 0] if c == 1 else grid
 
 
-def sample_grids(study_dir: str | Path, chosen: pd.DataFrame, latents: pd.DataFrame, n: int = 12,
-                 seed: int = 0) -> Chart:
+def sample_grids(
+    study_dir: str | Path, chosen: pd.DataFrame, latents: pd.DataFrame, n: int = 12, seed: int = 0
+) -> Chart:
     """Fig. 3 for every chosen trial that has a checkpoint; skipped with a note when none has."""
     shapes: dict[tuple, tuple] = {}
 
@@ -87,8 +88,11 @@ def sample_grids(study_dir: str | Path, chosen: pd.DataFrame, latents: pd.DataFr
         grid = image_grid(torch.stack([prior, zeroed]))
         panels.append((row, grid, float((prior - zeroed).abs().mean()), len(active) - sum(active)))
     if not panels:
-        why = f"no usable checkpoint under {Path(study_dir) / RAY_FOLDER} for trial(s) {', '.join(missing)}" \
-            if missing else "no trial was chosen"
+        why = (
+            f"no usable checkpoint under {Path(study_dir) / RAY_FOLDER} for trial(s) {', '.join(missing)}"
+            if missing
+            else "no trial was chosen"
+        )
         return skip(KEY, TITLE, f"Sample grids need the trained models: {why}.")
     fig, axes = new_figure(len(panels), (0.75 * n, 1.75), ncols=1)
     for ax, (row, grid, diff, n_in) in zip(axes, panels):
@@ -98,12 +102,19 @@ def sample_grids(study_dir: str | Path, chosen: pd.DataFrame, latents: pd.DataFr
         ax.set_xticks([])
         ax.set_title(f"{describe_trial(row)}: mean |Δpixel| = {diff:.2g}{settled.flag(row)}", fontsize=9)
     reading = "; ".join(
-        f"{row['arch']} d={row['latent_dim']} λ={row['lam']:g}: zeroing the {n_in} inactive variables changes pixels by "
-        f"{diff:.2g} on average ({'indistinguishable' if diff < 0.01 else 'visible' if diff > 0.05 else 'slight'})"
+        f"{row['arch']} d={row['latent_dim']} λ={row['lam']:g}: zeroing the {n_in} inactive variables changes "
+        f"pixels by {diff:.2g} on average ({_visibility(diff)})"
         f"{settled.flag(row)}"
-        if n_in else f"{row['arch']} d={row['latent_dim']} λ={row['lam']:g}: no inactive variable, the rows are identical"
+        if n_in
+        else f"{row['arch']} d={row['latent_dim']} λ={row['lam']:g}: no inactive variable, the rows are identical"
         f"{settled.flag(row)}"
-        for row, _, diff, n_in in panels)
+        for row, _, diff, n_in in panels
+    )
     if missing:
         reading += f" (no usable checkpoint for {', '.join(missing)})"
     return Chart(KEY, TITLE, reading + ".", fig)
+
+
+def _visibility(diff: float) -> str:
+    """How a mean pixel change of ``diff`` reads on a grid (Fig. 3: zeroed inactive variables change nothing)."""
+    return "indistinguishable" if diff < 0.01 else "visible" if diff > 0.05 else "slight"

@@ -17,8 +17,10 @@ COLUMN = "settled"
 LABEL = "not settled (hollow)"
 MARK = {"marker": "o", "s": 70, "facecolors": "none", "edgecolors": "0.3", "linewidths": 1.4, "zorder": 6}
 HATCH = {"fill": False, "hatch": "///", "edgecolor": "0.45", "linewidth": 0}
-FIX = ("raise epochs (the collapse settles after ~4,000 minibatches on mnist5k) or relax settle_patience / "
-       "settle_min_steps / settle_law_tol")
+FIX = (
+    "raise epochs (the collapse settles after ~4,000 minibatches on mnist5k) or relax settle_patience / "
+    "settle_min_steps / settle_law_tol"
+)
 
 
 def known(trials: pd.DataFrame) -> bool:
@@ -56,8 +58,10 @@ def with_note(reading: str, note: str) -> str:
 
 def none_settled(n_total: int, what: str) -> str:
     """The note of a chart that reads settled trials only when none of them settled."""
-    return (f"All {n_total} trials left out: not settled (their active set or variance-law residual was "
-            f"still changing at the end), so no {what} is read; {FIX}.")
+    return (
+        f"All {n_total} trials left out: not settled (their active set or variance-law residual was "
+        f"still changing at the end), so no {what} is read; {FIX}."
+    )
 
 
 def flag(row) -> str:
@@ -74,14 +78,20 @@ def headline(trials: pd.DataFrame) -> str | None:
     if not len(done):
         return None
     if not known(done):
-        return ("Settled status unknown: this study's tables have no settled column (recorded before "
-                "vaesweep checked it), so its collapse numbers may come from trials still changing.")
+        return (
+            "Settled status unknown: this study's tables have no settled column (recorded before "
+            "vaesweep checked it), so its collapse numbers may come from trials still changing."
+        )
     n = int(unsettled(done).sum())
     if n == len(done):
-        return ("No trial settled: their active set was still changing at the end. Raise epochs (collapse "
-                "settles after ~4,000 minibatches on mnist5k) or relax settle_*; numbers below are not the "
-                "paper's phenomenon.")
+        return (
+            "No trial settled: their active set was still changing at the end. Raise epochs (collapse "
+            "settles after ~4,000 minibatches on mnist5k) or relax settle_*; numbers below are not the "
+            "paper's phenomenon."
+        )
     if n:
-        return (f"{n} of {len(done)} finished trials did not settle: they are marked (hollow markers, "
-                "hatched cells, 'not settled') and left out of the onset of sparsity, law heatmap and λ*.")
+        return (
+            f"{n} of {len(done)} finished trials did not settle: they are marked (hollow markers, "
+            "hatched cells, 'not settled') and left out of the onset of sparsity, law heatmap and λ*."
+        )
     return None

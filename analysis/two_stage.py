@@ -32,18 +32,27 @@ def two_stage_chart(trials: pd.DataFrame) -> Chart:
     d = frame(trials)
     df = d.trials
     if not all(c in df for c in KINDS) or not len(df := df.dropna(subset=list(KINDS))):
-        return skip(KEY, TITLE, "The study has no fid_two_stage values (set two_stage: true with fid: true), so "
-                    "this chart is left out.")
+        return skip(
+            KEY,
+            TITLE,
+            "The study has no fid_two_stage values (set two_stage: true with fid: true), so this chart is left out.",
+        )
     df = df.assign(improvement=df["fid_prior"] - df["fid_two_stage"], _unsettled=settled.unsettled(df))
     x = "lam" if df["lam"].nunique() > 1 or df["latent_dim"].nunique() == 1 else "latent_dim"
     kinds = {**KINDS, **{k: v for k, v in BASELINE.items() if k in df and df[k].notna().any()}}
-    cells = (df.groupby(["panel", "lam_level", "latent_dim"], observed=True)
-             .agg({**{k: "mean" for k in [*kinds, "improvement"]}, "_unsettled": "sum"})
-             .reset_index())  # lam_level: one row per lambda (log bins for a random search), mean over seeds
+    cells = (
+        df.groupby(["panel", "lam_level", "latent_dim"], observed=True)
+        .agg({**{k: "mean" for k in [*kinds, "improvement"]}, "_unsettled": "sum"})
+        .reset_index()
+    )  # lam_level: one row per lambda (log bins for a random search), mean over seeds
     dims = sorted(df["latent_dim"].unique())
     colors = dict(zip([fmt(v) for v in dims], sns.color_palette("viridis", len(dims) + 1)))
-    long = df.melt(id_vars=["panel", "lam", "latent_dim", "seed", "_unsettled"], value_vars=list(kinds),
-                   var_name="kind", value_name="score").dropna(subset=["score"])
+    long = df.melt(
+        id_vars=["panel", "lam", "latent_dim", "seed", "_unsettled"],
+        value_vars=list(kinds),
+        var_name="kind",
+        value_name="score",
+    ).dropna(subset=["score"])
     long["kind"] = long["kind"].map(kinds)
     long["latent dim"] = pd.Categorical(long["latent_dim"].map(fmt), [fmt(v) for v in dims], ordered=True)
     fig, axes = new_figure(2 * len(d.panels), (5.4, 4.2), ncols=2)
@@ -52,28 +61,53 @@ def two_stage_chart(trials: pd.DataFrame) -> Chart:
         moving = long[(long["panel"] == panel) & long["_unsettled"]]
         if len(moving):  # first, so seaborn's legend below takes it in
             left.scatter(moving[x], moving["score"], **settled.MARK, label=settled.LABEL)
-        sns.lineplot(long[long["panel"] == panel], x=x, y="score", hue="latent dim", palette=colors, style="kind",
-                     style_order=list(kinds.values()), markers=True, errorbar=("pi", 100), err_kws={"alpha": 0.15},
-                     ax=left)
+        sns.lineplot(
+            long[long["panel"] == panel],
+            x=x,
+            y="score",
+            hue="latent dim",
+            palette=colors,
+            style="kind",
+            style_order=list(kinds.values()),
+            markers=True,
+            errorbar=("pi", 100),
+            err_kws={"alpha": 0.15},
+            ax=left,
+        )
         values = sorted(df[x].unique())
         left.set_xscale("log", base=10 if x == "lam" else 2)
         left.set_xticks(values, [fmt(v) for v in values])
         left.minorticks_off()
-        left.set(title=f"arch = {panel}", xlabel="λ" if x == "lam" else "latent dimension",
-                 ylabel="FID-proxy, lower is better")
+        left.set(
+            title=f"arch = {panel}",
+            xlabel="λ" if x == "lam" else "latent dimension",
+            ylabel="FID-proxy, lower is better",
+        )
         sns.move_legend(left, "best", fontsize=7)
         grid = cells[cells["panel"] == panel].pivot(index="lam_level", columns="latent_dim", values="improvement")
         grid = grid.sort_index(ascending=False)  # largest lambda on top, as the law heatmap
         grid.index, grid.columns = [str(v) for v in grid.index], [fmt(v) for v in grid.columns]
-        sns.heatmap(grid, ax=right, annot=True, fmt=".3g", cmap="RdYlGn", center=0, linewidths=0.5,
-                    linecolor="white", cbar_kws={"label": "fid_prior − fid_two_stage"}, annot_kws={"size": 8})
-        right.set(title=f"arch = {panel}: improvement (> 0: two-stage helps)", xlabel="latent dimension",
-                  ylabel="")  # the row labels read λ=...
+        sns.heatmap(
+            grid,
+            ax=right,
+            annot=True,
+            fmt=".3g",
+            cmap="RdYlGn",
+            center=0,
+            linewidths=0.5,
+            linecolor="white",
+            cbar_kws={"label": "fid_prior − fid_two_stage"},
+            annot_kws={"size": 8},
+        )
+        right.set(
+            title=f"arch = {panel}: improvement (> 0: two-stage helps)", xlabel="latent dimension", ylabel=""
+        )  # the row labels read λ=...
         right.tick_params(axis="y", rotation=0)
     fig.suptitle(TITLE)
     table = cells.assign(lam=cells["lam_level"].astype(str)).drop(columns="lam_level")
     table = table[["panel", "lam", "latent_dim", *kinds, "improvement", "_unsettled"]].rename(
-        columns={"improvement": "fid_prior - fid_two_stage", "_unsettled": "n_not_settled"})
+        columns={"improvement": "fid_prior - fid_two_stage", "_unsettled": "n_not_settled"}
+    )
     reading = settled.with_note(_reading(cells), settled.not_settled(int(df["_unsettled"].sum()), len(df)))
     return Chart(KEY, TITLE, reading, fig, {"two_stage": table})
 
@@ -81,11 +115,15 @@ def two_stage_chart(trials: pd.DataFrame) -> Chart:
 def _reading(cells: pd.DataFrame) -> str:
     helped = cells[cells["improvement"] > 0]
     best = cells.loc[cells["improvement"].idxmax()]
-    text = (f"The second stage lowers the FID-proxy in {len(helped)} of {len(cells)} settings, most at "
-            f"{best['lam_level']} and latent dimension {fmt(best['latent_dim'])} ({best['panel']}): "
-            f"{best['fid_prior']:.3g} → {best['fid_two_stage']:.3g}")
+    text = (
+        f"The second stage lowers the FID-proxy in {len(helped)} of {len(cells)} settings, most at "
+        f"{best['lam_level']} and latent dimension {fmt(best['latent_dim'])} ({best['panel']}): "
+        f"{best['fid_prior']:.3g} → {best['fid_two_stage']:.3g}"
+    )
     by_lam = cells.groupby("lam_level", observed=True)["improvement"].mean().sort_index()
     if len(by_lam) > 1:
-        text += (f"; the mean improvement is {by_lam.iloc[0]:.3g} at the smallest {by_lam.index[0]} and "
-                 f"{by_lam.iloc[-1]:.3g} at the largest {by_lam.index[-1]}")
+        text += (
+            f"; the mean improvement is {by_lam.iloc[0]:.3g} at the smallest {by_lam.index[0]} and "
+            f"{by_lam.iloc[-1]:.3g} at the largest {by_lam.index[-1]}"
+        )
     return text + "."

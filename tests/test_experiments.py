@@ -21,6 +21,7 @@ from vaesweep.study import runner
 
 # --- a toy kind, declared as a kind module would declare it ---------------------------------------
 
+
 class ToySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     rounds: int = Field(2, ge=1)
@@ -41,8 +42,13 @@ def toy_chart(tables) -> Chart:
     return Chart("toy_rounds", "The toy kind: rounds", f"{len(tables.epochs)} epochs drawn.", fig)
 
 
-TOY = Kind(name="toy", settings=ToySettings, check=toy_check, trainable=f"{__name__}:toy_trainable",
-           charts=(f"{__name__}:toy_chart",))
+TOY = Kind(
+    name="toy",
+    settings=ToySettings,
+    check=toy_check,
+    trainable=f"{__name__}:toy_trainable",
+    charts=(f"{__name__}:toy_chart",),
+)
 
 
 @pytest.fixture
@@ -64,9 +70,12 @@ class FakeTuner:
 
 # --- the registry ---------------------------------------------------------------------------------
 
+
 def test_the_configuration_leaf_imports_neither_torch_nor_ray():
-    code = ("import sys, vaesweep.config.spec, vaesweep.experiments; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray'}))")
+    code = (
+        "import sys, vaesweep.config.spec, vaesweep.experiments; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -96,6 +105,7 @@ def test_settings_go_under_the_kinds_name_only():
 
 # --- a toy kind registered in a test --------------------------------------------------------------
 
+
 def test_toy_kind_is_validated_with_its_settings(toy):
     spec = spec_from_dict({"name": "t", "experiment": "toy", "toy": {"rounds": 3}, "base": {"latent_dim": 4}})
     assert spec.kind is toy and spec.kind_settings == ToySettings(rounds=3)
@@ -107,21 +117,26 @@ def test_toy_kind_is_validated_with_its_settings(toy):
         spec_from_dict({"name": "t", "experiment": "toi"})
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"toy": {"rounds": 0}}, r"^study: toy\.rounds: Input should be greater than or equal to 1$"),
-    ({"toy": {"round": 2}}, r"^study: toy\.round: unknown key"),
-    ({"toy": {"rounds": 5}, "space": {"latent_dim": {"grid": [4, 8]}}}, r"^study: toy\.rounds: more rounds"),
-    ({"experiment": "train", "toy": {"rounds": 2}}, r"^study: toy: settings of experiment: toy; add 'experiment: toy'"),
-    ({"pack": 4}, r"^study: pack: the toy experiment trains one model per trial; set pack: off$"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"toy": {"rounds": 0}}, r"^study: toy\.rounds: Input should be greater than or equal to 1$"),
+        ({"toy": {"round": 2}}, r"^study: toy\.round: unknown key"),
+        ({"toy": {"rounds": 5}, "space": {"latent_dim": {"grid": [4, 8]}}}, r"^study: toy\.rounds: more rounds"),
+        (
+            {"experiment": "train", "toy": {"rounds": 2}},
+            r"^study: toy: settings of experiment: toy; add 'experiment: toy'",
+        ),
+        ({"pack": 4}, r"^study: pack: the toy experiment trains one model per trial; set pack: off$"),
+    ],
+)
 def test_toy_kind_spec_errors_name_the_field(toy, change, message):
     with pytest.raises(SpecError, match=message):
         spec_from_dict({"name": "t", "experiment": "toy", **change})
 
 
 def test_toy_kind_reaches_the_runner(toy, tmp_path, monkeypatch):
-    spec = spec_from_dict({"name": "t", "experiment": "toy", "toy": {"rounds": 3},
-                           "resources": {"cpu": 1, "gpu": 0.5}})
+    spec = spec_from_dict({"name": "t", "experiment": "toy", "toy": {"rounds": 3}, "resources": {"cpu": 1, "gpu": 0.5}})
     assert runner.param_space(spec)["_toy"] == {"rounds": 3}
     assert pack_size(spec) == 1  # not packable: pack auto on a GPU stays off
     monkeypatch.setattr(runner.tune, "Tuner", FakeTuner)
@@ -131,8 +146,9 @@ def test_toy_kind_reaches_the_runner(toy, tmp_path, monkeypatch):
 
 
 def test_toy_kind_chart_comes_first_in_the_report(toy, tmp_path):
-    study = synthetic_study(tmp_path / "toy", archs=("dense",), dims=(4,), lams=(2.0,), seeds=(0,), fid=False,
-                            lambda_star=False)
+    study = synthetic_study(
+        tmp_path / "toy", archs=("dense",), dims=(4,), lams=(2.0,), seeds=(0,), fid=False, lambda_star=False
+    )
     (study / "study.yaml").write_text(yaml.safe_dump({"name": "toy", "experiment": "toy", "toy": {"rounds": 2}}))
     index = build_report(study)
     assert "toy_rounds.png" in assert_refs_exist(index)

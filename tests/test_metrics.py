@@ -7,8 +7,15 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from vaesweep.engine.latents import Tolerances, evaluate, moment_stats, reconstruction_gain, summarize
-from vaesweep.engine.losses import (KLSchedule, KLSchedules, capacity_target, kl_per_variable, kl_term, kl_weight,
-                                    reconstruction_error)
+from vaesweep.engine.losses import (
+    KLSchedule,
+    KLSchedules,
+    capacity_target,
+    kl_per_variable,
+    kl_term,
+    kl_weight,
+    reconstruction_error,
+)
 
 
 class KnownModel(torch.nn.Module):

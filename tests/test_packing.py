@@ -6,19 +6,26 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import recorded
 
 from vaesweep import TrainingDiverged, TrialRun, train_vae
-from vaesweep.engine.losses import KLSchedule, KLSchedules, packed_loss, vae_loss
 from vaesweep.config.errors import PackError
 from vaesweep.config.packing import PACK_KEY, check_packable, make_packs, pack_size
-from vaesweep.engine.checkpoints import (RAY_FOLDER, find_checkpoint, load_run, load_trained, packed_id, save_run,
-                                         split_packed_id)
-from vaesweep.engine.packing import PackedRun, train_packed
-from vaesweep.study.runner import pack_param_space
-from vaesweep.study.recorder import Recorder
-from vaesweep.study.trainables import ray_report
-from conftest import recorded
 from vaesweep.config.spec import SpecError, spec_from_dict
+from vaesweep.engine.checkpoints import (
+    RAY_FOLDER,
+    find_checkpoint,
+    load_run,
+    load_trained,
+    packed_id,
+    save_run,
+    split_packed_id,
+)
+from vaesweep.engine.losses import KLSchedule, KLSchedules, packed_loss, vae_loss
+from vaesweep.engine.packing import PackedRun, train_packed
+from vaesweep.study.recorder import Recorder
+from vaesweep.study.runner import pack_param_space
+from vaesweep.study.trainables import ray_report
 
 TRAIN_KEYS = ("train_loss", "train_recon", "train_kl", "lam_effective")
 
@@ -72,12 +79,23 @@ def test_packed_configurations_equal_separate_runs(small):
 def test_packed_loss_is_each_configurations_vae_loss():
     """Eq. (6) per configuration, masked variables contributing exactly nothing (free bits too)."""
     torch.manual_seed(0)
-    cfgs = [dict(lam=0.5, latent=3, free_bits=0.2), dict(lam=2.0, latent=5, free_bits=0.1),
-            dict(lam=1.0, latent=2, warmup=10),
-            dict(latent=5, capacity=(4.0, 20), gamma=30.0)]
-    scheds = [KLSchedule(c.get("lam", 1.0), c.get("warmup", 0), c.get("free_bits", 0.0),
-                         c["capacity"][0] if "capacity" in c else None, c["capacity"][1] if "capacity" in c else 0,
-                         c.get("gamma", 1000.0)) for c in cfgs]
+    cfgs = [
+        dict(lam=0.5, latent=3, free_bits=0.2),
+        dict(lam=2.0, latent=5, free_bits=0.1),
+        dict(lam=1.0, latent=2, warmup=10),
+        dict(latent=5, capacity=(4.0, 20), gamma=30.0),
+    ]
+    scheds = [
+        KLSchedule(
+            c.get("lam", 1.0),
+            c.get("warmup", 0),
+            c.get("free_bits", 0.0),
+            c["capacity"][0] if "capacity" in c else None,
+            c["capacity"][1] if "capacity" in c else 0,
+            c.get("gamma", 1000.0),
+        )
+        for c in cfgs
+    ]
     k, b, big, step = len(cfgs), 8, 5, 7
     x = torch.rand(k, b, 1, 28, 28)
     logits, mu, logvar = torch.randn(k, b, 1, 28, 28), torch.randn(k, b, big), torch.randn(k, b, big)
@@ -85,17 +103,24 @@ def test_packed_loss_is_each_configurations_vae_loss():
     for i, c in enumerate(cfgs):
         mask[i, : c["latent"]] = 1
     mu, logvar = mu * mask[:, None], logvar * mask[:, None]  # what the padded model's zero rows give
-    coef = torch.tensor([[s.lam if s.warmup_steps <= 0 else s.lam * min(1, step / s.warmup_steps),
-                          (s.capacity_max or 0) * min(1, step / s.capacity_steps) if s.capacity_steps else 0.0]
-                         for s in scheds])
+    coef = torch.tensor(
+        [
+            [
+                s.lam if s.warmup_steps <= 0 else s.lam * min(1, step / s.warmup_steps),
+                (s.capacity_max or 0) * min(1, step / s.capacity_steps) if s.capacity_steps else 0.0,
+            ]
+            for s in scheds
+        ]
+    )
     sched = KLSchedules.of(scheds, torch.device("cpu"))
     assert torch.equal(sched.coefficients(step, 1)[0], coef)  # lambda(step) and C(step), eq. (6) and Sec. 6.1
     loss, recon, kl = packed_loss(logits, x, mu, logvar, mask, coef, "bce", sched)
     for i, (c, s) in enumerate(zip(cfgs, scheds)):
         n = c["latent"]
         one = KLSchedules.of([s], torch.device("cpu"))
-        want, want_recon, want_kl = vae_loss(logits[i], x[i], mu[i, :, :n], logvar[i, :, :n],
-                                             one.coefficients(step, 1)[0], "bce", one)
+        want, want_recon, want_kl = vae_loss(
+            logits[i], x[i], mu[i, :, :n], logvar[i, :, :n], one.coefficients(step, 1)[0], "bce", one
+        )
         assert loss[i].item() == pytest.approx(want.item(), rel=1e-6)
         assert torch.equal(recon[i], want_recon)
         assert torch.equal(kl[i, :, :n], want_kl) and torch.all(kl[i, :, n:] == 0)
@@ -300,8 +325,18 @@ def ray_reports(run) -> list[dict]:
 def test_packed_and_plain_trials_fill_the_same_columns(fid, tmp_path):
     """Every table of a study gets the same columns from a packed pair as from the same two
     configurations trained one at a time, and a packed result has TrialRun's summary keys."""
-    shared = {"epochs": 2, "max_train": 256, "max_eval": 128, "hidden": [32], "latent_dim": 3, "batch_size": 64,
-              "threads": 1, "track_every": 2, "fid": fid, "fid_samples": 128}
+    shared = {
+        "epochs": 2,
+        "max_train": 256,
+        "max_eval": 128,
+        "hidden": [32],
+        "latent_dim": 3,
+        "batch_size": 64,
+        "threads": 1,
+        "track_every": 2,
+        "fid": fid,
+        "fid_samples": 128,
+    }
     items = [{"lam": 0.5, "seed": 0}, {"lam": 2.0, "seed": 1, "latent_dim": 2}]
     packed = PackedRun([{**shared, **it} for it in items])
     reports = ray_reports(packed)

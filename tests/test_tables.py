@@ -15,20 +15,49 @@ from vaesweep.study.tables import TABLES, compact, load_study
 
 def report(epoch, latent_dim=3, shift=0.0, **extra):
     """One epoch's report as a trial makes it (engine/trial.py), without training."""
-    latents = [{"latent": i, "mean_mu": 0.1 * i, "var_mu": 1.0 / (i + 1) + shift, "mean_sigma2": 0.5, "law": 1.0,
-                "kl": 0.2 * i, "recon_gain": 0.0, "active": i > 0} for i in range(latent_dim)]
-    trace = [{"step": 10 * epoch + s, "var_mu": [0.1 * s + shift] * latent_dim, "mean_sigma2": [0.5] * latent_dim}
-             for s in range(2)]
-    return {"epoch": epoch, "step": 10 * epoch, "evaluated": True, "train_loss": 1.0 / epoch + shift,
-            "train_recon": 0.5, "train_kl": 0.5, "epoch_time": 0.1, "time_total": 0.1 * epoch,
-            "n_active": latent_dim - 1, "n_inactive": 1, "elbo": -100.0 / epoch - shift, "kl_working": True,
-            "settled": epoch > 2, "settled_step": 30 if epoch > 2 else None, "fid_seconds": 1.5,
-            "latents": latents, "trace": trace, **extra}
+    latents = [
+        {
+            "latent": i,
+            "mean_mu": 0.1 * i,
+            "var_mu": 1.0 / (i + 1) + shift,
+            "mean_sigma2": 0.5,
+            "law": 1.0,
+            "kl": 0.2 * i,
+            "recon_gain": 0.0,
+            "active": i > 0,
+        }
+        for i in range(latent_dim)
+    ]
+    trace = [
+        {"step": 10 * epoch + s, "var_mu": [0.1 * s + shift] * latent_dim, "mean_sigma2": [0.5] * latent_dim}
+        for s in range(2)
+    ]
+    return {
+        "epoch": epoch,
+        "step": 10 * epoch,
+        "evaluated": True,
+        "train_loss": 1.0 / epoch + shift,
+        "train_recon": 0.5,
+        "train_kl": 0.5,
+        "epoch_time": 0.1,
+        "time_total": 0.1 * epoch,
+        "n_active": latent_dim - 1,
+        "n_inactive": 1,
+        "elbo": -100.0 / epoch - shift,
+        "kl_working": True,
+        "settled": epoch > 2,
+        "settled_step": 30 if epoch > 2 else None,
+        "fid_seconds": 1.5,
+        "latents": latents,
+        "trace": trace,
+        **extra,
+    }
 
 
 def trial(trial_id, latent_dim=3, status="RUNNING"):
-    return SimpleNamespace(trial_id=trial_id, config={"latent_dim": latent_dim, "lam": 1.0}, status=status,
-                           error_file=None)
+    return SimpleNamespace(
+        trial_id=trial_id, config={"latent_dim": latent_dim, "lam": 1.0}, status=status, error_file=None
+    )
 
 
 def run_trial(rec, t, epochs, **extra):
@@ -38,8 +67,11 @@ def run_trial(rec, t, epochs, **extra):
 
 
 def test_a_metric_family_added_in_one_place_reaches_every_table(tmp_path, monkeypatch):
-    monkeypatch.setattr(metrics, "CATALOGUE",
-                        (*metrics.CATALOGUE, metrics.Family("sharpness", "trial", ("sharpness",), source="a test")))
+    monkeypatch.setattr(
+        metrics,
+        "CATALOGUE",
+        (*metrics.CATALOGUE, metrics.Family("sharpness", "trial", ("sharpness",), source="a test")),
+    )
     rec = Recorder(tmp_path, flush_every_s=1e9)
     t = trial("t_00000")
     for e in (1, 2):

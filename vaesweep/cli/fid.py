@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from vaesweep.config.errors import UsageError
 from vaesweep.engine.checkpoints import CHECKPOINT_FILE, MODEL_FILE, build_trained, load_trained, trained_file_in
-from vaesweep.engine.data import _npz
-from vaesweep.engine.sampling import decode_images, prior_codes
-from vaesweep.engine.fid import generation_scores, scorer_for
+from vaesweep.engine.data import _npz, check_dataset_name, load_dataset
+from vaesweep.engine.fid import FidScorer, feature_net, generation_scores, scorer_for
 from vaesweep.engine.latents import evaluate
-from vaesweep.engine.data import check_dataset_name, load_dataset
-from vaesweep.engine.fid import FidScorer, feature_net
+from vaesweep.engine.sampling import decode_images, prior_codes
 
 SPLITS = ("eval", "train")
 
@@ -52,14 +51,19 @@ def _images(source: str, data, n: int, seed: int, trials: dict) -> torch.Tensor:
         if not Path(source).is_file():
             raise UsageError(f"image file '{source}' not found; give an existing .npz file")
         array, _ = _npz(Path(source))
-        images = torch.from_numpy(array.astype(np.float32) / 255.0 if array.dtype == np.uint8
-                                  else array.astype(np.float32))
+        images = torch.from_numpy(
+            array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+        )
     else:
-        raise UsageError(f"'{source}' is not an .npz file, a trial checkpoint ({MODEL_FILE}, {CHECKPOINT_FILE} or a "
-                         f"folder holding one), 'eval' or 'train'; give one of those")
+        raise UsageError(
+            f"'{source}' is not an .npz file, a trial checkpoint ({MODEL_FILE}, {CHECKPOINT_FILE} or a "
+            f"folder holding one), 'eval' or 'train'; give one of those"
+        )
     if tuple(images.shape[1:]) != tuple(data.shape):
-        raise UsageError(f"'{source}' holds {'x'.join(map(str, images.shape[1:]))} images but the feature network "
-                         f"of '{data.name}' takes {'x'.join(map(str, data.shape))}; pick the matching --dataset")
+        raise UsageError(
+            f"'{source}' holds {'x'.join(map(str, images.shape[1:]))} images but the feature network "
+            f"of '{data.name}' takes {'x'.join(map(str, data.shape))}; pick the matching --dataset"
+        )
     if len(images) < 2:
         raise UsageError(f"'{source}' holds {len(images)} image(s); the FID-proxy needs at least 2")
     return images[:n]
@@ -72,8 +76,12 @@ def _trial_scores(cfg, weights, data, n: int, seed: int, cache: str | None) -> d
     final = evaluate(model, data.eval[: cfg.max_eval], cfg.recon_loss, cfg.tolerances, gen, with_gain=False)
     scorer, trained = scorer_for(data, n, cache)
     active = [r["active"] for r in final["latents"]]
-    return {**generation_scores(model, scorer, active, seed), "n_active": final["summary"]["n_active"],
-            "n_real": len(scorer.real), "fid_net_accuracy": trained.test_accuracy}
+    return {
+        **generation_scores(model, scorer, active, seed),
+        "n_active": final["summary"]["n_active"],
+        "n_real": len(scorer.real),
+        "fid_net_accuracy": trained.test_accuracy,
+    }
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
@@ -101,8 +109,12 @@ def cmd_fid(args: argparse.Namespace) -> int:
         fake = _images(args.a, data, args.n, seed, trials)
         real = _images(args.b or "eval", data, args.n, seed, trials)
         trained = feature_net(data, args.cache_dir)
-        out = {"fid": FidScorer(trained.net, real).score(fake), "n_a": len(fake), "n_b": len(real),
-               "fid_net_accuracy": trained.test_accuracy}
+        out = {
+            "fid": FidScorer(trained.net, real).score(fake),
+            "n_a": len(fake),
+            "n_b": len(real),
+            "fid_net_accuracy": trained.test_accuracy,
+        }
     out.update(dataset=dataset, seconds=time.perf_counter() - t0)
     if args.json:
         print(json.dumps(out))

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from vaesweep.config.errors import UsageError
 from vaesweep.config.trial import TrialConfig, one_line
-from vaesweep.engine.checkpoints import MODEL_FILE, save_model
+from vaesweep.engine.checkpoints import save_model
 from vaesweep.engine.sampling import save_sample_grid
 from vaesweep.engine.trial import TrialRun
 
@@ -29,14 +29,18 @@ def _print_table(latents: list[dict], summary: dict) -> None:
     """Table 1 view: one row per latent variable, then the summary."""
     print(f"{'no.':>4} {'var_mu':>12} {'mean_sigma2':>12} {'law':>8} {'kl':>8} {'recon_gain':>11}  active")
     for r in latents:
-        print(f"{r['latent']:>4} {r['var_mu']:>12.6g} {r['mean_sigma2']:>12.6g} {r['law']:>8.4f} "
-              f"{r['kl']:>8.4f} {r['recon_gain']:>11.4f}  {'yes' if r['active'] else 'NO'}")
+        print(
+            f"{r['latent']:>4} {r['var_mu']:>12.6g} {r['mean_sigma2']:>12.6g} {r['law']:>8.4f} "
+            f"{r['kl']:>8.4f} {r['recon_gain']:>11.4f}  {'yes' if r['active'] else 'NO'}"
+        )
     print()
     for k, v in summary.items():
         print(f"{k:>18}: {v:.6g}" if isinstance(v, float) else f"{k:>18}: {v}")
     if not summary.get("settled", True):
-        print("not settled: the active set or the law residual still moved over the last evaluations; "
-              "raise --epochs or relax --settle-patience / --settle-min-steps / --settle-law-tol")
+        print(
+            "not settled: the active set or the law residual still moved over the last evaluations; "
+            "raise --epochs or relax --settle-patience / --settle-min-steps / --settle-law-tol"
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -63,5 +67,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _as_json(result) -> dict:
-    return {**result.summary, "config": result.config.model_dump(), "latents": result.latents,
-            "seconds_per_epoch": [h["epoch_time"] for h in result.history]}
+    return {
+        **result.summary,
+        "config": result.config.model_dump(),
+        "latents": result.latents,
+        "seconds_per_epoch": [h["epoch_time"] for h in result.history],
+    }

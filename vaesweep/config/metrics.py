@@ -34,22 +34,59 @@ class Family:
 
 
 CATALOGUE: tuple[Family, ...] = (
-    Family("progress", "epoch", ("epoch", "step", "evaluated", "node", "phase"),
-           source="engine/trial.py: where the trial stands; phase: the Sec. 5 noise experiment"),
-    Family("train", "epoch", ("train_loss", "train_recon", "train_kl", "lam_effective"),
-           source="engine/losses.py: eq. (6) averaged over the epoch's minibatches"),
+    Family(
+        "progress",
+        "epoch",
+        ("epoch", "step", "evaluated", "node", "phase"),
+        source="engine/trial.py: where the trial stands; phase: the Sec. 5 noise experiment",
+    ),
+    Family(
+        "train",
+        "epoch",
+        ("train_loss", "train_recon", "train_kl", "lam_effective"),
+        source="engine/losses.py: eq. (6) averaged over the epoch's minibatches",
+    ),
     Family("time", "epoch", timings=("epoch_time", "time_total"), source="engine/trial.py: wall-clock seconds"),
     Family("settle", "trial", ("settled", "settled_step"), source="engine/settle.py: has the collapse stopped moving?"),
-    Family("collapse", "trial", ("n_active", "n_inactive", "law_residual_max", "law_residual_mean", "mean_mu_abs_max",
-                                 "kl_working", "law_excess", "mu_excess", "recon", "kl", "elbo"),
-           source="engine/latents.py: Table 1 and the Sec. 4 laws on the eval split"),
-    Family("fid", "trial", prefix="fid_", timings=("fid_seconds",),
-           source="engine/fid.py: FID-proxy of prior samples, reconstructions, zeroed variables (Sec. 6-7)"),
-    Family("two_stage", "trial", prefix="two_stage_", timings=("two_stage_seconds",),
-           source="engine/two_stage.py: the second-stage VAE of Sec. 6.2 / 7"),
+    Family(
+        "collapse",
+        "trial",
+        (
+            "n_active",
+            "n_inactive",
+            "law_residual_max",
+            "law_residual_mean",
+            "mean_mu_abs_max",
+            "kl_working",
+            "law_excess",
+            "mu_excess",
+            "recon",
+            "kl",
+            "elbo",
+        ),
+        source="engine/latents.py: Table 1 and the Sec. 4 laws on the eval split",
+    ),
+    Family(
+        "fid",
+        "trial",
+        prefix="fid_",
+        timings=("fid_seconds",),
+        source="engine/fid.py: FID-proxy of prior samples, reconstructions, zeroed variables (Sec. 6-7)",
+    ),
+    Family(
+        "two_stage",
+        "trial",
+        prefix="two_stage_",
+        timings=("two_stage_seconds",),
+        source="engine/two_stage.py: the second-stage VAE of Sec. 6.2 / 7",
+    ),
     Family("noise", "trial", prefix="noise_", source="engine/noise.py: the Sec. 5 noise experiment (Fig. 7)"),
-    Family("latent", "latent", ("latent", "mean_mu", "var_mu", "mean_sigma2", "law", "kl", "recon_gain", "active"),
-           source="engine/latents.py: Table 1, one row per latent variable"),
+    Family(
+        "latent",
+        "latent",
+        ("latent", "mean_mu", "var_mu", "mean_sigma2", "law", "kl", "recon_gain", "active"),
+        source="engine/latents.py: Table 1, one row per latent variable",
+    ),
 )
 
 
@@ -73,14 +110,20 @@ def _scalar(value) -> bool:
 def epoch_row(report: dict) -> dict:
     """The scalar columns of one epoch report (the epochs table): every catalogued key of an epoch
     or trial family; per-variable lists ('latents', 'trace') and unknown keys are left out."""
-    return {k: v for k, v in report.items()
-            if _scalar(v) and (f := family_of(k)) is not None and f.level in ("epoch", "trial")}
+    return {
+        k: v
+        for k, v in report.items()
+        if _scalar(v) and (f := family_of(k)) is not None and f.level in ("epoch", "trial")
+    }
 
 
 def trial_row(report: dict) -> dict:
     """A trial's answer from its last report: the catalogued keys of trial families, timings left out."""
-    return {k: v for k, v in report.items()
-            if _scalar(v) and (f := family_of(k, "trial")) is not None and k not in f.timings}
+    return {
+        k: v
+        for k, v in report.items()
+        if _scalar(v) and (f := family_of(k, "trial")) is not None and k not in f.timings
+    }
 
 
 def trial_keys(columns: Iterable[str] | None = None) -> tuple[str, ...]:
@@ -90,8 +133,15 @@ def trial_keys(columns: Iterable[str] | None = None) -> tuple[str, ...]:
     if columns is None:
         return tuple(k for f in CATALOGUE if f.level == "trial" for k in f.keys)
     columns = list(columns)
-    return tuple(dict.fromkeys(k for f in CATALOGUE if f.level == "trial" for k in (*f.keys, *columns)
-                               if k in columns and f.owns(k) and k not in f.timings))
+    return tuple(
+        dict.fromkeys(
+            k
+            for f in CATALOGUE
+            if f.level == "trial"
+            for k in (*f.keys, *columns)
+            if k in columns and f.owns(k) and k not in f.timings
+        )
+    )
 
 
 def latent_keys() -> tuple[str, ...]:

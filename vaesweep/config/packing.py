@@ -14,9 +14,24 @@ from vaesweep.config.errors import PackError, SpecError
 from vaesweep.config.trial import TrialConfig, one_line
 
 # Fields that may differ between the configurations of one pack; all others must be equal.
-PACK_VARIES = frozenset({"lam", "warmup_steps", "free_bits", "capacity_max", "capacity_steps", "gamma",
-                         "seed", "latent_dim", "active_threshold", "law_tol", "mu_tol",
-                         "settle_patience", "settle_min_steps", "settle_law_tol"})
+PACK_VARIES = frozenset(
+    {
+        "lam",
+        "warmup_steps",
+        "free_bits",
+        "capacity_max",
+        "capacity_steps",
+        "gamma",
+        "seed",
+        "latent_dim",
+        "active_threshold",
+        "law_tol",
+        "mu_tol",
+        "settle_patience",
+        "settle_min_steps",
+        "settle_law_tol",
+    }
+)
 
 
 PACK_KEY = "_pack"  # param_space key of a packed trial: the list of its configurations
@@ -33,8 +48,10 @@ def check_packable(cfgs: list[TrialConfig]) -> None:
     for cfg in cfgs[1:]:
         for key, value in cfg.model_dump().items():
             if key not in PACK_VARIES and value != first[key]:
-                raise PackError(f"pack: configurations differ in '{key}' ({first[key]!r} vs {value!r}); only "
-                                f"{', '.join(sorted(PACK_VARIES))} may differ within a pack")
+                raise PackError(
+                    f"pack: configurations differ in '{key}' ({first[key]!r} vs {value!r}); only "
+                    f"{', '.join(sorted(PACK_VARIES))} may differ within a pack"
+                )
 
 
 def shared_key(cfg: TrialConfig) -> tuple:
@@ -72,8 +89,10 @@ def pack_problem(spec) -> str | None:
     if not spec.kind.packable:
         return f"pack: the {spec.experiment} experiment trains one model per trial; set pack: off"
     if spec.search.type != "grid":
-        return (f"pack: search.type {spec.search.type} picks each trial after the last; use search: {{type: grid}} "
-                "or pack: off")
+        return (
+            f"pack: search.type {spec.search.type} picks each trial after the last; use search: {{type: grid}} "
+            "or pack: off"
+        )
     if spec.scheduler is not None:
         return "pack: a scheduler stops trials one by one, a pack stops together; remove scheduler or set pack: off"
     two_stage = spec.space.get("two_stage")
@@ -100,5 +119,5 @@ def make_packs(configs: list[dict], k: int) -> list[list[dict]]:
     packs = []
     for members in groups.values():
         members = sorted(members, key=lambda c: TrialConfig(**c).latent_dim)  # little padding per pack
-        packs += [members[i:i + k] for i in range(0, len(members), k)]
+        packs += [members[i : i + k] for i in range(0, len(members), k)]
     return packs

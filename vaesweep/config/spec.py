@@ -32,14 +32,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
-                      model_serializer, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from vaesweep import experiments
-from vaesweep.config.trial import TrialConfig, one_line, trial_fields
 from vaesweep.config.errors import SpecError
-from vaesweep.config.search import Objective, Sampler
 from vaesweep.config.packing import pack_problem
+from vaesweep.config.search import Objective, Sampler
+from vaesweep.config.trial import TrialConfig, one_line, trial_fields
 from vaesweep.experiments.kind import Kind
 
 
@@ -102,8 +110,9 @@ class Scheduler(_Strict):
 
 class Resources(_Strict):
     cpu: float = Field(1.0, gt=0)
-    gpu: float | Literal["auto"] = Field(0.0, description="per trial: 0.25 lets 4 trials share a GPU; "
-                                         "auto: 0.25 where the cluster has GPUs, else 0")
+    gpu: float | Literal["auto"] = Field(
+        0.0, description="per trial: 0.25 lets 4 trials share a GPU; auto: 0.25 where the cluster has GPUs, else 0"
+    )
 
     @field_validator("gpu")
     @classmethod
@@ -112,7 +121,7 @@ class Resources(_Strict):
             raise ValueError("gpu per trial is a fraction up to 1 (e.g. 0.25), a whole number, or auto")
         return v
 
-    def resolved(self, cluster_gpus: float) -> "Resources":
+    def resolved(self, cluster_gpus: float) -> Resources:
         """Concrete resources for a cluster with ``cluster_gpus`` GPUs (resolves gpu: auto)."""
         if self.gpu != "auto":
             return self
@@ -134,21 +143,28 @@ class StudySpec(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     retries: int = Field(2, ge=0, description="Ray FailureConfig.max_failures per trial")
     storage: str = "runs"
-    experiment: str = Field("train", description="what each trial runs: a kind of vaesweep.experiments.KINDS "
-                            "(train: one VAE per trial)")
+    experiment: str = Field(
+        "train", description="what each trial runs: a kind of vaesweep.experiments.KINDS (train: one VAE per trial)"
+    )
     kind_settings: SerializeAsAny[BaseModel] | None = Field(
-        None, description="the kind's settings, written under its name (noise: {...}); see _settings_under_kind")
-    pack: Literal["auto", "off"] | int = Field("auto", description="configurations trained together per Ray "
-                                               "trial (vaesweep.engine.packing): auto (16 with a GPU, else off), K, or off")
+        None, description="the kind's settings, written under its name (noise: {...}); see _settings_under_kind"
+    )
+    pack: Literal["auto", "off"] | int = Field(
+        "auto",
+        description="configurations trained together per Ray "
+        "trial (vaesweep.engine.packing): auto (16 with a GPU, else off), K, or off",
+    )
     callbacks: list[Literal["tensorboard", "mlflow"]] = Field(
-        default_factory=list, description="tracking through Ray Tune's logger callbacks (vaesweep.study.tracking)")
+        default_factory=list, description="tracking through Ray Tune's logger callbacks (vaesweep.study.tracking)"
+    )
 
     @field_validator("name")
     @classmethod
     def _one_folder(cls, v):
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", v) or v in (".", ".."):
-            raise ValueError("a study name is one folder name: letters, digits, '_', '-', '.' but not '.' "
-                             "or '..' (e.g. capacity_v2)")
+            raise ValueError(
+                "a study name is one folder name: letters, digits, '_', '-', '.' but not '.' or '..' (e.g. capacity_v2)"
+            )
         return v
 
     @field_validator("seeds")
@@ -178,8 +194,10 @@ class StudySpec(_Strict):
             if other.settings is None or other is chosen:
                 continue
             if raw.pop(other.name, None) is not None:  # a saved spec writes absent settings as null
-                raise ValueError(f"{other.name}: settings of experiment: {other.name}; add 'experiment: {other.name}' "
-                                 f"or remove '{other.name}'")
+                raise ValueError(
+                    f"{other.name}: settings of experiment: {other.name}; add 'experiment: {other.name}' "
+                    f"or remove '{other.name}'"
+                )
         if chosen.settings is not None:
             given = raw.pop(chosen.name, None)
             raw["kind_settings"] = _kind_settings(chosen, {} if given is None else given)
@@ -195,7 +213,7 @@ class StudySpec(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _trials_valid(self) -> "StudySpec":
+    def _trials_valid(self) -> StudySpec:
         base = self.trial_base()
         for key in base:
             if key not in trial_fields():
@@ -211,14 +229,16 @@ class StudySpec(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _search_valid(self) -> "StudySpec":
+    def _search_valid(self) -> StudySpec:
         ranged = [k for k, d in self.space.items() if not isinstance(d, Grid)]
         if self.search.type == "grid" and ranged:
             raise ValueError(f"space.{ranged[0]}: a range or choice needs search: {{type: random}} or {{type: optuna}}")
         if self.search.type == "optuna":
             if not ranged:
-                raise ValueError("search.type: optuna searches the space's ranges; give one, e.g. "
-                                 "space: {lam: {loguniform: [0.05, 5]}}")
+                raise ValueError(
+                    "search.type: optuna searches the space's ranges; give one, e.g. "
+                    "space: {lam: {loguniform: [0.05, 5]}}"
+                )
             if self.scheduler is not None:
                 raise ValueError("scheduler: not with search: optuna (each trial must finish to test the laws)")
             for p in self.search.start:
@@ -227,7 +247,7 @@ class StudySpec(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _experiment_valid(self) -> "StudySpec":
+    def _experiment_valid(self) -> StudySpec:
         self.kind.check(self)
         return self
 
@@ -241,7 +261,7 @@ class StudySpec(_Strict):
         raise ValueError("give auto, off, or a number of configurations per trial (e.g. 16)")
 
     @model_validator(mode="after")
-    def _pack_valid(self) -> "StudySpec":
+    def _pack_valid(self) -> StudySpec:
         if isinstance(self.pack, int) and self.pack < 1:
             raise ValueError("pack: give a number of configurations >= 1, auto, or off")
         if isinstance(self.pack, int) and self.pack > 1:
@@ -288,7 +308,9 @@ def _domain_points(dom: Domain, where: str) -> list[Any]:
     """The values of a domain to validate: every listed value, or both range bounds."""
     if isinstance(dom, (Grid, Choice)):
         return list(dom.grid if isinstance(dom, Grid) else dom.choice)
-    low, high = dom.uniform if isinstance(dom, Uniform) else dom.loguniform if isinstance(dom, LogUniform) else dom.randint
+    low, high = (
+        dom.uniform if isinstance(dom, Uniform) else dom.loguniform if isinstance(dom, LogUniform) else dom.randint
+    )
     if not low < high:
         raise ValueError(f"{where}: range [{low}, {high}] is empty; give [low, high] with low < high")
     return [low, high]
@@ -316,7 +338,9 @@ def load_spec(path: str | Path) -> StudySpec:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise SpecError(f"study file '{path}' not found; give the path of a study YAML such as studies/smoke.yaml") from None
+        raise SpecError(
+            f"study file '{path}' not found; give the path of a study YAML such as studies/smoke.yaml"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -341,8 +365,10 @@ def _spec_error_line(err: ValidationError) -> str:
     if len(loc) >= 2 and loc[0] == "space":
         field = f"space.{loc[1]}"
         if all(e["type"] in ("extra_forbidden", "missing") for e in errors if e["loc"][:2] == first["loc"][:2]):
-            return f"{field}: give one of {{grid: [...]}}, {{choice: [...]}}, {{uniform: [lo, hi]}}, " \
-                   "{loguniform: [lo, hi]}, {randint: [lo, hi]}"
+            return (
+                f"{field}: give one of {{grid: [...]}}, {{choice: [...]}}, {{uniform: [lo, hi]}}, "
+                "{loguniform: [lo, hi]}, {randint: [lo, hi]}"
+            )
         for e in errors:  # the message of the form the user wrote (the one not 'missing')
             if e["type"] != "missing" and e["type"] != "extra_forbidden" and e["loc"][:2] == first["loc"][:2]:
                 sub = ".".join(str(p) for p in e["loc"][3:])

@@ -12,8 +12,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-
 # dataset name -> torchvision class (vaesweep/engine/data.py loads them)
 TORCHVISION_SETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
@@ -56,8 +54,11 @@ class TrialConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # data
-    dataset: str = Field("mnist5k", description="mnist5k | mnist | fashion_mnist | cifar10 | npz:PATH "
-                         "(mnist: the data cache, see 'data fetch mnist', or data_root)")
+    dataset: str = Field(
+        "mnist5k",
+        description="mnist5k | mnist | fashion_mnist | cifar10 | npz:PATH "
+        "(mnist: the data cache, see 'data fetch mnist', or data_root)",
+    )
     data_root: str | None = Field(None, description="folder of torchvision data sets")
     download: bool = Field(False, description="let torchvision download into data_root")
     max_train: int | None = Field(None, ge=2, description="use only the first N training images")
@@ -68,7 +69,9 @@ class TrialConfig(BaseModel):
     conv_width: int = Field(32, ge=2, description="channels of the conv net's deeper layers (Fig. 4: 32)")
     latent_dim: int = Field(16, ge=1, le=4096)
     # loss, eq. (6) and the Sec. 6.1 remedies
-    recon_loss: Literal["bce", "mse"] = Field("bce", description="bce: Bernoulli decoder; mse: Gaussian, summed over pixels")
+    recon_loss: Literal["bce", "mse"] = Field(
+        "bce", description="bce: Bernoulli decoder; mse: Gaussian, summed over pixels"
+    )
     lam: float = Field(1.0, ge=0, description="KL weight lambda (beta-VAE's beta)")
     warmup_steps: int = Field(0, ge=0, description="KL warm-up: minibatches of linear lambda annealing")
     free_bits: float = Field(0.0, ge=0, description="minimum KL (nats) per variable")
@@ -89,27 +92,40 @@ class TrialConfig(BaseModel):
     active_threshold: float = Field(0.01, gt=0, description="active if Var[mu_i] > threshold")
     law_tol: float = Field(0.15, gt=0, description="KL works if max_i |var_mu + mean_sigma2 - 1| <= law_tol")
     mu_tol: float = Field(0.15, gt=0, description="KL works if max_i |E[mu_i]| <= mu_tol")
-    settle_patience: int = Field(5, ge=2, description="settled: the same set of active variables and a still "
-                                 "law residual over at least this many evaluations (vaesweep/engine/settle.py)")
-    settle_min_steps: int = Field(1500, ge=0, description="settled: the evaluations compared span at least "
-                                  "this many minibatches")
-    settle_law_tol: float = Field(0.05, gt=0, description="settled: law_residual_max drifts at most this much "
-                                  "over those evaluations (mean of the last half - mean of the first half)")
+    settle_patience: int = Field(
+        5,
+        ge=2,
+        description="settled: the same set of active variables and a still "
+        "law residual over at least this many evaluations (vaesweep/engine/settle.py)",
+    )
+    settle_min_steps: int = Field(
+        1500, ge=0, description="settled: the evaluations compared span at least this many minibatches"
+    )
+    settle_law_tol: float = Field(
+        0.05,
+        gt=0,
+        description="settled: law_residual_max drifts at most this much "
+        "over those evaluations (mean of the last half - mean of the first half)",
+    )
     # generation quality: FID-proxy (vaesweep/engine/fid.py)
     fid: bool = Field(True, description="FID-proxy scores fid_prior, fid_recon, fid_zeroed at the end")
     fid_every: int = Field(0, ge=0, description="FID-proxy also every N epochs (0: only at the end)")
     fid_samples: int = Field(1000, ge=2, description="images per FID-proxy score (capped at the eval split)")
-    cache_dir: str | None = Field(None, description="cache root: FID feature nets, fetched data "
-                                     "(default $VAESWEEP_CACHE, ~/.cache/vaesweep)")
+    cache_dir: str | None = Field(
+        None, description="cache root: FID feature nets, fetched data (default $VAESWEEP_CACHE, ~/.cache/vaesweep)"
+    )
     # the two-stage VAE of Dai & Wipf 2019 (Sec. 6.2, 7): vaesweep/engine/two_stage.py
-    two_stage: bool = Field(False, description="at the end, fit a second-stage VAE to the codes: fid_two_stage, "
-                            "two_stage_*")
+    two_stage: bool = Field(
+        False, description="at the end, fit a second-stage VAE to the codes: fid_two_stage, two_stage_*"
+    )
     two_stage_epochs: int = Field(100, ge=1, description="second-stage VAE training epochs")
-    two_stage_latent: int | None = Field(None, ge=1, description="second-stage latent dim (default: the number "
-                                         "of variables it models)")
+    two_stage_latent: int | None = Field(
+        None, ge=1, description="second-stage latent dim (default: the number of variables it models)"
+    )
     two_stage_hidden: tuple[int, ...] = Field((256, 256), min_length=1, description="second-stage dense widths")
-    two_stage_active_only: bool = Field(True, description="model only the active variables (inactive ones "
-                                        "decode as 0); false: all")
+    two_stage_active_only: bool = Field(
+        True, description="model only the active variables (inactive ones decode as 0); false: all"
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -136,7 +152,7 @@ class TrialConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _capacity_needs_steps(self) -> "TrialConfig":
+    def _capacity_needs_steps(self) -> TrialConfig:
         if self.capacity_max is not None and self.warmup_steps:
             raise ValueError("capacity_max (capacity beta-VAE) and warmup_steps do not combine; choose one")
         return self
@@ -151,8 +167,9 @@ class TrialConfig(BaseModel):
 
     @property
     def schedule(self) -> KLSchedule:
-        return KLSchedule(self.lam, self.warmup_steps, self.free_bits, self.capacity_max,
-                          self.capacity_steps, self.gamma)
+        return KLSchedule(
+            self.lam, self.warmup_steps, self.free_bits, self.capacity_max, self.capacity_steps, self.gamma
+        )
 
     @property
     def tolerances(self) -> Tolerances:

@@ -23,12 +23,24 @@ from vaesweep.config.trial import TrialConfig, trial_fields
 from vaesweep.engine.models import build_model
 from vaesweep.engine.packing import PackedRun
 
-__all__ = ["CHECKPOINT_FILE", "MODEL_FILE", "RAY_FOLDER", "packed_id", "split_packed_id", "save_run", "load_run",
-           "find_checkpoint", "trained_file_in", "save_model", "load_trained", "build_trained"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "MODEL_FILE",
+    "RAY_FOLDER",
+    "packed_id",
+    "split_packed_id",
+    "save_run",
+    "load_run",
+    "find_checkpoint",
+    "trained_file_in",
+    "save_model",
+    "load_trained",
+    "build_trained",
+]
 
 CHECKPOINT_FILE = "trial.pt"  # a run's state in a Ray checkpoint folder
-MODEL_FILE = "model.pt"       # train --out's config and weights
-RAY_FOLDER = "tune"           # Ray Tune's results inside a study folder
+MODEL_FILE = "model.pt"  # train --out's config and weights
+RAY_FOLDER = "tune"  # Ray Tune's results inside a study folder
 _PACKED = re.compile(r"^(?P<ray_id>.+)-p(?P<i>\d+)$")  # the inverse of config.packing.packed_id
 
 
@@ -68,8 +80,12 @@ def find_checkpoint(study_dir: str | Path, trial_id: str) -> Path | None:
     lives in its Ray trial's checkpoints as ``p<i>/trial.pt``.
     """
     ray_id, i = split_packed_id(trial_id)
-    found = [p for d in (Path(study_dir) / RAY_FOLDER).rglob(f"*{ray_id}_*") if d.is_dir()
-             for p in d.glob(f"checkpoint_*/{_member_file(i)}")]
+    found = [
+        p
+        for d in (Path(study_dir) / RAY_FOLDER).rglob(f"*{ray_id}_*")
+        if d.is_dir()
+        for p in d.glob(f"checkpoint_*/{_member_file(i)}")
+    ]
     return max(found, key=lambda p: p.parents[1 if i is not None else 0].name) if found else None
 
 
@@ -94,8 +110,10 @@ def load_trained(path: str | Path) -> tuple[TrialConfig, dict]:
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise ValueError(f"'{path}' is not a vaesweep trial checkpoint; give a {MODEL_FILE} from train --out "
-                         f"or a checkpoint_*/{CHECKPOINT_FILE} of a study")
+        raise ValueError(
+            f"'{path}' is not a vaesweep trial checkpoint; give a {MODEL_FILE} from train --out "
+            f"or a checkpoint_*/{CHECKPOINT_FILE} of a study"
+        )
     return TrialConfig(**{k: v for k, v in state["config"].items() if k in trial_fields()}), state["model"]
 
 

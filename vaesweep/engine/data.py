@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from vaesweep.config.errors import DataError
-from vaesweep.config.trial import TORCHVISION_SETS, check_dataset_name, dataset_names
+from vaesweep.config.trial import TORCHVISION_SETS, check_dataset_name
 
 SPLIT_SEED = 12345  # fixed: the eval split must not move with the trial seed
 EVAL_FRACTION = 0.2  # for data sets without an official split (mnist5k: 4,000 / 1,000)
@@ -65,10 +65,16 @@ class ImageData:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.train.shape[1:])
 
-    def to(self, device: torch.device | str) -> "ImageData":
+    def to(self, device: torch.device | str) -> ImageData:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return ImageData(self.name, move(self.train), move(self.eval),
-                         move(self.train_labels), move(self.eval_labels), self.content_hash)
+        return ImageData(
+            self.name,
+            move(self.train),
+            move(self.eval),
+            move(self.train_labels),
+            move(self.eval_labels),
+            self.content_hash,
+        )
 
 
 def cache_dir(explicit: str | Path | None = None) -> Path:
@@ -82,8 +88,13 @@ def data_dir(cache: str | Path | None = None) -> Path:
     return cache_dir(cache) / "data"
 
 
-def load_dataset(name: str = "mnist5k", root: str | None = None, download: bool = False,
-                 device: torch.device | str = "cpu", cache: str | Path | None = None) -> ImageData:
+def load_dataset(
+    name: str = "mnist5k",
+    root: str | None = None,
+    download: bool = False,
+    device: torch.device | str = "cpu",
+    cache: str | Path | None = None,
+) -> ImageData:
     """Load a registered data set onto ``device``. Raises DataError with a one-line fix."""
     check_dataset_name(name)
     if name == "mnist5k":
@@ -104,8 +115,7 @@ def check_available(name: str, root: str | None = None, cache: str | Path | None
     if name.startswith("npz:") and not Path(name[4:]).is_file():
         raise DataError(f"dataset npz file '{name[4:]}' not found; give an existing .npz path as npz:PATH")
     if name == "mnist" and root is None and not (data_dir(cache) / MNIST_FILE).is_file():
-        raise DataError(f"dataset 'mnist' is not in the cache {data_dir(cache)}; "
-                        f"fetch it once: {FETCH_MNIST}")
+        raise DataError(f"dataset 'mnist' is not in the cache {data_dir(cache)}; fetch it once: {FETCH_MNIST}")
 
 
 def _mnist_cached(cache: str | Path | None) -> ImageData:
@@ -116,8 +126,7 @@ def _mnist_cached(cache: str | Path | None) -> ImageData:
         with np.load(path) as a:
             xtr, ytr, xev, yev = (a[k] for k in ("train_x", "train_y", "eval_x", "eval_y"))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        raise DataError(f"cache file {path} is unreadable ({err}); "
-                        f"fetch it again: {FETCH_MNIST} --force") from None
+        raise DataError(f"cache file {path} is unreadable ({err}); fetch it again: {FETCH_MNIST} --force") from None
     return _make("mnist", xtr[:, None], ytr.astype(np.int64), xev[:, None], yev.astype(np.int64))
 
 
@@ -141,16 +150,22 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if images.ndim == 3:
         images = images[:, None]
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[2:] not in ((28, 28), (32, 32)):
-        raise DataError(f"dataset npz array '{key}' has shape {images.shape}; expected N x H x W or "
-                        "N x C x H x W with C in (1, 3) and H = W in (28, 32)")
+        raise DataError(
+            f"dataset npz array '{key}' has shape {images.shape}; expected N x H x W or "
+            "N x C x H x W with C in (1, 3) and H = W in (28, 32)"
+        )
     if images.dtype != np.uint8:  # the only float pixels any data set has: check them once, here
         bad = int(np.count_nonzero(~np.isfinite(images)))
         if bad:
-            raise DataError(f"dataset npz array '{key}' has {bad} non-finite pixel values (NaN or inf); "
-                            "replace them, scaled to [0, 1], or save uint8")
+            raise DataError(
+                f"dataset npz array '{key}' has {bad} non-finite pixel values (NaN or inf); "
+                "replace them, scaled to [0, 1], or save uint8"
+            )
         if images.min() < 0 or images.max() > 1:
-            raise DataError(f"dataset npz array '{key}' is float in [{images.min():g}, {images.max():g}], "
-                            "outside [0, 1]; scale it to [0, 1] or save uint8")
+            raise DataError(
+                f"dataset npz array '{key}' is float in [{images.min():g}, {images.max():g}], "
+                "outside [0, 1]; scale it to [0, 1] or save uint8"
+            )
     return images, None if labels is None else labels.astype(np.int64)
 
 
@@ -170,16 +185,22 @@ def torchvision_arrays(name: str, root: str | Path, download: bool) -> tuple[np.
 
 def _torchvision(name: str, root: str | None, download: bool) -> ImageData:
     if root is None:
-        raise DataError(f"dataset '{name}' needs --data-root DIR (a folder holding the torchvision "
-                        f"{TORCHVISION_SETS[name]} files, or one to download them into with --download)")
+        raise DataError(
+            f"dataset '{name}' needs --data-root DIR (a folder holding the torchvision "
+            f"{TORCHVISION_SETS[name]} files, or one to download them into with --download)"
+        )
     try:
         xtr, ytr, xev, yev = torchvision_arrays(name, root, download)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted..."
-        raise DataError(f"dataset '{name}' not found under '{root}' ({err}); copy the torchvision "
-                        f"{TORCHVISION_SETS[name]} files there, or add --download on a machine with a network") from None
+        raise DataError(
+            f"dataset '{name}' not found under '{root}' ({err}); copy the torchvision "
+            f"{TORCHVISION_SETS[name]} files there, or add --download on a machine with a network"
+        ) from None
     except OSError as err:  # offline download: URLError and friends
-        raise DataError(f"dataset '{name}' could not be downloaded into '{root}' ({err}); this machine is "
-                        f"offline: copy the torchvision {TORCHVISION_SETS[name]} files into '{root}'") from None
+        raise DataError(
+            f"dataset '{name}' could not be downloaded into '{root}' ({err}); this machine is "
+            f"offline: copy the torchvision {TORCHVISION_SETS[name]} files into '{root}'"
+        ) from None
     return _make(name, xtr, ytr, xev, yev)
 
 
@@ -194,15 +215,27 @@ def _split(name: str, images: np.ndarray, labels: np.ndarray | None) -> ImageDat
 def _make(name, xtr, ytr, xev, yev) -> ImageData:
     if len(xtr) < MIN_TRAIN or len(xev) < MIN_EVAL:
         need = max(math.ceil(MIN_EVAL / EVAL_FRACTION), math.ceil(MIN_TRAIN / (1 - EVAL_FRACTION)))
-        fix = (f" (an npz is split {1 - EVAL_FRACTION:.0%}/{EVAL_FRACTION:.0%}: give at least {need} images)"
-               if name.startswith("npz:") else "")
-        raise DataError(f"dataset '{name}' has {len(xtr)} training and {len(xev)} eval images; need at least "
-                        f"{MIN_TRAIN} and {MIN_EVAL}{fix}")
+        fix = (
+            f" (an npz is split {1 - EVAL_FRACTION:.0%}/{EVAL_FRACTION:.0%}: give at least {need} images)"
+            if name.startswith("npz:")
+            else ""
+        )
+        raise DataError(
+            f"dataset '{name}' has {len(xtr)} training and {len(xev)} eval images; need at least "
+            f"{MIN_TRAIN} and {MIN_EVAL}{fix}"
+        )
     digest = hashlib.sha256()
     for a in (xtr, xev):
         digest.update(np.ascontiguousarray(a).tobytes())
     as_float = lambda a: torch.from_numpy(  # noqa: E731
-        a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32))
+        a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
+    )
     as_long = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-    return ImageData(name, as_float(xtr).contiguous(), as_float(xev).contiguous(),
-                     as_long(ytr), as_long(yev), digest.hexdigest()[:16])
+    return ImageData(
+        name,
+        as_float(xtr).contiguous(),
+        as_float(xev).contiguous(),
+        as_long(ytr),
+        as_long(yev),
+        digest.hexdigest()[:16],
+    )

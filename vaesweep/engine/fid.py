@@ -35,18 +35,23 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import nn
 
-from vaesweep.engine.data import CACHE_ENV, DataError, ImageData, cache_dir  # the one cache root: feature nets live in it
+from vaesweep.engine.data import (  # the one cache root: feature nets live in it
+    CACHE_ENV,
+    DataError,
+    ImageData,
+    cache_dir,
+)
 from vaesweep.engine.models import eval_mode
 from vaesweep.engine.sampling import decode_images, prior_codes, zero_inactive
-from filelock import FileLock
 
 Progress = Callable[[str], None]
 
@@ -57,6 +62,7 @@ def _stderr(line: str) -> None:
 
 # --- the feature network ------------------------------------------------------------------------
 
+
 class FeatureNet(nn.Module):
     """A small CNN classifier for C x 28 x 28 or C x 32 x 32 images in [0, 1].
 
@@ -64,8 +70,14 @@ class FeatureNet(nn.Module):
     wide ReLU layer: its activations are the FID features. ``logits`` adds dropout and the class layer.
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], n_classes: int, widths: tuple[int, ...] = (8, 16, 32),
-                 num_features: int = 128, dropout: float = 0.3):
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        n_classes: int,
+        widths: tuple[int, ...] = (8, 16, 32),
+        num_features: int = 128,
+        dropout: float = 0.3,
+    ):
         super().__init__()
         c, size, _ = in_shape
         layers: list[nn.Module] = []
@@ -86,13 +98,14 @@ class FeatureNet(nn.Module):
 @dataclass(frozen=True)
 class Recipe:
     """How a feature network is trained; part of its cache key, so changing it retrains."""
+
     epochs: int = 12
     batch_size: int = 128
     lr: float = 4e-3
     weight_decay: float = 1e-4
     widths: tuple[int, ...] = (8, 16, 32)
     num_features: int = 128
-    rotate_deg: float = 10.0   # light augmentation: random rotation, scale and shift
+    rotate_deg: float = 10.0  # light augmentation: random rotation, scale and shift
     scale: float = 0.1
     shift_px: float = 2.0
     seed: int = 0
@@ -104,6 +117,7 @@ class Recipe:
 @dataclass
 class TrainedFeatureNet:
     """A feature network and what is known about it (``meta``: test_accuracy, seconds, ...)."""
+
     net: FeatureNet
     meta: dict
     path: Path
@@ -133,20 +147,25 @@ def has_labels(data: ImageData) -> bool:
 @torch.no_grad()
 def accuracy(net: FeatureNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
     with eval_mode(net):
-        hits = sum((net.logits(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum()
-                   for i in range(0, len(x), batch_size))
+        hits = sum(
+            (net.logits(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum()
+            for i in range(0, len(x), batch_size)
+        )
     return float(hits) / len(x)
 
 
-def train_feature_net(data: ImageData, recipe: Recipe = Recipe(), progress: Progress | None = _stderr
-                      ) -> tuple[FeatureNet, dict]:
+def train_feature_net(
+    data: ImageData, recipe: Recipe = Recipe(), progress: Progress | None = _stderr
+) -> tuple[FeatureNet, dict]:
     """Train the classifier on the train split (cross-entropy, AdamW, one-cycle LR); test on eval.
 
     Seeded by ``recipe.seed`` inside a forked RNG, so the caller's random state is untouched.
     """
     if not has_labels(data):
-        raise DataError(f"dataset '{data.name}' has no labels, which the FID-proxy needs to train its feature "
-                        "network; save them as key 'y' in the npz file, or set fid: false")
+        raise DataError(
+            f"dataset '{data.name}' has no labels, which the FID-proxy needs to train its feature "
+            "network; save them as key 'y' in the npz file, or set fid: false"
+        )
     x, y, device = data.train, data.train_labels, data.train.device
     n_classes = int(max(y.max(), data.eval_labels.max())) + 1
     t0 = time.perf_counter()
@@ -162,7 +181,7 @@ def train_feature_net(data: ImageData, recipe: Recipe = Recipe(), progress: Prog
             order = torch.randperm(len(x), generator=gen, device=device)
             total = torch.zeros((), device=device)
             for start in range(0, len(x), recipe.batch_size):
-                idx = order[start:start + recipe.batch_size]
+                idx = order[start : start + recipe.batch_size]
                 loss = F.cross_entropy(net.logits(augment(x[idx], recipe, gen)), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -171,18 +190,29 @@ def train_feature_net(data: ImageData, recipe: Recipe = Recipe(), progress: Prog
                 total += loss.detach() * len(idx)
             if progress is not None:
                 acc = accuracy(net, data.eval, data.eval_labels)
-                progress(f"feature network epoch {epoch}/{recipe.epochs}: train loss {float(total) / len(x):.4f}, "
-                         f"test accuracy {acc:.2%} ({time.perf_counter() - t0:.0f}s)")
+                progress(
+                    f"feature network epoch {epoch}/{recipe.epochs}: train loss {float(total) / len(x):.4f}, "
+                    f"test accuracy {acc:.2%} ({time.perf_counter() - t0:.0f}s)"
+                )
     net.eval()
-    meta = {"dataset": data.name, "content_hash": data.content_hash, "recipe": asdict(recipe),
-            "recipe_key": recipe.key(), "n_classes": n_classes, "n_train": len(x), "n_test": len(data.eval),
-            "test_accuracy": accuracy(net, data.eval, data.eval_labels),
-            "train_seconds": time.perf_counter() - t0, "torch": str(torch.__version__)}
+    meta = {
+        "dataset": data.name,
+        "content_hash": data.content_hash,
+        "recipe": asdict(recipe),
+        "recipe_key": recipe.key(),
+        "n_classes": n_classes,
+        "n_train": len(x),
+        "n_test": len(data.eval),
+        "test_accuracy": accuracy(net, data.eval, data.eval_labels),
+        "train_seconds": time.perf_counter() - t0,
+        "torch": str(torch.__version__),
+    }
     return net, meta
 
 
-def feature_net(data: ImageData, cache: str | Path | None = None, recipe: Recipe = Recipe(),
-                progress: Progress | None = _stderr) -> TrainedFeatureNet:
+def feature_net(
+    data: ImageData, cache: str | Path | None = None, recipe: Recipe = Recipe(), progress: Progress | None = _stderr
+) -> TrainedFeatureNet:
     """The data set's feature network: loaded from the cache, else trained once and cached.
 
     The file is ``<cache>/fidnet-<content hash>-<recipe key>.pt``. Concurrent callers (Ray trials)
@@ -193,8 +223,10 @@ def feature_net(data: ImageData, cache: str | Path | None = None, recipe: Recipe
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DataError(f"cache_dir '{folder}' cannot be created ({err.strerror}); set cache_dir or "
-                        f"${CACHE_ENV} to a writable folder") from None
+        raise DataError(
+            f"cache_dir '{folder}' cannot be created ({err.strerror}); set cache_dir or "
+            f"${CACHE_ENV} to a writable folder"
+        ) from None
     path = folder / f"fidnet-{data.content_hash}-{recipe.key()}.pt"
     loaded = _load(path, data, recipe)
     if loaded is None:
@@ -202,13 +234,17 @@ def feature_net(data: ImageData, cache: str | Path | None = None, recipe: Recipe
             loaded = _load(path, data, recipe)  # somebody may have trained it while we waited
             if loaded is None:  # missing, or unreadable / from another version: (re)train
                 if progress is not None:
-                    progress(f"training the feature network of '{data.name}' once ({len(data.train)} images); "
-                             f"it will be cached as {path}")
+                    progress(
+                        f"training the feature network of '{data.name}' once ({len(data.train)} images); "
+                        f"it will be cached as {path}"
+                    )
                 net, meta = train_feature_net(data, recipe, progress)
                 _save_atomic({"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}, "meta": meta}, path)
                 if progress is not None:
-                    progress(f"feature network test accuracy {meta['test_accuracy']:.2%} "
-                             f"({meta['train_seconds']:.0f}s to train)")
+                    progress(
+                        f"feature network test accuracy {meta['test_accuracy']:.2%} "
+                        f"({meta['train_seconds']:.0f}s to train)"
+                    )
                 loaded = _load(path, data, recipe)
     net, meta = loaded
     return TrainedFeatureNet(net.eval().to(data.train.device), meta, path)
@@ -239,14 +275,16 @@ def _save_atomic(obj, path: Path) -> None:
 
 # --- the Fréchet distance -----------------------------------------------------------------------
 
+
 class _Frozen(nn.Module):
     """The feature network as torchmetrics' feature extractor: always in eval mode, no gradients."""
+
     def __init__(self, net: FeatureNet):
         super().__init__()
         self.net = net.eval().requires_grad_(False)
         self.num_features = net.num_features
 
-    def train(self, mode: bool = True) -> "_Frozen":
+    def train(self, mode: bool = True) -> _Frozen:
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,6 +293,7 @@ class _Frozen(nn.Module):
 
 class FidScorer:
     """Fréchet distances to one fixed set of real images, whose features are computed once."""
+
     def __init__(self, net: FeatureNet, real: torch.Tensor, batch_size: int = 500):
         from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -267,7 +306,7 @@ class FidScorer:
 
     def _update(self, images: torch.Tensor, real: bool) -> None:
         for i in range(0, len(images), self.batch_size):
-            self.metric.update(images[i:i + self.batch_size], real=real)
+            self.metric.update(images[i : i + self.batch_size], real=real)
 
     def score(self, images: torch.Tensor) -> float:
         """d^2 between the real images and ``images`` (N, C, H, W) in [0, 1], N >= 2."""
@@ -283,8 +322,11 @@ def trial_scores(data: ImageData, cfg, model, active: list[bool], seed: int, sco
     fid_net_accuracy) and the (scorer, feature net) pair to reuse next time; no scores, with a warning, for
     unlabelled data."""
     if not has_labels(data):
-        warnings.warn(f"fid: dataset '{data.name}' has no labels to train the FID-proxy's feature "
-                      "network; no fid_* scores (save labels as key 'y' in the npz, or set fid: false)")
+        warnings.warn(
+            f"fid: dataset '{data.name}' has no labels to train the FID-proxy's feature "
+            "network; no fid_* scores (save labels as key 'y' in the npz, or set fid: false)",
+            stacklevel=2,
+        )
         return {}, scorer
     if scorer is None:
         scorer = scorer_for(data, cfg.fid_samples, cfg.cache_dir)
@@ -292,8 +334,9 @@ def trial_scores(data: ImageData, cfg, model, active: list[bool], seed: int, sco
     return {**generation_scores(model, fid, active, seed), "fid_net_accuracy": trained.test_accuracy}, scorer
 
 
-def scorer_for(data: ImageData, n: int, cache: str | Path | None = None,
-               progress: Progress | None = _stderr) -> tuple[FidScorer, TrainedFeatureNet]:
+def scorer_for(
+    data: ImageData, n: int, cache: str | Path | None = None, progress: Progress | None = _stderr
+) -> tuple[FidScorer, TrainedFeatureNet]:
     """A scorer against the first ``n`` eval images (capped at the eval split) of ``data``."""
     trained = feature_net(data, cache, progress=progress)
     return FidScorer(trained.net, data.eval[:n]), trained
@@ -303,8 +346,9 @@ def scorer_for(data: ImageData, n: int, cache: str | Path | None = None,
 def reconstructions(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Mean reconstructions sigmoid(d(mu(X))) in [0, 1], with the model in eval mode."""
     with eval_mode(model):
-        return torch.cat([torch.sigmoid(model.decode(model.encode(x[i:i + batch_size])[0]))
-                          for i in range(0, len(x), batch_size)])
+        return torch.cat(
+            [torch.sigmoid(model.decode(model.encode(x[i : i + batch_size])[0])) for i in range(0, len(x), batch_size)]
+        )
 
 
 def generation_scores(model, scorer: FidScorer, active: list[bool], seed: int) -> dict:
@@ -322,9 +366,11 @@ def generation_scores(model, scorer: FidScorer, active: list[bool], seed: int) -
     real = scorer.real
     z = prior_codes(len(real), model.latent_dim, seed, real.device)
     prior, zeroed = decode_images(model, z), decode_images(model, zero_inactive(z, active))
-    out = {"fid_prior": scorer.score(prior),
-           "fid_recon": scorer.score(reconstructions(model, real)),
-           "fid_zeroed": scorer.score(zeroed),
-           "fid_zeroed_pixel_change": float((prior - zeroed).abs().mean())}
+    out = {
+        "fid_prior": scorer.score(prior),
+        "fid_recon": scorer.score(reconstructions(model, real)),
+        "fid_zeroed": scorer.score(zeroed),
+        "fid_zeroed_pixel_change": float((prior - zeroed).abs().mean()),
+    }
     out["fid_seconds"] = time.perf_counter() - t0
     return out

@@ -16,7 +16,6 @@ Inactive variables (Table 1, red rows): var_mu ~ 0 and mean_sigma2 ~ 1.
 
 from __future__ import annotations
 
-
 import torch
 
 from vaesweep.config.trial import Tolerances
@@ -29,7 +28,7 @@ PER_VARIABLE = ("mean_mu", "var_mu", "mean_sigma2", "law", "kl", "recon_gain", "
 @torch.no_grad()
 def encode_all(model, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """mu(X) and log sigma^2(X) for every image of ``x``, shape (N, L) each."""
-    parts = [model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    parts = [model.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -47,8 +46,9 @@ def moment_stats(mu: torch.Tensor, logvar: torch.Tensor) -> dict[str, torch.Tens
 
 
 @torch.no_grad()
-def reconstruction_gain(model, x: torch.Tensor, mu: torch.Tensor, recon_kind: str,
-                        images_per_pass: int = 2048) -> torch.Tensor:
+def reconstruction_gain(
+    model, x: torch.Tensor, mu: torch.Tensor, recon_kind: str, images_per_pass: int = 2048
+) -> torch.Tensor:
     """Sec. 5: per variable, E[recon error with z_i zeroed] - E[recon error decoding z = mu], (L,).
 
     All L zeroed copies of a chunk of codes go through the decoder in one batched pass.
@@ -58,8 +58,8 @@ def reconstruction_gain(model, x: torch.Tensor, mu: torch.Tensor, recon_kind: st
     chunk = max(1, images_per_pass // (latent + 1))
     err = torch.zeros(latent + 1, device=mu.device)
     for s in range(0, n, chunk):
-        xb, mb = x[s:s + chunk], mu[s:s + chunk]
-        z = (keep[:, None, :] * mb[None]).reshape(-1, latent)          # (L+1)*B codes
+        xb, mb = x[s : s + chunk], mu[s : s + chunk]
+        z = (keep[:, None, :] * mb[None]).reshape(-1, latent)  # (L+1)*B codes
         target = xb.expand(latent + 1, *xb.shape).reshape(-1, *xb.shape[1:])
         err += reconstruction_error(model.decode(z), target, recon_kind).view(latent + 1, -1).sum(1)
     err = err / n
@@ -67,8 +67,9 @@ def reconstruction_gain(model, x: torch.Tensor, mu: torch.Tensor, recon_kind: st
 
 
 @torch.no_grad()
-def evaluate(model, x: torch.Tensor, recon_kind: str, tol: Tolerances, generator: torch.Generator,
-             with_gain: bool = True) -> dict:
+def evaluate(
+    model, x: torch.Tensor, recon_kind: str, tol: Tolerances, generator: torch.Generator, with_gain: bool = True
+) -> dict:
     """All collapse metrics of a model on images ``x``: per-variable tensors and a summary.
     ``generator`` fixes the eval sampling noise."""
     with eval_mode(model):
@@ -76,8 +77,12 @@ def evaluate(model, x: torch.Tensor, recon_kind: str, tol: Tolerances, generator
         per_var = moment_stats(mu, logvar)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = reparameterize(mu, logvar, eps)
-        recon = torch.cat([reconstruction_error(model.decode(z[s:s + 1000]), x[s:s + 1000], recon_kind)
-                           for s in range(0, len(x), 1000)]).mean()
+        recon = torch.cat(
+            [
+                reconstruction_error(model.decode(z[s : s + 1000]), x[s : s + 1000], recon_kind)
+                for s in range(0, len(x), 1000)
+            ]
+        ).mean()
         if with_gain:
             per_var["recon_gain"] = reconstruction_gain(model, x, mu, recon_kind)
         else:
@@ -111,6 +116,7 @@ def summarize(per_var: dict[str, torch.Tensor], recon: torch.Tensor, tol: Tolera
         "law_excess": law_residual_max - tol.law_tol,
         "mu_excess": mean_mu_abs_max - tol.mu_tol,
     }
-    latents = [{"latent": i, **{k: float(cols[k][i]) for k in cols}, "active": bool(active[i])}
-               for i in range(len(active))]
+    latents = [
+        {"latent": i, **{k: float(cols[k][i]) for k in cols}, "active": bool(active[i])} for i in range(len(active))
+    ]
     return {"summary": summary, "latents": latents}

@@ -60,26 +60,35 @@ def capacity_target(step: int, schedule: KLSchedule) -> float:
 @dataclass(frozen=True)
 class KLSchedules:
     """The KL schedules of K configurations as device tensors (K,) for ``kl_term`` (K = 1 for one trial)."""
+
     schedules: tuple[KLSchedule, ...]
     free_bits: torch.Tensor  # (K,) nats per variable, 0 = off
-    capacity: torch.Tensor   # (K,) bool: gamma * |KL - C| instead of lambda * KL
-    gamma: torch.Tensor      # (K,)
+    capacity: torch.Tensor  # (K,) bool: gamma * |KL - C| instead of lambda * KL
+    gamma: torch.Tensor  # (K,)
     any_free_bits: bool
     any_capacity: bool
 
     @classmethod
-    def of(cls, schedules: list[KLSchedule], device: torch.device) -> "KLSchedules":
+    def of(cls, schedules: list[KLSchedule], device: torch.device) -> KLSchedules:
         def per_config(value, dtype=torch.float32):
             return torch.tensor([value(s) for s in schedules], dtype=dtype, device=device)
-        return cls(tuple(schedules), per_config(lambda s: s.free_bits),
-                   per_config(lambda s: s.capacity_max is not None, torch.bool), per_config(lambda s: s.gamma),
-                   any(s.free_bits > 0 for s in schedules), any(s.capacity_max is not None for s in schedules))
+
+        return cls(
+            tuple(schedules),
+            per_config(lambda s: s.free_bits),
+            per_config(lambda s: s.capacity_max is not None, torch.bool),
+            per_config(lambda s: s.gamma),
+            any(s.free_bits > 0 for s in schedules),
+            any(s.capacity_max is not None for s in schedules),
+        )
 
     def coefficients(self, first_step: int, n_steps: int) -> torch.Tensor:
         """(n_steps, K, 2): lambda(step) and C(step) of each configuration for steps first_step, ...;
         host arithmetic on step counts, one copy to the device."""
-        rows = [[(kl_weight(step, s), capacity_target(step, s)) for s in self.schedules]
-                for step in range(first_step, first_step + n_steps)]
+        rows = [
+            [(kl_weight(step, s), capacity_target(step, s)) for s in self.schedules]
+            for step in range(first_step, first_step + n_steps)
+        ]
         return torch.tensor(rows, dtype=torch.float32, device=self.gamma.device).view(n_steps, len(self.schedules), 2)
 
 

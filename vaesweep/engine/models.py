@@ -90,11 +90,11 @@ class ConvVAE(nn.Module):
         if sizes[-1] != 4:
             raise ValueError(f"conv architecture needs 28x28 or 32x32 inputs, got {size}x{size}")
         self.encoder = nn.Sequential(
-            *_conv_bn_relu(nn.Conv2d(c, w0, 3, 2, 1)),                                   # 14x14x16
-            *_conv_bn_relu(nn.Conv2d(w0, w, 3, 1, 1), nn.Conv2d(w, w, 3, 2, 1)),          # 7x7x32
-            *_conv_bn_relu(nn.Conv2d(w, w, 3, 2, 1), nn.Conv2d(w, w, 3, 1, 1)),           # 4x4x32
-            *_conv_bn_relu(nn.Conv2d(w, w, 2, 2), _same_conv2x2(w)),                      # 2x2x32
-            nn.Conv2d(w, w, 2, 1),                                                        # 1x1x32
+            *_conv_bn_relu(nn.Conv2d(c, w0, 3, 2, 1)),  # 14x14x16
+            *_conv_bn_relu(nn.Conv2d(w0, w, 3, 1, 1), nn.Conv2d(w, w, 3, 2, 1)),  # 7x7x32
+            *_conv_bn_relu(nn.Conv2d(w, w, 3, 2, 1), nn.Conv2d(w, w, 3, 1, 1)),  # 4x4x32
+            *_conv_bn_relu(nn.Conv2d(w, w, 2, 2), _same_conv2x2(w)),  # 2x2x32
+            nn.Conv2d(w, w, 2, 1),  # 1x1x32
         )
         self.mu = nn.Conv2d(w, latent_dim, 1)
         self.logvar = nn.Conv2d(w, latent_dim, 1)
@@ -104,11 +104,13 @@ class ConvVAE(nn.Module):
 
         self.decoder = nn.Sequential(
             nn.Unflatten(1, (latent_dim, 1, 1)),
-            *_conv_bn_relu(nn.ConvTranspose2d(latent_dim, w, 2, 1)),                       # 2x2
-            *_conv_bn_relu(nn.ConvTranspose2d(w, w, 2, 2), nn.Conv2d(w, w, 3, 1, 1)),       # 4x4
-            *_conv_bn_relu(up(w, w, sizes[2], 4), nn.Conv2d(w, w, 3, 1, 1)),                # 7x7
-            *_conv_bn_relu(up(w, w0, sizes[1], sizes[2]), nn.Conv2d(w0, w0, 3, 1, 1)),      # 14x14
-            up(w0, w0, sizes[0], sizes[1]), nn.ReLU(), nn.Conv2d(w0, c, 3, 1, 1),           # 28x28 logits
+            *_conv_bn_relu(nn.ConvTranspose2d(latent_dim, w, 2, 1)),  # 2x2
+            *_conv_bn_relu(nn.ConvTranspose2d(w, w, 2, 2), nn.Conv2d(w, w, 3, 1, 1)),  # 4x4
+            *_conv_bn_relu(up(w, w, sizes[2], 4), nn.Conv2d(w, w, 3, 1, 1)),  # 7x7
+            *_conv_bn_relu(up(w, w0, sizes[1], sizes[2]), nn.Conv2d(w0, w0, 3, 1, 1)),  # 14x14
+            up(w0, w0, sizes[0], sizes[1]),
+            nn.ReLU(),
+            nn.Conv2d(w0, c, 3, 1, 1),  # 28x28 logits
         )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,8 +121,13 @@ class ConvVAE(nn.Module):
         return self.decoder(z)
 
 
-def build_model(arch: str, in_shape: tuple[int, int, int], latent_dim: int,
-                hidden: tuple[int, ...] = (256, 64, 32), conv_width: int = 32) -> nn.Module:
+def build_model(
+    arch: str,
+    in_shape: tuple[int, int, int],
+    latent_dim: int,
+    hidden: tuple[int, ...] = (256, 64, 32),
+    conv_width: int = 32,
+) -> nn.Module:
     if arch == "dense":
         return DenseVAE(in_shape, latent_dim, tuple(hidden))
     if arch == "conv":

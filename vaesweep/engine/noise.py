@@ -39,17 +39,18 @@ evaluates every epoch, and the trial's own ``epochs`` is replaced by the phases'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
-from vaesweep.experiments.noise import NoiseSettings
 from vaesweep.config.trial import TrialConfig
 from vaesweep.engine.latents import encode_all, moment_stats
 from vaesweep.engine.losses import reconstruction_error
 from vaesweep.engine.models import eval_mode
 from vaesweep.engine.trial import TrialResult, TrialRun
+from vaesweep.experiments.noise import NoiseSettings
 
 Phase = Literal["base", "noise_rising", "noise_held", "recovery", "done"]
 PHASES = ("base", "noise_rising", "noise_held", "recovery")
@@ -60,14 +61,14 @@ class NoiseState:
     """Where the experiment stands; saved in every checkpoint so a restored trial goes on."""
 
     phase: Phase = "base"
-    phase_epochs: int = 0          # epochs trained in the current phase
+    phase_epochs: int = 0  # epochs trained in the current phase
     sigma: float = 0.0
-    level: int = 0                 # noise increments so far
+    level: int = 0  # noise increments so far
     variable: int | None = None
     frozen: list[int] = field(default_factory=list)
     threshold_epoch: int | None = None
-    noise_end_epoch: int | None = None   # last epoch trained with noise
-    last_epoch: int | None = None        # the experiment's last epoch, known once the noise stops rising
+    noise_end_epoch: int | None = None  # last epoch trained with noise
+    last_epoch: int | None = None  # the experiment's last epoch, known once the noise stops rising
     collapsed_epoch: int | None = None
     revived_epoch: int | None = None
 
@@ -77,25 +78,45 @@ def _nan(v) -> float:
 
 
 @torch.no_grad()
-def variable_metrics(model, x: torch.Tensor, i: int, keep: torch.Tensor, sigma: float, recon_kind: str,
-                     seed: int, batch: int = 1000) -> dict[str, float]:
+def variable_metrics(
+    model, x: torch.Tensor, i: int, keep: torch.Tensor, sigma: float, recon_kind: str, seed: int, batch: int = 1000
+) -> dict[str, float]:
     """Sec. 5: the chosen variable's gains (with and without the noise), KL and moments; one host copy."""
     with eval_mode(model):
         mu, logvar = encode_all(model, x)
-        moments = moment_stats(mu[:, i:i + 1], logvar[:, i:i + 1])
-        z = mu * keep                                   # decode the means, frozen variables zeroed
+        moments = moment_stats(mu[:, i : i + 1], logvar[:, i : i + 1])
+        z = mu * keep  # decode the means, frozen variables zeroed
         off = z.clone()
-        off[:, i] = 0                                   # the variable zeroed out
-        eta = torch.randn(len(x), generator=torch.Generator(x.device).manual_seed(seed),
-                          device=x.device, dtype=z.dtype)
+        off[:, i] = 0  # the variable zeroed out
+        eta = torch.randn(len(x), generator=torch.Generator(x.device).manual_seed(seed), device=x.device, dtype=z.dtype)
         noisy = z.clone()
-        noisy[:, i] += sigma * eta                      # the variable as training sees it
-        err = torch.stack([
-            torch.cat([reconstruction_error(model.decode(c[s:s + batch]), x[s:s + batch], recon_kind)
-                       for s in range(0, len(x), batch)]).mean()
-            for c in (off, z, noisy)])
-    values = torch.stack([err[0] - err[2], err[0] - err[1], moments["kl"][0], moments["var_mu"][0],
-                          moments["mean_sigma2"][0], moments["mean_mu"][0]]).double().cpu().tolist()
+        noisy[:, i] += sigma * eta  # the variable as training sees it
+        err = torch.stack(
+            [
+                torch.cat(
+                    [
+                        reconstruction_error(model.decode(c[s : s + batch]), x[s : s + batch], recon_kind)
+                        for s in range(0, len(x), batch)
+                    ]
+                ).mean()
+                for c in (off, z, noisy)
+            ]
+        )
+    values = (
+        torch.stack(
+            [
+                err[0] - err[2],
+                err[0] - err[1],
+                moments["kl"][0],
+                moments["var_mu"][0],
+                moments["mean_sigma2"][0],
+                moments["mean_mu"][0],
+            ]
+        )
+        .double()
+        .cpu()
+        .tolist()
+    )
     names = ("noise_gain", "noise_gain_clean", "noise_kl", "noise_var_mu", "noise_mean_sigma2", "noise_mean_mu")
     return dict(zip(names, values))
 
@@ -127,6 +148,7 @@ class NoiseExperiment:
         def add_noise(z: torch.Tensor) -> torch.Tensor:  # Sec. 5: z_i + sigma * N(0, 1)
             eta = torch.randn(z.shape[0], 1, generator=gen, device=z.device, dtype=z.dtype)
             return z * keep + scale * eta
+
         return add_noise
 
     def keep_mask(self) -> torch.Tensor:
@@ -156,8 +178,17 @@ class NoiseExperiment:
             self._choose_variable()
         row = {"phase": phase, "noise_sigma": sigma}
         if st.variable is not None:
-            row.update(variable_metrics(self.run.model, self.run.x_eval, st.variable, self.keep_mask(), sigma,
-                                        self.run.cfg.recon_loss, self.run.cfg.seed + 2))
+            row.update(
+                variable_metrics(
+                    self.run.model,
+                    self.run.x_eval,
+                    st.variable,
+                    self.keep_mask(),
+                    sigma,
+                    self.run.cfg.recon_loss,
+                    self.run.cfg.seed + 2,
+                )
+            )
             self._advance(phase, metrics["epoch"], row)
         row.update(self._outcome())
         metrics.update(row)
@@ -174,12 +205,15 @@ class NoiseExperiment:
         elif active:
             st.variable = max(active, key=lambda r: r["recon_gain"])["latent"]
         else:
-            raise ValueError(f"noise: no active latent variable after {self.settings.base_epochs} base epochs "
-                             f"(none has var_mu >= {self.inactive_below}); raise noise.base_epochs or name "
-                             "noise.variable")
+            raise ValueError(
+                f"noise: no active latent variable after {self.settings.base_epochs} base epochs "
+                f"(none has var_mu >= {self.inactive_below}); raise noise.base_epochs or name "
+                "noise.variable"
+            )
         if self.settings.freeze_inactive:
-            st.frozen = [r["latent"] for r in latents
-                         if r["var_mu"] < self.inactive_below and r["latent"] != st.variable]
+            st.frozen = [
+                r["latent"] for r in latents if r["var_mu"] < self.inactive_below and r["latent"] != st.variable
+            ]
         self._enter("noise_rising")
 
     def _advance(self, phase: Phase, epoch: int, row: dict) -> None:
@@ -192,8 +226,12 @@ class NoiseExperiment:
         collapsed = row["noise_gain_clean"] < s.collapse_gain and row["noise_mean_sigma2"] >= s.collapse_sigma2
         if phase in ("noise_rising", "noise_held") and collapsed and st.collapsed_epoch is None:
             st.collapsed_epoch = epoch
-        if phase == "recovery" and st.collapsed_epoch is not None and st.revived_epoch is None \
-                and row["noise_gain_clean"] >= s.revive_gain:
+        if (
+            phase == "recovery"
+            and st.collapsed_epoch is not None
+            and st.revived_epoch is None
+            and row["noise_gain_clean"] >= s.revive_gain
+        ):
             st.revived_epoch = epoch
         if phase == "noise_rising":
             below = row["noise_gain"] < self.run.cfg.lam * row["noise_kl"]  # the gain no longer pays the KL
@@ -224,9 +262,14 @@ class NoiseExperiment:
 
     def _outcome(self) -> dict:
         st = self.state
-        return {"noise_variable": _nan(st.variable), "noise_n_frozen": len(st.frozen),
-                "noise_threshold_epoch": _nan(st.threshold_epoch), "noise_end_epoch": _nan(st.noise_end_epoch),
-                "noise_collapsed_epoch": _nan(st.collapsed_epoch), "noise_revived_epoch": _nan(st.revived_epoch)}
+        return {
+            "noise_variable": _nan(st.variable),
+            "noise_n_frozen": len(st.frozen),
+            "noise_threshold_epoch": _nan(st.threshold_epoch),
+            "noise_end_epoch": _nan(st.noise_end_epoch),
+            "noise_collapsed_epoch": _nan(st.collapsed_epoch),
+            "noise_revived_epoch": _nan(st.revived_epoch),
+        }
 
     # --- results and checkpoints -------------------------------------------------------------------
     def result(self) -> TrialResult:
@@ -246,8 +289,9 @@ class NoiseExperiment:
         return self.run.final_metrics()  # its history rows carry the phase and noise_* columns
 
 
-def run_noise_experiment(config: TrialConfig | dict, settings: NoiseSettings | dict,
-                         report: Callable[[dict], None] | None = None) -> TrialResult:
+def run_noise_experiment(
+    config: TrialConfig | dict, settings: NoiseSettings | dict, report: Callable[[dict], None] | None = None
+) -> TrialResult:
     """Run the Sec. 5 experiment; ``report(metrics)`` after every epoch (with ``phase`` and the
     ``noise_*`` columns); returns the final TrialResult, its history one row per epoch."""
     exp = NoiseExperiment(config, settings)
@@ -255,4 +299,3 @@ def run_noise_experiment(config: TrialConfig | dict, settings: NoiseSettings | d
         if report is not None:
             report(metrics)
     return exp.result()
-

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -59,6 +59,7 @@ def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 class _Forward(nn.Module):
     """Encode, sample z = mu + sigma * eps (eps given), mask missing variables, decode."""
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
@@ -71,6 +72,7 @@ class _Forward(nn.Module):
 
 class PackedRun(EpochLoop):
     """K trials' state in stacked tensors. ``epochs()`` trains and yields K metric dicts per epoch."""
+
     def __init__(self, configs: list[TrialConfig | dict]):
         self.cfgs = [c if isinstance(c, TrialConfig) else TrialConfig(**c) for c in configs]
         check_packable(self.cfgs)
@@ -124,8 +126,9 @@ class PackedRun(EpochLoop):
         orders, noise = [], []
         for cfg, gen in zip(self.cfgs, self.gens):
             orders.append(torch.randperm(n, generator=gen, device=self.device))
-            eps = torch.cat([torch.randn((min(bs, n - s), cfg.latent_dim), generator=gen, device=self.device)
-                             for s in starts])
+            eps = torch.cat(
+                [torch.randn((min(bs, n - s), cfg.latent_dim), generator=gen, device=self.device) for s in starts]
+            )
             noise.append(nn.functional.pad(eps, (0, self.latent - cfg.latent_dim)))
         return torch.stack(orders), torch.stack(noise)
 
@@ -139,8 +142,8 @@ class PackedRun(EpochLoop):
         sums = torch.zeros(self.k, 3, device=self.device)  # loss * B, recon sum, KL sum
         trace, trace_steps = [], []
         for j, start in enumerate(starts):
-            idx = orders[:, start:start + cfg.batch_size]
-            xb, eps = x[idx], noise[:, start:start + idx.shape[1]]
+            idx = orders[:, start : start + cfg.batch_size]
+            xb, eps = x[idx], noise[:, start : start + idx.shape[1]]
             logits, mu, logvar = self._forward(self.params, self.buffers, xb, eps, self.mask)
             loss, recon, kl = packed_loss(logits, xb, mu, logvar, self.mask, coefs[j], cfg.recon_loss, self.kl)
             for p in params:
@@ -158,11 +161,17 @@ class PackedRun(EpochLoop):
         for i, (c, (loss, recon, kl)) in enumerate(zip(self.cfgs, host)):
             if self.records[i].diverged is None and not all(math.isfinite(v) for v in (loss, recon, kl)):
                 self.records[i].diverged = f"loss became {loss} at epoch {self.epoch + 1}; lower lr or check the data"
-            m = {"train_loss": loss, "train_recon": recon, "train_kl": kl,
-                 "lam_effective": kl_weight(self.step, c.schedule)}
+            m = {
+                "train_loss": loss,
+                "train_recon": recon,
+                "train_kl": kl,
+                "lam_effective": kl_weight(self.step, c.schedule),
+            }
             if traces is not None:
-                m["trace"] = [{"step": s, "var_mu": t[i][0][:c.latent_dim], "mean_sigma2": t[i][1][:c.latent_dim]}
-                              for s, t in zip(trace_steps, traces)]
+                m["trace"] = [
+                    {"step": s, "var_mu": t[i][0][: c.latent_dim], "mean_sigma2": t[i][1][: c.latent_dim]}
+                    for s, t in zip(trace_steps, traces)
+                ]
             out.append(m)
         return out
 
@@ -205,16 +214,27 @@ class PackedRun(EpochLoop):
         """One ``TrialRun.state_dict()`` per configuration (TrialRun can resume any of them)."""
         opt = self.optimizer.state_dict()
         out = []
-        for i, c in enumerate(self.cfgs):
+        for i in range(self.k):
             model = self.model(i)
             shapes = [p.shape for p in model.parameters()]
-            state = {j: {"step": s["step"].detach().cpu().clone(),  # as a plain CPU Adam keeps it
-                         **{key: s[key][i][_leading(shapes[j])].clone() for key in ("exp_avg", "exp_avg_sq")}}
-                     for j, s in opt["state"].items()}
-            out.append({"model": {k: v.clone() for k, v in model.state_dict().items()},
-                        "optimizer": {"state": state, "param_groups": copy.deepcopy(opt["param_groups"])},
-                        "gen": self.gens[i].get_state(), "epoch": self.epoch, "step": self.step,
-                        "elapsed": self.elapsed, **self.records[i].state_dict()})
+            state = {
+                j: {
+                    "step": s["step"].detach().cpu().clone(),  # as a plain CPU Adam keeps it
+                    **{key: s[key][i][_leading(shapes[j])].clone() for key in ("exp_avg", "exp_avg_sq")},
+                }
+                for j, s in opt["state"].items()
+            }
+            out.append(
+                {
+                    "model": {k: v.clone() for k, v in model.state_dict().items()},
+                    "optimizer": {"state": state, "param_groups": copy.deepcopy(opt["param_groups"])},
+                    "gen": self.gens[i].get_state(),
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "elapsed": self.elapsed,
+                    **self.records[i].state_dict(),
+                }
+            )
         return out
 
     @torch.no_grad()
@@ -224,9 +244,15 @@ class PackedRun(EpochLoop):
             raise ValueError(f"checkpoint holds {len(states)} configurations, this pack has {self.k}")
         stacked = {**self.params, **self.buffers}
         params = list(self.params.values())
-        adam = {j: {"step": states[0]["optimizer"]["state"][j]["step"].clone(),
-                    "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-                for j, p in enumerate(params) if j in states[0]["optimizer"]["state"]}
+        adam = {
+            j: {
+                "step": states[0]["optimizer"]["state"][j]["step"].clone(),
+                "exp_avg": torch.zeros_like(p),
+                "exp_avg_sq": torch.zeros_like(p),
+            }
+            for j, p in enumerate(params)
+            if j in states[0]["optimizer"]["state"]
+        }
         for i, st in enumerate(states):
             for name, t in st["model"].items():
                 stacked[name][i].zero_()
@@ -247,5 +273,3 @@ def train_packed(configs: list[TrialConfig | dict], report=None) -> list[TrialRe
         if report is not None:
             report(metrics)
     return run.results()
-
-

@@ -18,7 +18,7 @@ from vaesweep.engine.models import eval_mode
 def decode_images(model, z: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Mean images sigmoid(d(z)) in [0, 1], with the model in eval mode."""
     with eval_mode(model):
-        return torch.cat([torch.sigmoid(model.decode(z[i:i + batch_size])) for i in range(0, len(z), batch_size)])
+        return torch.cat([torch.sigmoid(model.decode(z[i : i + batch_size])) for i in range(0, len(z), batch_size)])
 
 
 def prior_codes(n: int, latent_dim: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:

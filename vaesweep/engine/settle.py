@@ -26,8 +26,8 @@ evaluation at a time, its state plain data (saved in a trial's checkpoint).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
 
 Evaluation = tuple[int, Iterable[int], float]  # (step, indices of the active variables, law_residual_max)
 
@@ -44,7 +44,7 @@ class SettleTracker:
     settled_step: int | None = None
 
     @classmethod
-    def for_config(cls, cfg) -> "SettleTracker":
+    def for_config(cls, cfg) -> SettleTracker:
         """A tracker with a TrialConfig's ``settle_patience``, ``settle_min_steps``, ``settle_law_tol``."""
         return cls(cfg.settle_patience, cfg.settle_min_steps, cfg.settle_law_tol)
 
@@ -66,8 +66,7 @@ class SettleTracker:
         del self.evals[:start]  # later windows start here or later
         sets = {tuple(a) for _, a, _ in self.evals}
         residuals = [r for _, _, r in self.evals]
-        still = (len(sets) == 1 and not any(math.isnan(r) for r in residuals)
-                 and law_drift(residuals) <= self.law_tol)
+        still = len(sets) == 1 and not any(math.isnan(r) for r in residuals) and law_drift(residuals) <= self.law_tol
         if not still:
             self.settled_step = None
         elif self.settled_step is None:  # a new run of settled evaluations starts here
@@ -86,11 +85,11 @@ class SettleTracker:
         return asdict(self)
 
     @classmethod
-    def from_state(cls, state: dict) -> "SettleTracker":
+    def from_state(cls, state: dict) -> SettleTracker:
         return cls(**{**state, "evals": [(s, list(a), r) for s, a, r in state["evals"]]})
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict, cfg) -> "SettleTracker":
+    def from_checkpoint(cls, checkpoint: dict, cfg) -> SettleTracker:
         """The tracker saved in a trial's checkpoint (its ``"settle"`` entry); a checkpoint from before
         the settle columns holds no active sets, so the rule starts afresh with ``cfg``'s settings."""
         return cls.from_state(checkpoint["settle"]) if "settle" in checkpoint else cls.for_config(cfg)
@@ -102,8 +101,7 @@ def law_drift(residuals: list[float]) -> float:
     return abs(sum(residuals[-half:]) / half - sum(residuals[:half]) / half)
 
 
-def settle_history(evaluations: Iterable[Evaluation], patience: int, min_steps: int,
-                   law_tol: float) -> list[dict]:
+def settle_history(evaluations: Iterable[Evaluation], patience: int, min_steps: int, law_tol: float) -> list[dict]:
     """``{"settled", "settled_step"}`` at every evaluation of a history, by the rule above."""
     tracker = SettleTracker(patience, min_steps, law_tol)
     return [tracker.observe(step, active, residual) for step, active, residual in evaluations]

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
 
@@ -28,11 +28,11 @@ from vaesweep.config.errors import TrainingDiverged
 from vaesweep.config.metrics import trial_row
 from vaesweep.config.trial import TrialConfig
 from vaesweep.engine.data import ImageData, load_dataset
+from vaesweep.engine.fid import trial_scores
 from vaesweep.engine.latents import evaluate
 from vaesweep.engine.losses import KLSchedules, kl_weight, vae_loss
 from vaesweep.engine.models import build_model, reparameterize
 from vaesweep.engine.settle import SettleTracker, active_indices
-from vaesweep.engine.fid import trial_scores
 from vaesweep.engine.two_stage import fit_two_stage, settings_for, two_stage_scores
 
 LatentTransform = Callable[[torch.Tensor], torch.Tensor]
@@ -56,6 +56,7 @@ def batch_starts(n: int, batch_size: int) -> list[int]:
 @dataclass
 class TrialResult:
     """What a finished trial leaves: final summary, per-variable table, history, the model."""
+
     config: TrialConfig
     summary: dict
     latents: list[dict]
@@ -69,10 +70,11 @@ class FidHook:
     """End of epoch: the FID-proxy on the epochs ``epoch_plan`` names (vaesweep/engine/fid.py): fid_prior,
     fid_recon, fid_zeroed, fid_seconds, fid_net_accuracy; nothing (with a warning) for unlabelled data.
     One scorer, built on first use, serves every configuration of the run."""
+
     def __init__(self, data: ImageData):
         self.data, self.scorer = data, None  # (FidScorer, TrainedFeatureNet)
 
-    def __call__(self, record: "TrialRecord", epoch: int) -> dict:
+    def __call__(self, record: TrialRecord, epoch: int) -> dict:
         if not record.cfg.epoch_plan(epoch)[2]:
             return {}
         cfg = record.cfg
@@ -84,10 +86,11 @@ class TwoStageHook:
     """End of trial: the two-stage VAE (vaesweep/engine/two_stage.py, Dai & Wipf 2019) fitted to the
     configuration's codes; its ``two_stage_*`` numbers, ``fid_two_stage`` when the FID-proxy is on, and
     ``two_stage_seconds``. The fitted ``TwoStageVAE`` is kept as ``record.second_stage``."""
+
     def __init__(self, x_train: torch.Tensor, fid: FidHook | None):
         self.x_train, self.fid = x_train, fid
 
-    def __call__(self, record: "TrialRecord", epoch: int) -> dict:
+    def __call__(self, record: TrialRecord, epoch: int) -> dict:
         t0, cfg = time.perf_counter(), record.cfg
         record.second_stage = fit_two_stage(record.model(), self.x_train, record.active(), settings_for(cfg))
         scorer = self.fid.scorer[0] if self.fid is not None and self.fid.scorer is not None else None
@@ -102,13 +105,14 @@ class TrialRecord:
 
     ``model()`` hands out the configuration's current model (a TrialRun's own, or a packed one copied out).
     """
+
     def __init__(self, cfg: TrialConfig, model: Callable[[], torch.nn.Module], x_eval: torch.Tensor):
         self.cfg, self.model, self.x_eval = cfg, model, x_eval
         self.history: list[dict] = []
         self.last_eval: dict | None = None
         self.settle = SettleTracker.for_config(cfg)  # has the collapse settled?
         self.diverged: str | None = None  # why training diverged (packed runs go on without it)
-        self.on_epoch: list[Hook] = []      # after every epoch's collapse metrics
+        self.on_epoch: list[Hook] = []  # after every epoch's collapse metrics
         self.on_trial_end: list[Hook] = []  # after the last epoch's
         self.second_stage = None  # set by TwoStageHook
 
@@ -135,8 +139,9 @@ class TrialRecord:
         if evaluated:
             self.last_eval = self.evaluate(with_gain=with_gain)
             metrics["latents"] = self.last_eval["latents"]
-            self.settle.observe(step, active_indices(self.last_eval["latents"]),
-                                self.last_eval["summary"]["law_residual_max"])
+            self.settle.observe(
+                step, active_indices(self.last_eval["latents"]), self.last_eval["summary"]["law_residual_max"]
+            )
         metrics.update(self.last_eval["summary"], **self.settle.status(), evaluated=evaluated)
         for hook in self.on_epoch + (self.on_trial_end if epoch == self.cfg.epochs else []):
             metrics.update(hook(self, epoch))
@@ -152,8 +157,14 @@ class TrialRecord:
         metrics (fid_*, two_stage_*, noise_*; no timings: vaesweep.config.metrics.trial_row)."""
         final = self.last_eval or self.evaluate()
         extras = trial_row(self.history[-1]) if self.history else {}
-        return TrialResult(self.cfg, {**final["summary"], **self.settle.status(), **extras}, final["latents"],
-                           self.history, self.model(), self.second_stage)
+        return TrialResult(
+            self.cfg,
+            {**final["summary"], **self.settle.status(), **extras},
+            final["latents"],
+            self.history,
+            self.model(),
+            self.second_stage,
+        )
 
     def final_metrics(self) -> dict | None:
         """The last epoch's report again (history row plus per-variable table), or None before any."""
@@ -164,8 +175,13 @@ class TrialRecord:
         return {**self.history[-1], "latents": self.last_eval["latents"]}
 
     def state_dict(self) -> dict:
-        return {"history": list(self.history), "last_eval": self.last_eval, "settle": self.settle.state_dict(),
-                "config": self.cfg.model_dump(), "diverged": self.diverged}
+        return {
+            "history": list(self.history),
+            "last_eval": self.last_eval,
+            "settle": self.settle.state_dict(),
+            "config": self.cfg.model_dump(),
+            "diverged": self.diverged,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.history, self.last_eval = list(state["history"]), state["last_eval"]
@@ -177,6 +193,7 @@ class EpochLoop:
     """The epoch of every run: train (the subclass's way, one train-means dict per configuration),
     then each configuration's ``TrialRecord`` closes the epoch. Subclasses set ``records``, ``epoch``,
     ``step`` and ``elapsed``."""
+
     records: list[TrialRecord]
 
     def _run_epoch(self, train: Callable[[], list[dict]]) -> list[dict]:
@@ -184,8 +201,10 @@ class EpochLoop:
         trains = train()
         self.epoch += 1
         train_time = time.perf_counter() - t0
-        out = [r.close_epoch(self.epoch, self.step, t) if r.diverged is None else {"diverged": r.diverged}
-               for r, t in zip(self.records, trains)]
+        out = [
+            r.close_epoch(self.epoch, self.step, t) if r.diverged is None else {"diverged": r.diverged}
+            for r, t in zip(self.records, trains)
+        ]
         self.elapsed += time.perf_counter() - t0
         for r, metrics in zip(self.records, out):
             if r.diverged is None:
@@ -195,6 +214,7 @@ class EpochLoop:
 
 class TrialRun(EpochLoop):
     """One trial's state. ``epochs()`` trains and yields each epoch's metrics."""
+
     def __init__(self, config: TrialConfig | dict):
         cfg = config if isinstance(config, TrialConfig) else TrialConfig(**config)
         if cfg.threads:
@@ -248,7 +268,7 @@ class TrialRun(EpochLoop):
         sums = torch.zeros(3, device=self.device)  # loss * B, recon sum, KL sum
         trace, trace_steps = [], []
         for j, start in enumerate(starts):
-            idx = order[start:start + cfg.batch_size]
+            idx = order[start : start + cfg.batch_size]
             xb = x[idx]
             mu, logvar = model.encode(xb)
             eps = torch.randn(mu.shape, generator=self.gen, device=self.device, dtype=mu.dtype)
@@ -267,8 +287,12 @@ class TrialRun(EpochLoop):
         loss, recon, kl = (sums / len(x)).tolist()
         if not all(math.isfinite(v) for v in (loss, recon, kl)):
             raise TrainingDiverged(f"loss became {loss} at epoch {self.epoch + 1}; lower lr or check the data")
-        out = {"train_loss": loss, "train_recon": recon, "train_kl": kl,
-               "lam_effective": kl_weight(self.step, cfg.schedule)}
+        out = {
+            "train_loss": loss,
+            "train_recon": recon,
+            "train_kl": kl,
+            "lam_effective": kl_weight(self.step, cfg.schedule),
+        }
         if trace:
             host = torch.stack(trace).cpu().tolist()
             out["trace"] = [{"step": s, "var_mu": v, "mean_sigma2": m} for s, (v, m) in zip(trace_steps, host)]
@@ -295,9 +319,15 @@ class TrialRun(EpochLoop):
 
     # --- checkpoints (vaesweep/engine/checkpoints.py writes them) ------------------------------
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "gen": self.gen.get_state(), "epoch": self.epoch, "step": self.step,
-                "elapsed": self.elapsed, **self.record.state_dict()}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "gen": self.gen.get_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            **self.record.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

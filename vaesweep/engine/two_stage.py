@@ -54,11 +54,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vaesweep.config.errors import TrainingDiverged
 from vaesweep.engine.latents import encode_all, moment_stats
 from vaesweep.engine.losses import kl_per_variable
 from vaesweep.engine.models import eval_mode, reparameterize
 from vaesweep.engine.sampling import decode_images, prior_codes
-from vaesweep.config.errors import TrainingDiverged
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -66,7 +66,7 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 @dataclass(frozen=True)
 class TwoStageSettings:
     epochs: int = 100
-    latent: int | None = None              # None: the number of modelled first-stage variables
+    latent: int | None = None  # None: the number of modelled first-stage variables
     hidden: tuple[int, ...] = (256, 256)
     active_only: bool = True
     batch_size: int = 128
@@ -76,8 +76,15 @@ class TwoStageSettings:
 
 def settings_for(cfg) -> TwoStageSettings:
     """The second stage's settings from a ``TrialConfig`` (its two_stage_* fields, batch size, lr, seed)."""
-    return TwoStageSettings(cfg.two_stage_epochs, cfg.two_stage_latent, tuple(cfg.two_stage_hidden),
-                            cfg.two_stage_active_only, cfg.batch_size, cfg.lr, cfg.seed)
+    return TwoStageSettings(
+        cfg.two_stage_epochs,
+        cfg.two_stage_latent,
+        tuple(cfg.two_stage_hidden),
+        cfg.two_stage_active_only,
+        cfg.batch_size,
+        cfg.lr,
+        cfg.seed,
+    )
 
 
 def _mlp(widths: tuple[int, ...]) -> nn.Sequential:
@@ -129,8 +136,9 @@ def sample_codes(mu: torch.Tensor, logvar: torch.Tensor, gen: torch.Generator) -
     return reparameterize(mu, logvar, torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype))
 
 
-def train_second_stage(mu: torch.Tensor, logvar: torch.Tensor,
-                       settings: TwoStageSettings) -> tuple[SecondStageVAE, dict]:
+def train_second_stage(
+    mu: torch.Tensor, logvar: torch.Tensor, settings: TwoStageSettings
+) -> tuple[SecondStageVAE, dict]:
     """Fit a ``SecondStageVAE`` to codes drawn afresh from Q(z|X) every epoch; ``mu``, ``logvar`` (N, d)
     are the first stage's (standardised) posteriors of the modelled variables. Returns the model
     (eval mode) and its last epoch's mean loss, NLL, KL and gamma (one host sync, at the end)."""
@@ -148,7 +156,7 @@ def train_second_stage(mu: torch.Tensor, logvar: torch.Tensor,
         order = torch.randperm(n, generator=gen, device=device)
         sums.zero_()
         for start in range(0, n, s.batch_size):
-            z = z_all[order[start:start + s.batch_size]]
+            z = z_all[order[start : start + s.batch_size]]
             eps = torch.randn(len(z), model.latent_dim, generator=gen, device=device)
             loss, nll, kl = second_stage_loss(model, z, eps)
             opt.zero_grad(set_to_none=True)
@@ -158,20 +166,23 @@ def train_second_stage(mu: torch.Tensor, logvar: torch.Tensor,
         sched.step()
     loss, nll, kl = (sums / n).tolist()
     if not all(math.isfinite(v) for v in (loss, nll, kl)):
-        raise TrainingDiverged(f"two_stage: the second-stage VAE's loss became {loss}; lower lr or "
-                                 "two_stage_epochs, or set two_stage: false")
+        raise TrainingDiverged(
+            f"two_stage: the second-stage VAE's loss became {loss}; lower lr or "
+            "two_stage_epochs, or set two_stage: false"
+        )
     return model.eval(), {"loss": loss, "nll": nll, "kl": kl, "gamma": float(model.log_gamma.detach().exp())}
 
 
 @dataclass
 class TwoStageVAE:
     """A trained first stage, the second stage fitted to its codes, and which variables it models."""
+
     first: nn.Module
     second: SecondStageVAE
-    keep: torch.Tensor        # (d,) indices of the first-stage variables the second stage models
-    shift: torch.Tensor       # (d,) E[mu_i]: the second stage models (z - shift) / scale
-    scale: torch.Tensor       # (d,) sqrt(Var[mu_i] + E[sigma_i^2]), Sec. 4
-    fit: dict                 # the second stage's final training loss, nll, kl, gamma
+    keep: torch.Tensor  # (d,) indices of the first-stage variables the second stage models
+    shift: torch.Tensor  # (d,) E[mu_i]: the second stage models (z - shift) / scale
+    scale: torch.Tensor  # (d,) sqrt(Var[mu_i] + E[sigma_i^2]), Sec. 4
+    fit: dict  # the second stage's final training loss, nll, kl, gamma
 
     @property
     def latent_dim(self) -> int:
@@ -211,8 +222,9 @@ def kept_variables(active: list[bool], active_only: bool, device: torch.device |
     return torch.tensor(keep, dtype=torch.long, device=device)
 
 
-def fit_two_stage(first: nn.Module, x_train: torch.Tensor, active: list[bool],
-                  settings: TwoStageSettings) -> TwoStageVAE:
+def fit_two_stage(
+    first: nn.Module, x_train: torch.Tensor, active: list[bool], settings: TwoStageSettings
+) -> TwoStageVAE:
     """Train the second stage on the first stage's codes of ``x_train`` (Dai & Wipf 2019)."""
     keep = kept_variables(active, settings.active_only, x_train.device)
     mu, logvar = first_stage_posterior(first, x_train)
@@ -225,6 +237,7 @@ def fit_two_stage(first: nn.Module, x_train: torch.Tensor, active: list[bool],
 
 # --- how normal the codes are ----------------------------------------------------------------------
 
+
 def w2_to_standard_normal(samples: torch.Tensor) -> float:
     """Fréchet distance d^2 between a Gaussian fitted to ``samples`` (N, d) and N(0, I):
     ||m||^2 + Tr(S + I - 2 S^(1/2)) = ||m||^2 + sum_i (sqrt(lambda_i(S)) - 1)^2."""
@@ -236,14 +249,17 @@ def w2_to_standard_normal(samples: torch.Tensor) -> float:
 def normality(mu: torch.Tensor, logvar: torch.Tensor, samples: torch.Tensor) -> dict:
     """Sec. 4 moments of the aggregate of N(mu, sigma^2) rows, and the Gaussian-fit distance of its samples."""
     m = moment_stats(mu, logvar)
-    return {"law_residual_max": float((m["law"] - 1).abs().max()),
-            "mean_mu_abs_max": float(m["mean_mu"].abs().max()),
-            "w2": w2_to_standard_normal(samples)}
+    return {
+        "law_residual_max": float((m["law"] - 1).abs().max()),
+        "mean_mu_abs_max": float(m["mean_mu"].abs().max()),
+        "w2": w2_to_standard_normal(samples),
+    }
 
 
 @torch.no_grad()
-def two_stage_scores(stage: TwoStageVAE, x_eval: torch.Tensor, seed: int, scorer=None,
-                     active_threshold: float = 0.01) -> dict:
+def two_stage_scores(
+    stage: TwoStageVAE, x_eval: torch.Tensor, seed: int, scorer=None, active_threshold: float = 0.01
+) -> dict:
     """The two-stage numbers on the eval split, every key prefixed (``two_stage_``, ``fid_``):
     - ``two_stage_z_*``: how normal the first stage's modelled codes are (law residual, first
       moment, w2), ``two_stage_u_*``: the same for the second stage's codes u of those z;
@@ -265,8 +281,12 @@ def two_stage_scores(stage: TwoStageVAE, x_eval: torch.Tensor, seed: int, scorer
     out["two_stage_zstd_w2"] = w2_to_standard_normal((z - stage.shift) / stage.scale)
     out.update({f"two_stage_u_{k}": v for k, v in normality(mu_u, logvar_u, u).items()})
     u_active = int((mu_u.var(0, unbiased=False) > active_threshold).sum())  # Burda et al., as the first stage
-    out.update(two_stage_dim=len(stage.keep), two_stage_u_active=u_active, two_stage_gamma=stage.fit["gamma"],
-               two_stage_loss=stage.fit["loss"])
+    out.update(
+        two_stage_dim=len(stage.keep),
+        two_stage_u_active=u_active,
+        two_stage_gamma=stage.fit["gamma"],
+        two_stage_loss=stage.fit["loss"],
+    )
     if scorer is not None:
         n = len(scorer.real)
         out["fid_two_stage"] = scorer.score(stage.sample(n, seed))

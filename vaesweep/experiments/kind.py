@@ -8,8 +8,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-
-
 # What a kind's check receives: the vaesweep.config.spec.StudySpec being validated (named, not imported:
 # config.spec reads this registry, so the registry must not import it back).
 StudySpec = Any

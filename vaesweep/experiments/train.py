@@ -3,5 +3,8 @@ configurations together in batched kernels when the study packs (vaesweep/engine
 
 from vaesweep.experiments.kind import Kind
 
-KIND = Kind(name="train", trainable="vaesweep.study.trainables:trainable",
-            packed_trainable="vaesweep.study.trainables:packed_trainable")
+KIND = Kind(
+    name="train",
+    trainable="vaesweep.study.trainables:trainable",
+    packed_trainable="vaesweep.study.trainables:packed_trainable",
+)

@@ -42,15 +42,22 @@ def driver_lock(out: Path):
         lock.acquire()
     except Timeout:
         raise StudyInUse(_in_use(out, _read(info))) from None
-    mine = {"pid": os.getpid(), "host": socket.gethostname(),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    mine = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
     try:
         old = _read(info)
         if old and old.get("host") != mine["host"]:
             raise StudyInUse(f"{_in_use(out, old)}; if that driver is gone, delete {info}")
         if old:
-            print(f"vaesweep: warning: taking over the lock of driver pid {old.get('pid')} on {mine['host']} "
-                  f"(since {old.get('since')}), which is no longer running", file=sys.stderr, flush=True)
+            print(
+                f"vaesweep: warning: taking over the lock of driver pid {old.get('pid')} on {mine['host']} "
+                f"(since {old.get('since')}), which is no longer running",
+                file=sys.stderr,
+                flush=True,
+            )
         info.write_text(json.dumps(mine))
         yield
     finally:
@@ -63,9 +70,11 @@ def driver_lock(out: Path):
 def _in_use(out: Path, info: dict) -> str:
     if not info:  # the other driver has the lock but has not written its details yet
         return f"study folder {out} is in use by another driver; wait for it or stop it"
-    return (f"study folder {out} is in use by driver pid {info.get('pid')} on host {info.get('host')} since "
-            f"{info.get('since')}; wait for it or stop it (kill {info.get('pid')}); a lock of a dead process "
-            "is taken over")
+    return (
+        f"study folder {out} is in use by driver pid {info.get('pid')} on host {info.get('host')} since "
+        f"{info.get('since')}; wait for it or stop it (kill {info.get('pid')}); a lock of a dead process "
+        "is taken over"
+    )
 
 
 def _read(info: Path) -> dict:

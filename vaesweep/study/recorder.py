@@ -36,7 +36,7 @@ FINAL = ("epochs_done", "time_total")  # trials-table columns from a trial's epo
 class Recorder(tune.Callback):
     """Collects every reported epoch into tidy tables and flushes the new rows as Parquet parts."""
 
-    def __init__(self, out: Path, flush_every_s: float = 5.0, progress: "Progress | None" = None):
+    def __init__(self, out: Path, flush_every_s: float = 5.0, progress: Progress | None = None):
         self.out = Path(out)
         self.flush_every_s, self.progress = flush_every_s, progress
         self._last_flush = 0.0
@@ -102,34 +102,46 @@ class Recorder(tune.Callback):
         self.new["epochs"][(trial_id, epoch)] = [row]
         self._finish(trial_id, row)
         if "latents" in result:
-            latents = [{"trial_id": trial_id, "epoch": epoch, **{k: r[k] for k in latent_keys() if k in r}}
-                       for r in result["latents"]]
+            latents = [
+                {"trial_id": trial_id, "epoch": epoch, **{k: r[k] for k in latent_keys() if k in r}}
+                for r in result["latents"]
+            ]
             self.new["latent_history"][(trial_id, epoch)] = self.new["latents"][(trial_id,)] = latents
         if result.get("trace"):  # one row per trace point per variable, built as columns (the bulk of a study)
             points, dim = result["trace"], len(result["trace"][0]["var_mu"])
             n = len(points) * dim
             self.new["trace"][(trial_id, epoch)] = {
-                "trial_id": np.full(n, trial_id, dtype=object), "epoch": np.full(n, epoch),
-                "step": np.repeat([t["step"] for t in points], dim), "latent": np.tile(np.arange(dim), len(points)),
+                "trial_id": np.full(n, trial_id, dtype=object),
+                "epoch": np.full(n, epoch),
+                "step": np.repeat([t["step"] for t in points], dim),
+                "latent": np.tile(np.arange(dim), len(points)),
                 "var_mu": np.ravel([t["var_mu"] for t in points]),
-                "mean_sigma2": np.ravel([t["mean_sigma2"] for t in points])}
+                "mean_sigma2": np.ravel([t["mean_sigma2"] for t in points]),
+            }
 
     def _finish(self, trial_id: str, row: dict) -> None:
         """Keep the trial's final answer: the summary of its last epoch, epochs done, time spent."""
         final = self.final.get(trial_id, {})
-        done, spent = final.get("epochs_done"), [t for t in (final.get("time_total"), row.get("time_total"))
-                                                 if t is not None and not pd.isna(t)]
+        done, spent = (
+            final.get("epochs_done"),
+            [t for t in (final.get("time_total"), row.get("time_total")) if t is not None and not pd.isna(t)],
+        )
         later = done is None or pd.isna(done) or row["epoch"] >= done
         summary = trial_row(row) if later else {k: v for k, v in final.items() if k not in FINAL}
-        self.final[trial_id] = {**summary, "epochs_done": row["epoch"] if later else done,
-                                "time_total": max(spent) if spent else None}
+        self.final[trial_id] = {
+            **summary,
+            "epochs_done": row["epoch"] if later else done,
+            "time_total": max(spent) if spent else None,
+        }
 
     def _rows(self, trial) -> list[dict]:
         """The rows of a Ray trial: its own, or one per configuration of a packed trial."""
         if PACK_KEY not in trial.config:
             return [self._row(trial.trial_id, trial.config)]
-        return [self._row(packed_id(trial.trial_id, i), {**trial.config, **item})
-                for i, item in enumerate(trial.config[PACK_KEY])]
+        return [
+            self._row(packed_id(trial.trial_id, i), {**trial.config, **item})
+            for i, item in enumerate(trial.config[PACK_KEY])
+        ]
 
     def _row(self, trial_id: str, trial_config: dict) -> dict:
         row = self.trials.get(trial_id)
@@ -139,11 +151,16 @@ class Recorder(tune.Callback):
         return row
 
     def _sync_statuses(self, trials) -> None:
-        for t, row in ((t, row) for t in trials or [] for row in self._rows(t)):
-            if t.status == "ERROR" and row.get("status") != "failed":
-                row.update(status="failed", error=_error_line(t))
-            elif t.status == "TERMINATED" and row.get("status") not in ("failed",):
-                row["status"] = "done"
+        for t in trials or []:
+            for row in self._rows(t):
+                self._sync_status(t, row)
+
+    @staticmethod
+    def _sync_status(t, row: dict) -> None:
+        if t.status == "ERROR" and row.get("status") != "failed":
+            row.update(status="failed", error=_error_line(t))
+        elif t.status == "TERMINATED" and row.get("status") not in ("failed",):
+            row["status"] = "done"
 
     def _maybe_flush(self, trials) -> None:
         if time.monotonic() - self._last_flush >= self.flush_every_s:

@@ -19,39 +19,39 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import ray
 import yaml
+from pydantic import ValidationError
+from ray import tune
+from ray._private import ray_constants
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler
 
+from vaesweep.config.packing import PACK_KEY, grid_configs, make_packs, pack_size
+from vaesweep.config.spec import Choice, Grid, LogUniform, RandInt, SpecError, StudySpec, Uniform
 from vaesweep.engine.checkpoints import RAY_FOLDER
 from vaesweep.engine.data import check_available
+from vaesweep.experiments import resolve
 from vaesweep.study.lock import driver_lock
 from vaesweep.study.recorder import Recorder
+from vaesweep.study.searcher import DB_FILE, lambda_star, make_search, setting_key
 from vaesweep.study.tables import SPEC_COPY, Progress, check_study_folder, load_study, read_spec_copy
-from vaesweep.config.spec import Choice, Grid, LogUniform, RandInt, SpecError, StudySpec, Uniform
 from vaesweep.study.tracking import check_extras, tracking_callbacks
-from ray import tune
-import ray
-from ray._private import ray_constants
-from pydantic import ValidationError
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from vaesweep.config.packing import PACK_KEY, grid_configs, make_packs, pack_size
-from vaesweep.experiments import resolve
-from vaesweep.study.searcher import DB_FILE, make_search, setting_key
-from ray.tune.schedulers import ASHAScheduler
-from vaesweep.study.searcher import lambda_star
-
-
 
 
 def study_dir(spec: StudySpec, storage: str | None = None) -> Path:
     root = storage or spec.storage
     if "://" in root:
-        raise SpecError(f"storage '{root}': cloud URIs are not supported; on a cluster give a shared filesystem "
-                        "mounted at the same path on every node (e.g. --storage /mnt/efs/runs)")
+        raise SpecError(
+            f"storage '{root}': cloud URIs are not supported; on a cluster give a shared filesystem "
+            "mounted at the same path on every node (e.g. --storage /mnt/efs/runs)"
+        )
     return (Path(root) / spec.name).absolute()
 
 
 def param_space(spec: StudySpec) -> dict:
     """The Ray Tune param_space: the fixed base, the varied fields, and the seeds as a grid."""
+
     def domain(d):
         if isinstance(d, Grid):
             return tune.grid_search(d.grid)
@@ -99,8 +99,13 @@ def init_ray(address: str | None) -> None:
     multi_node = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = multi_node
 
@@ -110,15 +115,22 @@ def check_resources(spec: StudySpec) -> None:
     have = ray.cluster_resources()
     for key, need in (("GPU", spec.resources.gpu), ("CPU", spec.resources.cpu)):
         if need > have.get(key, 0):
-            raise SpecError(f"resources.{key.lower()}: each trial asks for {need:g} {key} but the Ray cluster "
-                            f"has {have.get(key, 0):g}; lower resources.{key.lower()} or join a larger cluster with --address")
+            raise SpecError(
+                f"resources.{key.lower()}: each trial asks for {need:g} {key} but the Ray cluster "
+                f"has {have.get(key, 0):g}; lower resources.{key.lower()} or join a larger cluster with --address"
+            )
 
 
 def check_data(spec: StudySpec) -> None:
     """Every data set the study names is there (DataError with the fix if not), before Ray starts."""
     base, varied = spec.trial_base(), spec.space.get("dataset")
-    names = (varied.grid if isinstance(varied, Grid) else varied.choice if isinstance(varied, Choice)
-             else [base.get("dataset", "mnist5k")])
+    names = (
+        varied.grid
+        if isinstance(varied, Grid)
+        else varied.choice
+        if isinstance(varied, Choice)
+        else [base.get("dataset", "mnist5k")]
+    )
     for name in names:
         check_available(name, base.get("data_root"), base.get("cache_dir"))
 
@@ -138,8 +150,10 @@ def _claim_dir(spec: StudySpec, out: Path) -> None:
     copy = out / SPEC_COPY
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     if copy.exists() and not _same_study(read_spec_copy(out), spec):
-        raise SpecError(f"'{out}' holds results of a different '{spec.name}' study; give the changed study a new "
-                        "name, or remove that folder to start over")
+        raise SpecError(
+            f"'{out}' holds results of a different '{spec.name}' study; give the changed study a new "
+            "name, or remove that folder to start over"
+        )
     out.mkdir(parents=True, exist_ok=True)
     copy.write_text(text)
     (out / "versions.json").write_text(json.dumps(_versions(), indent=2))
@@ -170,35 +184,61 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict |
         space.update(setting)
         key = setting_key(setting)
         experiment = experiment / key
-        search_alg = make_search(spec.search.objectives(), spec.search.sampler, spec.search.constrained,
-                                 out / DB_FILE, f"{spec.name}:{key}", spec.search.start)
+        search_alg = make_search(
+            spec.search.objectives(),
+            spec.search.sampler,
+            spec.search.constrained,
+            out / DB_FILE,
+            f"{spec.name}:{key}",
+            spec.search.start,
+        )
     if tune.Tuner.can_restore(str(experiment)):
-        return tune.Tuner.restore(str(experiment), runnable, resume_unfinished=True, resume_errored=False,
-                                  restart_errored=False, param_space=space)
+        return tune.Tuner.restore(
+            str(experiment),
+            runnable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+            param_space=space,
+        )
     progress = None if quiet else Progress(spec.name, spec.n_grid_points(), spec.metric, spec.mode)
     scheduler = None
     if spec.scheduler is not None:
         s = spec.scheduler
-        scheduler = ASHAScheduler(time_attr="epoch", metric=s.metric, mode=s.mode,
-                                  max_t=int(spec.trial_base().get("epochs", 50)),
-                                  grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            metric=s.metric,
+            mode=s.mode,
+            max_t=int(spec.trial_base().get("epochs", 50)),
+            grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+        )
     return tune.Tuner(
         runnable,
         param_space=space,
-        tune_config=tune.TuneConfig(num_samples=spec.search.num_samples, scheduler=scheduler,
-                                    search_alg=search_alg, max_concurrent_trials=spec.max_concurrent),
+        tune_config=tune.TuneConfig(
+            num_samples=spec.search.num_samples,
+            scheduler=scheduler,
+            search_alg=search_alg,
+            max_concurrent_trials=spec.max_concurrent,
+        ),
         run_config=tune.RunConfig(
-            name=experiment.name, storage_path=str(experiment.parent), verbose=0,
+            name=experiment.name,
+            storage_path=str(experiment.parent),
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[Recorder(out, progress=progress), JsonLoggerCallback(), CSVLoggerCallback(),
-                       *tracking_callbacks(spec, out)],
+            callbacks=[
+                Recorder(out, progress=progress),
+                JsonLoggerCallback(),
+                CSVLoggerCallback(),
+                *tracking_callbacks(spec, out),
+            ],
         ),
     )
 
 
-def run_study(spec: StudySpec, address: str | None = None, storage: str | None = None,
-              quiet: bool = False) -> Path:
+def run_study(spec: StudySpec, address: str | None = None, storage: str | None = None, quiet: bool = False) -> Path:
     """Run (or continue) a study; returns its results folder."""
     out = study_dir(spec, storage)
     check_extras(spec)
@@ -235,6 +275,8 @@ def pack_param_space(spec, k: int | None = None) -> dict:
     """The Ray Tune param_space of a packed grid study: the shared base, and a grid over packs."""
     k = pack_size(spec) if k is None else k
     base = {"threads": max(1, int(spec.resources.cpu)), **spec.trial_base()}
-    packs = [[{key: v for key, v in c.items() if key not in base or base[key] != v} for c in pack]
-             for pack in make_packs(grid_configs(spec), k)]
+    packs = [
+        [{key: v for key, v in c.items() if key not in base or base[key] != v} for c in pack]
+        for pack in make_packs(grid_configs(spec), k)
+    ]
     return {**base, PACK_KEY: tune.grid_search(packs)}

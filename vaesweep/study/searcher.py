@@ -17,13 +17,13 @@ dataset...), so a search resumes where it stopped and opens in optuna-dashboard.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+import optuna
 import pandas as pd
+from ray.tune.search.optuna import OptunaSearch
 
 from vaesweep.config.search import Objective, Sampler
-import optuna
-from ray.tune.search.optuna import OptunaSearch
 
 CONSTRAINTS = ("law_excess", "mu_excess")  # reported by every trial; <= 0 means satisfied
 DB_FILE = "optuna.db"
@@ -38,11 +38,19 @@ def make_sampler(s: Sampler):
     return optuna.samplers.RandomSampler(seed=s.seed)
 
 
-def make_search(objectives: list[Objective], sampler: Sampler, constrained: bool, db: Path, study_name: str,
-                start_points: list[dict] | None = None):
+def make_search(
+    objectives: list[Objective],
+    sampler: Sampler,
+    constrained: bool,
+    db: Path,
+    study_name: str,
+    start_points: list[dict] | None = None,
+):
     """Ray Tune's OptunaSearch over an SQLite-backed Optuna study, storing constraint values."""
+
     class ConstrainedOptunaSearch(OptunaSearch):
         """OptunaSearch that hands each trial's reported constraint values to Optuna."""
+
         def on_trial_result(self, trial_id: str, result: dict):
             if all(m in result for m in metrics):  # a diverged trial's last report has no metrics
                 super().on_trial_result(trial_id, result)
@@ -62,8 +70,11 @@ def make_search(objectives: list[Objective], sampler: Sampler, constrained: bool
     return ConstrainedOptunaSearch(
         metric=metrics[0] if len(metrics) == 1 else metrics,
         mode=modes[0] if len(modes) == 1 else modes,
-        sampler=make_sampler(sampler), study_name=study_name, storage=storage,
-        points_to_evaluate=start_points or None)
+        sampler=make_sampler(sampler),
+        study_name=study_name,
+        storage=storage,
+        points_to_evaluate=start_points or None,
+    )
 
 
 def setting_key(setting: dict[str, Any]) -> str:
@@ -89,14 +100,21 @@ def lambda_star(trials: pd.DataFrame, setting_cols: list[str]) -> pd.DataFrame:
         settled = group["settled"].eq(True) if "settled" in group else pd.Series(True, index=group.index)
         counted = group[settled]
         ok = counted[counted["kl_working"].astype(bool)].sort_values("lam")
-        row = dict(zip(setting_cols, key), n_trials=len(group),
-                   n_unsettled=int((~settled).sum()) if "settled" in group else float("nan"),
-                   lam_star=float("nan"), lam_star_trial=None, lam_star_law_residual=float("nan"),
-                   lam_below=float("nan"), lam_below_law_residual=float("nan"))
+        row = dict(
+            zip(setting_cols, key),
+            n_trials=len(group),
+            n_unsettled=int((~settled).sum()) if "settled" in group else float("nan"),
+            lam_star=float("nan"),
+            lam_star_trial=None,
+            lam_star_law_residual=float("nan"),
+            lam_below=float("nan"),
+            lam_below_law_residual=float("nan"),
+        )
         if len(ok):
             best = ok.iloc[0]
-            row.update(lam_star=best["lam"], lam_star_trial=best["trial_id"],
-                       lam_star_law_residual=best["law_residual_max"])
+            row.update(
+                lam_star=best["lam"], lam_star_trial=best["trial_id"], lam_star_law_residual=best["law_residual_max"]
+            )
             failed = ~counted["kl_working"].astype(bool)
             below = counted[(counted["lam"] < best["lam"]) & failed].sort_values("lam")
             if len(below):

@@ -37,8 +37,12 @@ from vaesweep.config.errors import StudyFolderError
 
 TABLES = ("trials", "epochs", "latents", "latent_history", "trace")
 # the block a later report replaces whole, per appended table
-BLOCKS = {"epochs": ("trial_id", "epoch"), "latents": ("trial_id",), "latent_history": ("trial_id", "epoch"),
-          "trace": ("trial_id", "epoch")}
+BLOCKS = {
+    "epochs": ("trial_id", "epoch"),
+    "latents": ("trial_id",),
+    "latent_history": ("trial_id", "epoch"),
+    "trace": ("trial_id", "epoch"),
+}
 ORDER = {"epochs": ["trial_id", "epoch"], "latents": ["trial_id", "latent"]}  # rows sorted; the others as reported
 
 
@@ -92,8 +96,13 @@ def compact(path: Path) -> None:
 
 def _stream(files: list[Path], key: list[str], out: Path) -> None:
     """Write the rows of ``files`` that ``read_table`` keeps, in the same order, batch by batch."""
-    owner = pd.concat([pq.read_table(f, columns=key).to_pandas().drop_duplicates().assign(_file=i)
-                       for i, f in enumerate(files) if f.parent.name.endswith(".parts")])
+    owner = pd.concat(
+        [
+            pq.read_table(f, columns=key).to_pandas().drop_duplicates().assign(_file=i)
+            for i, f in enumerate(files)
+            if f.parent.name.endswith(".parts")
+        ]
+    )
     owner = owner.groupby(key)["_file"].max()  # the last part that wrote each block
     schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive").remove_metadata()
     tmp = out.with_suffix(".parquet.tmp")
@@ -110,8 +119,10 @@ def _stream(files: list[Path], key: list[str], out: Path) -> None:
 
 def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     """``rows`` with the columns of ``schema``, in its order and types (nulls where a file had none)."""
-    return pa.table([rows[f.name].cast(f.type) if f.name in rows.column_names else pa.nulls(len(rows), f.type)
-                     for f in schema], schema=schema)
+    return pa.table(
+        [rows[f.name].cast(f.type) if f.name in rows.column_names else pa.nulls(len(rows), f.type) for f in schema],
+        schema=schema,
+    )
 
 
 def append_part(df: pd.DataFrame, path: Path, table: str, seq: int) -> None:
@@ -183,8 +194,10 @@ def _check_table(path: Path, table: str, file: Path) -> Path:
 
 
 def _foreign(file: Path, study: Path, what: str, why: str) -> StudyFolderError:
-    return StudyFolderError(f"{file} {what} ({why}); delete {study} to start the study afresh, "
-                            f"or give the folder of a vaesweep study (e.g. runs/smoke)")
+    return StudyFolderError(
+        f"{file} {what} ({why}); delete {study} to start the study afresh, "
+        f"or give the folder of a vaesweep study (e.g. runs/smoke)"
+    )
 
 
 @dataclass
@@ -202,8 +215,10 @@ class Progress:
 
 def progress_line(name: str, trials: pd.DataFrame, total: int, metric: str, mode: str) -> str:
     counts = trials["status"].value_counts() if len(trials) else pd.Series(dtype=int)
-    line = (f"[{name}] {counts.get('done', 0)}/{total} done, {counts.get('running', 0)} running, "
-            f"{counts.get('failed', 0)} failed")
+    line = (
+        f"[{name}] {counts.get('done', 0)}/{total} done, {counts.get('running', 0)} running, "
+        f"{counts.get('failed', 0)} failed"
+    )
     best = best_trials(trials, metric, mode, 1)
     if len(best):
         b = best.iloc[0]

@@ -16,12 +16,12 @@ import ray
 from ray import tune
 
 from vaesweep.config.errors import TrainingDiverged
-from vaesweep.experiments.noise import NOISE_KEY
 from vaesweep.config.packing import pack_configs
 from vaesweep.engine.checkpoints import load_run, save_run
 from vaesweep.engine.noise import NoiseExperiment
 from vaesweep.engine.packing import PackedRun
 from vaesweep.engine.trial import TrialRun
+from vaesweep.experiments.noise import NOISE_KEY
 
 
 def trainable(config: dict) -> None:
@@ -48,15 +48,18 @@ def noise_trainable(config: dict) -> None:
     Driven like ``vaesweep.trainable``: a checkpoint of the trial and the phase state every
     epoch, resumed from ``tune.get_checkpoint()``.
     """
-    run_under_ray(NoiseExperiment({k: v for k, v in config.items() if not k.startswith("_")},
-                                  config.get(NOISE_KEY) or {}))
+    run_under_ray(
+        NoiseExperiment({k: v for k, v in config.items() if not k.startswith("_")}, config.get(NOISE_KEY) or {})
+    )
 
 
 def ray_report(run, metrics: dict | list[dict], node: str | None = None) -> dict:
     """What Ray gets for one epoch's ``metrics``: a plain run's dict, or a pack's
     ``{"epoch", "packed": [...]}``; every trained configuration's row names the ``node`` that ran it."""
+
     def tagged(m: dict) -> dict:
         return m if node is None or "diverged" in m else {**m, "node": node}
+
     if isinstance(metrics, list):
         return {"epoch": run.epoch, "packed": [tagged(m) for m in metrics]}
     return tagged(metrics)
