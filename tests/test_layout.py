@@ -19,7 +19,7 @@ FORBIDDEN = {
     "vaesweep.study": ("vaesweep.cli", "analysis"),
     "analysis": ("vaesweep.cli",),
 }
-REPORT_WRITERS = {"vaesweep.cli.report", "vaesweep.cli.study"}  # `report`, and `run` at its end
+REPORT_WRITERS = {"vaesweep.cli.report", "vaesweep.cli.study"}  # `report`, and `run` (cli/study.py) at its end
 
 
 def module_name(path) -> str:
@@ -129,3 +129,16 @@ def test_reading_a_study_and_the_cli_parser_load_neither_torch_nor_ray():
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_a_wrong_spec_is_refused_before_torch_or_ray_load(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: bad\nbase: {lam: -1}\n")
+    code = (
+        "import sys\nfrom vaesweep.cli.main import main\n"
+        f"rc = main(['run', {str(tmp_path / 'bad.yaml')!r}])\n"
+        "print(rc, sorted({'torch', 'ray'} & set(sys.modules)))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "2 []", res.stderr
+    assert res.stderr.strip().endswith("base: lam: Input should be greater than or equal to 0")
+    assert not (tmp_path / "runs").exists() and not (ROOT / "runs" / "bad").exists()

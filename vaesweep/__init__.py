@@ -8,8 +8,8 @@ Public API:
     load_study(path) -> StudyTables                  a study's results tables (pandas only)
 
 The layers, imports flowing one way: ``config`` and ``experiments`` (pydantic, yaml) -> ``engine``
-(torch) -> ``study`` (Ray Tune) -> ``cli`` (README: "How the code is laid out"). Names load on first use (PEP 562), so ``vaesweep.load_study`` and
-``vaesweep.TrialConfig`` import neither torch nor Ray.
+(torch) -> ``study`` (Ray Tune) -> ``cli`` (README: "How the code is laid out"). Names load on
+first use (PEP 562), so ``vaesweep.load_study`` and ``vaesweep.TrialConfig`` import neither torch nor Ray.
 """
 
 from importlib import import_module

@@ -17,7 +17,7 @@ from vaesweep.config.errors import USER_ERRORS, UsageError
 
 COMMANDS = {  # command -> "module:function" that runs it
     "train": "vaesweep.cli.train:cmd_train",
-    "run": "vaesweep.cli.study:cmd_run",
+    "run": "vaesweep.cli.run:cmd_run",
     "status": "vaesweep.cli.status:cmd_status",
     "fid": "vaesweep.cli.fid:cmd_fid",
     "report": "vaesweep.cli.report:cmd_report",

@@ -1,4 +1,5 @@
-"""The ``run STUDY.yaml`` command of the CLI: run (or continue) a study on Ray Tune, then its report and status."""
+"""The ``run STUDY.yaml`` command, once its spec is valid (vaesweep/cli/run.py): run (or continue) the study on
+Ray Tune, then print its report and status."""
 
 from __future__ import annotations
 
@@ -6,12 +7,11 @@ import argparse
 
 from analysis.report import report_lines
 from vaesweep.cli.status import print_status
-from vaesweep.config.spec import load_spec
+from vaesweep.config.spec import StudySpec
 from vaesweep.study.runner import run_study
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.study)  # validated before anything starts or is written
+def run_spec(spec: StudySpec, args: argparse.Namespace) -> int:
     out = run_study(spec, address=args.address, storage=args.storage, quiet=args.quiet)
     print(f"results: {out}")
     try:  # the results are on disk already: a failing report must not lose them
