@@ -57,7 +57,7 @@ class MethodSettings(BaseModel):
                                       "FID-proxy is at most this")
 
     @model_validator(mode="after")
-    def _ranges(self) -> "MethodSettings":
+    def _ranges(self) -> MethodSettings:
         low, high = self.lam_range
         if not 0 < low < high:
             raise ValueError(f"lam_range [{low}, {high}]: give 0 < low < high, e.g. [0.25, 4.0]")

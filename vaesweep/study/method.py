@@ -28,7 +28,13 @@ import numpy as np
 import pandas as pd
 
 from vaesweep.config.spec import StudySpec
-from vaesweep.experiments.method import Advice, Capacity, MethodSettings, advise, grow_latent
+from vaesweep.experiments.method import (
+    Advice,
+    Capacity,
+    MethodSettings,
+    advise,
+    grow_latent,
+)
 from vaesweep.study.runner import build_tuner, run_search
 from vaesweep.study.searcher import lambda_star, setting_key
 from vaesweep.study.tables import load_study
@@ -206,7 +212,8 @@ def evidence(spec: StudySpec, trials: pd.DataFrame) -> pd.DataFrame:
     cols = ["trial_id", "setting", "phase", "status", "lam", "latent_dim", "n_active", "law_residual_max",
             "mean_mu_abs_max", "kl_working", "settled", "fid_recon", "fid_prior", "fid_two_stage"]
     df = pd.concat(parts, ignore_index=True)
-    return df[[c for c in cols if c in df]].sort_values(["setting", "phase", "latent_dim", "lam"]).reset_index(drop=True)
+    df = df[[c for c in cols if c in df]]
+    return df.sort_values(["setting", "phase", "latent_dim", "lam"]).reset_index(drop=True)
 
 
 def write_tables(spec: StudySpec, out: Path) -> pd.DataFrame:
