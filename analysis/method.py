@@ -32,15 +32,15 @@ def method_chart(table: pd.DataFrame, evidence: pd.DataFrame) -> Chart:
     """Phases 1 and 2 per setting, the method table, and the advice as the reading."""
     if not len(table):
         return skip(KEY, TITLE, "The method has no setting with a result yet.")
-    settings = list(evidence["setting"].unique()) if len(evidence) else []
+    settings = [s for s in table["setting"] if len(evidence) and s in set(evidence["setting"])]
     reading = " ".join(a if a.endswith(".") else a + "." for a in table["advice"])
     if not settings:
         return Chart(KEY, TITLE, reading, None, {"method": table})
     fig, axes = new_figure(2 * len(settings), (5.0, 3.8), ncols=2)
     for n, setting in enumerate(settings):
-        mine = evidence[evidence["setting"] == setting]
-        _search_panel(axes[2 * n], mine[mine["phase"] == 1], setting, table.iloc[min(n, len(table) - 1)])
-        _capacity_panel(axes[2 * n + 1], mine[mine["phase"] < 3], setting, table.iloc[min(n, len(table) - 1)])
+        mine, row = evidence[evidence["setting"] == setting], table[table["setting"] == setting].iloc[0]
+        _search_panel(axes[2 * n], mine[mine["phase"] == 1], setting, row)
+        _capacity_panel(axes[2 * n + 1], mine[mine["phase"] < 3], setting, row)
     fig.suptitle(TITLE)
     return Chart(KEY, TITLE, reading, fig, {"method": table, "method_trials": evidence})
 

@@ -104,9 +104,10 @@ def test_bad_method_specs(change, needle):
 
 def test_the_report_opens_with_the_method_section(tmp_path):
     study = synthetic_study(tmp_path / "syn")
-    table = pd.DataFrame([{"dataset": "mnist5k", "arch": "dense", "seed": 0, "lam_below": 0.5, "lam_star": 2.0,
-                           "latent_onset": 8, "n_active_onset": 6, "fid_recon": 37.0, "fid_prior": 118.0,
-                           "fid_two_stage": 45.0, "verdict": "two_stage", "advice": "dense: lambda* = 2; ..."}])
+    table = pd.DataFrame([{"dataset": "mnist5k", "arch": "dense", "seed": 0, "setting": "dense", "lam_below": 0.5,
+                           "lam_star": 2.0, "latent_onset": 8, "n_active_onset": 6, "fid_recon": 37.0,
+                           "fid_prior": 118.0, "fid_two_stage": 45.0, "verdict": "two_stage",
+                           "advice": "dense: lambda* = 2; ..."}])
     trials = load_study(study).trials
     evidence = trials[(trials["arch"] == "dense") & (trials["seed"] == 0)].assign(
         setting="dense", phase=lambda d: (d["lam"] == 2.0).map({True: 2, False: 1}))

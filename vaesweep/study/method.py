@@ -167,9 +167,9 @@ def label(spec: StudySpec, setting: dict[str, Any]) -> str:
     return ", ".join(shown) or str(spec.trial_base().get("dataset", "mnist5k"))
 
 
-METHOD_COLUMNS = ("lam_below", "lam_star", "lam_star_trial", "latent_following", "latent_onset", "n_active_onset",
-                  "fid_recon", "fid_prior", "fid_two_stage", "fid_trial", "verdict", "advice", "n_trials",
-                  "n_unsettled", "n_unsettled_search")
+METHOD_COLUMNS = ("setting", "lam_below", "lam_star", "lam_star_trial", "latent_following", "latent_onset",
+                  "n_active_onset", "fid_recon", "fid_prior", "fid_two_stage", "fid_trial", "verdict", "advice",
+                  "n_trials", "n_unsettled", "n_unsettled_search")
 FID = ("fid_recon", "fid_prior", "fid_two_stage")
 
 
@@ -190,7 +190,7 @@ def method_row(spec: StudySpec, trials: pd.DataFrame, setting: dict[str, Any]) -
     mine = of_setting(trials, setting)
     done = mine[mine["status"] == "done"] if len(mine) else mine
     unsettled = ~done["settled"].eq(True) if "settled" in done else pd.Series(True, index=done.index)
-    return {"dataset": spec.trial_base().get("dataset", "mnist5k"), **setting,
+    return {"dataset": spec.trial_base().get("dataset", "mnist5k"), **setting, "setting": label(spec, setting),
             "lam_below": search.get("lam_below", math.nan), "lam_star": lam,
             "lam_star_trial": search.get("lam_star_trial"), "latent_following": cap.following if cap else None,
             "latent_onset": cap.onset if cap else None, "n_active_onset": cap.n_active if cap else None, **fid,
