@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vaesweep.experiments.kind import Kind
-
-if TYPE_CHECKING:
-    from vaesweep.config.spec import StudySpec
 
 CHOSEN = ("lam", "latent_dim", "epochs", "fid", "two_stage")  # trial fields each phase sets itself
 
@@ -67,7 +64,7 @@ class MethodSettings(BaseModel):
         return self
 
 
-def check(spec: StudySpec) -> None:
+def check(spec: Any) -> None:  # a vaesweep.config.spec.StudySpec (named, not imported: config.spec reads this registry)
     """The method picks lambda, the latent dimension, epochs and what is scored: the spec fixes the rest, in
     grids (one method per setting), with no search or scheduler of its own."""
     for where, fields in (("base", spec.base), ("space", spec.space)):

@@ -41,7 +41,6 @@ from vaesweep.study.tables import load_study
 
 METHOD_FILE = "method.parquet"
 EVIDENCE_FILE = "method_trials.parquet"
-PHASES = {1: "lambda search", 2: "capacity", 3: "FID-proxy and two-stage"}
 
 
 def run_method(spec: StudySpec, out: Path, quiet: bool = False) -> None:
