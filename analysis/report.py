@@ -26,6 +26,7 @@ from analysis.design import frame, panel_fields, varied_fields, with_defaults
 from analysis.fid import fid_chart
 from analysis.latents import describe_trial, gain_vs_kl, table1, var_mu_history
 from analysis.law import law_heatmap
+from analysis.method import load_method, method_chart
 from analysis.paper import paper_chart, paper_trials
 from analysis.samples import sample_grids
 from analysis.settled import flag, headline, unsettled
@@ -90,6 +91,8 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
     charts[:0] = [resolve(path)(t) for path in kind(spec.get("experiment", "train")).charts]  # e.g. Fig. 7
     if len(paper_trials(t.trials)):  # trials with the paper's settings: its numbers beside ours, first
         charts.insert(0, paper_chart(t.trials, t.latents, t.epochs))
+    if (method := load_method(study_dir)) is not None:  # experiment: method: Sec. 7's answer, at the top
+        charts.insert(0, method_chart(*method))
     d = frame(t.trials)
     facts = {
         "name": spec.get("name", study_dir.name),

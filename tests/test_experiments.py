@@ -81,9 +81,9 @@ def test_the_configuration_leaf_imports_neither_torch_nor_ray():
 
 
 def test_unknown_experiment_names_the_field_and_the_known_kinds():
-    with pytest.raises(SpecError, match=r"^study: experiment: unknown kind 'noize'; give one of train, noise$"):
+    with pytest.raises(SpecError, match=r"^study: experiment: unknown kind 'noize'; give one of train, noise, method$"):
         spec_from_dict({"name": "n", "experiment": "noize"})
-    with pytest.raises(SpecError, match=r"^experiment: unknown kind 'noize'; give one of train, noise$"):
+    with pytest.raises(SpecError, match=r"^experiment: unknown kind 'noize'; give one of train, noise, method$"):
         experiments.kind("noize")
 
 
@@ -113,7 +113,7 @@ def test_toy_kind_is_validated_with_its_settings(toy):
     saved = spec.model_dump(mode="json")  # the study folder's copy: settings under the kind's name
     assert saved["toy"] == {"rounds": 3} and "kind_settings" not in saved
     assert StudySpec(**saved) == spec
-    with pytest.raises(SpecError, match="give one of train, noise, toy$"):
+    with pytest.raises(SpecError, match="give one of train, noise, method, toy$"):
         spec_from_dict({"name": "t", "experiment": "toi"})
 
 

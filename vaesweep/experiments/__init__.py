@@ -10,7 +10,8 @@ whether it packs, and its report charts.
 Adding a kind touches:
   1. vaesweep/experiments/<name>.py, declaring ``KIND = Kind(...)``;
   2. one line of KINDS below;
-  3. only if it trains differently: its engine code (vaesweep/engine/) and Ray trainable (vaesweep/study/).
+  3. only if it trains differently: its engine code (vaesweep/engine/) and Ray trainable (vaesweep/study/);
+     a kind made of several phases of ordinary trials names a ``driver`` instead (experiment: method).
 The spec then validates its settings, run_study hands them to its trainable under ``config["_<name>"]``,
 the pack rules ask ``packable``, and the report draws its charts.
 """
@@ -21,10 +22,10 @@ import importlib
 from typing import Any
 
 from vaesweep.config.errors import SpecError
-from vaesweep.experiments import noise, train
+from vaesweep.experiments import method, noise, train
 from vaesweep.experiments.kind import Kind
 
-KINDS: dict[str, Kind] = {"train": train.KIND, "noise": noise.KIND}
+KINDS: dict[str, Kind] = {"train": train.KIND, "noise": noise.KIND, "method": method.KIND}
 
 
 def kind(name: str) -> Kind:

@@ -29,6 +29,8 @@ class Kind:
     check: Callable[[StudySpec], None] = no_check  # raises ValueError naming the field of a spec it cannot run
     packed_trainable: str | None = None  # the trainable of K configurations per Ray trial, if the kind packs
     charts: tuple[str, ...] = ()  # report charts, each called with the study's tables (load_study) -> Chart
+    driver: str | None = None  # a kind made of several phases of trials: run_study calls driver(spec, out, quiet)
+    # instead of one Tuner of ``trainable`` (e.g. "vaesweep.study.method:run_method")
 
     @property
     def key(self) -> str:

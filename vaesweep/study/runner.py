@@ -168,17 +168,19 @@ def _same_study(saved: dict, spec: StudySpec) -> bool:
     return old.model_dump(mode="json", exclude_defaults=True) == spec.model_dump(mode="json", exclude_defaults=True)
 
 
-def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict | None = None):
+def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict | None = None,
+                folder: str | None = None):
     """A new Tuner for the study, or the restored one when ``out`` already holds its experiment.
 
     With ``search: optuna`` there is one Tuner per fixed ``setting`` (grid values and seed), each
-    with its own experiment folder and Optuna study.
+    with its own experiment folder and Optuna study. ``folder``: the experiment's own folder under
+    ``out/tune`` (a phase of experiment: method), the results still recorded in ``out``'s tables.
     """
     packed = setting is None and pack_size(spec) > 1  # K configurations per Ray trial
     function = resolve(spec.kind.packed_trainable if packed else spec.kind.trainable)
     runnable = tune.with_resources(function, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     space = pack_param_space(spec) if packed else param_space(spec)
-    experiment = out / RAY_FOLDER
+    experiment = out / RAY_FOLDER if folder is None else out / RAY_FOLDER / folder
     search_alg = None
     if setting is not None:
         space.update(setting)
@@ -255,13 +257,20 @@ def _run_locked(spec: StudySpec, out: Path, address: str | None, quiet: bool) ->
     spec = spec.model_copy(update={"resources": spec.resources.resolved(ray.cluster_resources().get("GPU", 0))})
     check_resources(spec)
     _claim_dir(claimed, out)
-    if spec.search.type != "optuna":
+    if spec.kind.driver is not None:  # a kind made of phases of trials (experiment: method)
+        resolve(spec.kind.driver)(spec, out, quiet)
+    elif spec.search.type == "optuna":
+        run_search(spec, out, quiet)
+    else:
         build_tuner(spec, out, quiet).fit()
-        return out
-    for setting in spec.settings():  # one constrained Optuna search per fixed setting
+    return out
+
+
+def run_search(spec: StudySpec, out: Path, quiet: bool = False) -> None:
+    """The study's constrained Optuna searches, one per fixed setting; ``lambda_star.parquet`` after each."""
+    for setting in spec.settings():
         build_tuner(spec, out, quiet, setting).fit()
         write_lambda_star(spec, out)
-    return out
 
 
 def write_lambda_star(spec: StudySpec, out: Path) -> None:
