@@ -57,8 +57,13 @@ def _search_panel(ax, trials: pd.DataFrame, setting: str, row: pd.Series) -> Non
         settled = _settled(pick)
         ax.scatter(pick.loc[settled, "lam"], pick.loc[settled, "law_residual_max"], color=color, label=name)
         if (~settled).any():
-            ax.scatter(pick.loc[~settled, "lam"], pick.loc[~settled, "law_residual_max"], facecolors="none",
-                       edgecolors=color, label=f"{name}, not settled")
+            ax.scatter(
+                pick.loc[~settled, "lam"],
+                pick.loc[~settled, "law_residual_max"],
+                facecolors="none",
+                edgecolors=color,
+                label=f"{name}, not settled",
+            )
     if pd.notna(row["lam_star"]):
         ax.axvline(row["lam_star"], color="k", ls="--", lw=1, label=f"λ* = {row['lam_star']:.3g}")
     ax.set_xscale("log")
@@ -75,14 +80,25 @@ def _capacity_panel(ax, trials: pd.DataFrame, setting: str, row: pd.Series) -> N
     ax.plot(dims, dims, color="#aaa", lw=1, label="n_active = latent dim")
     settled = _settled(trials)
     ax.plot(trials["latent_dim"], trials["n_active"], color=ACTIVE_COLOR, lw=1)
-    ax.scatter(trials.loc[settled, "latent_dim"], trials.loc[settled, "n_active"], color=ACTIVE_COLOR,
-               label="trial at λ*")
+    ax.scatter(
+        trials.loc[settled, "latent_dim"], trials.loc[settled, "n_active"], color=ACTIVE_COLOR, label="trial at λ*"
+    )
     if (~settled).any():
-        ax.scatter(trials.loc[~settled, "latent_dim"], trials.loc[~settled, "n_active"], facecolors="none",
-                   edgecolors=ACTIVE_COLOR, label="not settled")
+        ax.scatter(
+            trials.loc[~settled, "latent_dim"],
+            trials.loc[~settled, "n_active"],
+            facecolors="none",
+            edgecolors=ACTIVE_COLOR,
+            label="not settled",
+        )
     if pd.notna(row["latent_onset"]):
-        ax.axvline(row["latent_onset"], color=INACTIVE_COLOR, ls="--", lw=1,
-                   label=f"sparsity from {row['latent_onset']} ({row['n_active_onset']} active)")
+        ax.axvline(
+            row["latent_onset"],
+            color=INACTIVE_COLOR,
+            ls="--",
+            lw=1,
+            label=f"sparsity from {row['latent_onset']} ({row['n_active_onset']} active)",
+        )
     ax.set_xscale("log", base=2)
     ax.set(title=f"{setting}: phase 2, the latent dimension grown", xlabel="latent dimension", ylabel="n_active")
     ax.legend(fontsize=7)

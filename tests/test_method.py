@@ -23,6 +23,7 @@ from vaesweep.study.tables import load_study
 
 # --- phase 2 on a stub: the data asks for ``capacity`` variables ----------------------------------------------------
 
+
 def run_stub(capacity: int, start: int = 2, max_dim: int = 64, resolution: int = 1):
     """Drive grow_latent as the driver does, with a trial function whose n_active is min(d, capacity)."""
     tried: dict[int, int] = {}
@@ -57,12 +58,15 @@ M = MethodSettings(generation_fid=50, reconstruction_fid=50)
 CAP = grow_latent({2: 2, 4: 4, 8: 6, 6: 6, 7: 6}, 2, 64)
 
 
-@pytest.mark.parametrize("scores, verdict, words", [
-    ((30, 40, 35), "satisfactory", "generation satisfactory"),
-    ((37, 118, 45), "two_stage", "aggregate posterior mismatch — the second stage brings generation to 45"),
-    ((37, 118, 66), "richer_architecture", "only to 66: try a richer architecture"),
-    ((90, 118, 66), "richer_architecture", "generation and reconstruction unsatisfactory"),
-])
+@pytest.mark.parametrize(
+    "scores, verdict, words",
+    [
+        ((30, 40, 35), "satisfactory", "generation satisfactory"),
+        ((37, 118, 45), "two_stage", "aggregate posterior mismatch — the second stage brings generation to 45"),
+        ((37, 118, 66), "richer_architecture", "only to 66: try a richer architecture"),
+        ((90, 118, 66), "richer_architecture", "generation and reconstruction unsatisfactory"),
+    ],
+)
 def test_advice_follows_the_thresholds(scores, verdict, words):
     advice = advise("dense", M, 1.0, CAP, *scores)
     assert advice.verdict == verdict and verdict in VERDICTS
@@ -77,8 +81,7 @@ def test_advice_without_lambda_star_or_scores():
 
 # --- the spec ------------------------------------------------------------------------------------------------------
 
-METHOD = {"name": "m", "experiment": "method", "space": {"arch": {"grid": ["dense", "conv"]}},
-          "method": {"epochs": 3}}
+METHOD = {"name": "m", "experiment": "method", "space": {"arch": {"grid": ["dense", "conv"]}}, "method": {"epochs": 3}}
 
 
 def test_the_method_kind_is_driven_not_one_trainable():
@@ -87,14 +90,17 @@ def test_the_method_kind_is_driven_not_one_trainable():
     assert spec.kind_settings.epochs == 3 and not spec.kind.packable
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"base": {"lam": 1.0}}, "base.lam: chosen by experiment: method"),
-    ({"space": {"latent_dim": {"grid": [4, 8]}}}, "space.latent_dim: chosen by experiment: method"),
-    ({"search": {"type": "random"}}, "search: experiment: method runs its own Optuna search"),
-    ({"scheduler": {"type": "asha"}}, "scheduler: early stopping"),
-    ({"method": {"lam_range": [2.0, 1.0]}}, "lam_range [2.0, 1.0]"),
-    ({"method": {"start_latent_dim": 128}}, "start_latent_dim 128 is above max_latent_dim 64"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"base": {"lam": 1.0}}, "base.lam: chosen by experiment: method"),
+        ({"space": {"latent_dim": {"grid": [4, 8]}}}, "space.latent_dim: chosen by experiment: method"),
+        ({"search": {"type": "random"}}, "search: experiment: method runs its own Optuna search"),
+        ({"scheduler": {"type": "asha"}}, "scheduler: early stopping"),
+        ({"method": {"lam_range": [2.0, 1.0]}}, "lam_range [2.0, 1.0]"),
+        ({"method": {"start_latent_dim": 128}}, "start_latent_dim 128 is above max_latent_dim 64"),
+    ],
+)
 def test_bad_method_specs(change, needle):
     with pytest.raises(SpecError, match="^study: .*" + needle.replace("[", r"\[").replace("]", r"\]")):
         spec_from_dict({**METHOD, **change})
@@ -102,15 +108,32 @@ def test_bad_method_specs(change, needle):
 
 # --- the report's Method section -----------------------------------------------------------------------------------
 
+
 def test_the_report_opens_with_the_method_section(tmp_path):
     study = synthetic_study(tmp_path / "syn")
-    table = pd.DataFrame([{"dataset": "mnist5k", "arch": "dense", "seed": 0, "setting": "dense", "lam_below": 0.5,
-                           "lam_star": 2.0, "latent_onset": 8, "n_active_onset": 6, "fid_recon": 37.0,
-                           "fid_prior": 118.0, "fid_two_stage": 45.0, "verdict": "two_stage",
-                           "advice": "dense: lambda* = 2; ..."}])
+    table = pd.DataFrame(
+        [
+            {
+                "dataset": "mnist5k",
+                "arch": "dense",
+                "seed": 0,
+                "setting": "dense",
+                "lam_below": 0.5,
+                "lam_star": 2.0,
+                "latent_onset": 8,
+                "n_active_onset": 6,
+                "fid_recon": 37.0,
+                "fid_prior": 118.0,
+                "fid_two_stage": 45.0,
+                "verdict": "two_stage",
+                "advice": "dense: lambda* = 2; ...",
+            }
+        ]
+    )
     trials = load_study(study).trials
     evidence = trials[(trials["arch"] == "dense") & (trials["seed"] == 0)].assign(
-        setting="dense", phase=lambda d: (d["lam"] == 2.0).map({True: 2, False: 1}))
+        setting="dense", phase=lambda d: (d["lam"] == 2.0).map({True: 2, False: 1})
+    )
     table.to_parquet(study / "method.parquet")
     evidence.to_parquet(study / "method_trials.parquet")
     index = build_report(study)
@@ -125,16 +148,37 @@ def test_the_report_opens_with_the_method_section(tmp_path):
 # --- a real tiny method study: killed between phases, resumed ------------------------------------------------------
 
 TINY = {
-    "name": "m_tiny", "experiment": "method", "dataset": "mnist5k",
+    "name": "m_tiny",
+    "experiment": "method",
+    "dataset": "mnist5k",
     # tiny trials: a two-evaluation window and every variable counted active make each settle at its 2nd epoch;
     # wide law tolerances let a 2-epoch model pass the laws (lambda* = the smallest lambda tried)
-    "base": {"max_train": 256, "max_eval": 128, "hidden": [32], "threads": 1, "settle_patience": 2,
-             "settle_min_steps": 0, "settle_law_tol": 100.0, "active_threshold": 1e-6, "law_tol": 100.0,
-             "mu_tol": 100.0, "two_stage_epochs": 2, "fid_samples": 128},
+    "base": {
+        "max_train": 256,
+        "max_eval": 128,
+        "hidden": [32],
+        "threads": 1,
+        "settle_patience": 2,
+        "settle_min_steps": 0,
+        "settle_law_tol": 100.0,
+        "active_threshold": 1e-6,
+        "law_tol": 100.0,
+        "mu_tol": 100.0,
+        "two_stage_epochs": 2,
+        "fid_samples": 128,
+    },
     "space": {"arch": {"grid": ["dense"]}},
-    "method": {"lam_range": [0.5, 2.0], "search_trials": 2, "search_latent_dim": 4, "start_latent_dim": 2,
-               "max_latent_dim": 8, "epochs": 2},
-    "resources": {"cpu": 1}, "max_concurrent": 2, "retries": 0,
+    "method": {
+        "lam_range": [0.5, 2.0],
+        "search_trials": 2,
+        "search_latent_dim": 4,
+        "start_latent_dim": 2,
+        "max_latent_dim": 8,
+        "epochs": 2,
+    },
+    "resources": {"cpu": 1},
+    "max_concurrent": 2,
+    "retries": 0,
 }
 KILL_AT_ROUND = """
 import sys
@@ -157,12 +201,24 @@ def resumed(tmp_path_factory):
     root = tmp_path_factory.mktemp("method")
     spec = root / "m_tiny.yaml"
     spec.write_text(yaml.safe_dump(TINY))
-    killed = subprocess.run([sys.executable, "-c", KILL_AT_ROUND, str(spec), str(root)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300, check=False)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_ROUND, str(spec), str(root)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert killed.returncode == 9, killed.stderr[-3000:]
     before = load_study(root / "m_tiny")
-    again = subprocess.run([sys.executable, "-m", "vaesweep", "run", str(spec), "--storage", str(root), "--quiet"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    again = subprocess.run(
+        [sys.executable, "-m", "vaesweep", "run", str(spec), "--storage", str(root), "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     return before, load_study(root / "m_tiny"), root / "m_tiny", again.stdout
 
@@ -174,8 +230,10 @@ def test_a_killed_method_resumes_without_rerunning_finished_trials(resumed):
     assert sorted(before.trials["latent_dim"]) == [2, 4, 4]
     kept = after.trials.set_index("trial_id").loc[before.trials["trial_id"]]
     assert kept["status"].eq("done").all()
+
     def rows(t):
         return t.epochs[t.epochs["trial_id"].isin(before.trials["trial_id"])][["trial_id", "epoch", "time_total"]]
+
     pd.testing.assert_frame_equal(rows(before).reset_index(drop=True), rows(after).reset_index(drop=True))  # not re-run
     new = after.trials[~after.trials["trial_id"].isin(before.trials["trial_id"])]
     assert len(new) == 2 and sorted(new["latent_dim"]) == [8, 8]  # phase 2 went on to 8, then phase 3 there

@@ -37,21 +37,35 @@ class MethodSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    lam_range: tuple[float, float] = Field((0.25, 4.0), description="phase 1: lambda searched in [low, high] "
-                                           "(log scale), starting at high, where the KL term surely works")
+    lam_range: tuple[float, float] = Field(
+        (0.25, 4.0),
+        description="phase 1: lambda searched in [low, high] "
+        "(log scale), starting at high, where the KL term surely works",
+    )
     search_trials: int = Field(6, ge=1, description="phase 1: Optuna trials per setting")
     search_latent_dim: int = Field(16, ge=1, description="phase 1: the latent dimension of the search (the paper's 16)")
     start_latent_dim: int = Field(2, ge=1, description="phase 2: the first latent dimension tried")
     max_latent_dim: int = Field(64, ge=1, description="phase 2: doubling stops here")
-    follow_fraction: float = Field(1.0, gt=0, le=1, description="phase 2: the active variables follow the latent "
-                                   "dimension d while n_active >= follow_fraction * d (1: none inactive)")
+    follow_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="phase 2: the active variables follow the latent "
+        "dimension d while n_active >= follow_fraction * d (1: none inactive)",
+    )
     resolution: int = Field(1, ge=1, description="phase 2: bisection stops when the bracket is this narrow")
-    epochs: int = Field(160, ge=1, description="epochs of every trial (mnist5k's dense collapse settles from "
-                        "~5,000 minibatches: ~160 epochs of 32)")
-    generation_fid: float = Field(50.0, gt=0, description="phase 4: generation is satisfactory when its "
-                                  "FID-proxy is at most this")
-    reconstruction_fid: float = Field(50.0, gt=0, description="phase 4: reconstruction is good when its "
-                                      "FID-proxy is at most this")
+    epochs: int = Field(
+        160,
+        ge=1,
+        description="epochs of every trial (mnist5k's dense collapse settles from "
+        "~5,000 minibatches: ~160 epochs of 32)",
+    )
+    generation_fid: float = Field(
+        50.0, gt=0, description="phase 4: generation is satisfactory when its FID-proxy is at most this"
+    )
+    reconstruction_fid: float = Field(
+        50.0, gt=0, description="phase 4: reconstruction is good when its FID-proxy is at most this"
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> MethodSettings:
@@ -59,8 +73,10 @@ class MethodSettings(BaseModel):
         if not 0 < low < high:
             raise ValueError(f"lam_range [{low}, {high}]: give 0 < low < high, e.g. [0.25, 4.0]")
         if self.start_latent_dim > self.max_latent_dim:
-            raise ValueError(f"start_latent_dim {self.start_latent_dim} is above max_latent_dim "
-                             f"{self.max_latent_dim}; lower it or raise max_latent_dim")
+            raise ValueError(
+                f"start_latent_dim {self.start_latent_dim} is above max_latent_dim "
+                f"{self.max_latent_dim}; lower it or raise max_latent_dim"
+            )
         return self
 
 
@@ -69,8 +85,10 @@ def check(spec: Any) -> None:  # a vaesweep.config.spec.StudySpec (named, not im
     grids (one method per setting), with no search or scheduler of its own."""
     for where, fields in (("base", spec.base), ("space", spec.space)):
         if chosen := [f for f in CHOSEN if f in fields]:
-            raise ValueError(f"{where}.{chosen[0]}: chosen by experiment: method; set method.lam_range, "
-                             "method.epochs, method.start_latent_dim instead, or remove it")
+            raise ValueError(
+                f"{where}.{chosen[0]}: chosen by experiment: method; set method.lam_range, "
+                "method.epochs, method.start_latent_dim instead, or remove it"
+            )
     if spec.search.type != "grid":
         raise ValueError("search: experiment: method runs its own Optuna search (method.search_trials); remove it")
     if spec.scheduler is not None:
@@ -79,21 +97,24 @@ def check(spec: Any) -> None:  # a vaesweep.config.spec.StudySpec (named, not im
 
 # --- phase 2: the latent dimension grown until the active variables stop following it ------------------------
 
+
 @dataclass(frozen=True)
 class Capacity:
     """Where phase 2 stands: the next latent dimension to train, or (``next_dim`` None) the answer."""
 
     next_dim: int | None
-    onset: int | None = None      # smallest latent dimension found whose active variables fell behind it
+    onset: int | None = None  # smallest latent dimension found whose active variables fell behind it
     following: int | None = None  # largest latent dimension below ``onset`` whose variables followed it
-    n_active: int | None = None   # active variables at ``onset`` (at the largest tried if sparsity never came)
+    n_active: int | None = None  # active variables at ``onset`` (at the largest tried if sparsity never came)
 
 
-def grow_latent(n_active: dict[int, int], start: int, max_dim: int, follow_fraction: float = 1.0,
-                resolution: int = 1) -> Capacity:
+def grow_latent(
+    n_active: dict[int, int], start: int, max_dim: int, follow_fraction: float = 1.0, resolution: int = 1
+) -> Capacity:
     """Phase 2's decision from the results so far (latent dimension -> active variables): double from ``start``
     while the active variables follow (n_active >= follow_fraction * d), up to ``max_dim``; then bisect between
     the last dimension that followed and the first that did not until they are ``resolution`` apart."""
+
     def follows(d: int) -> bool:
         return n_active[d] >= follow_fraction * d
 
@@ -128,20 +149,30 @@ VERDICTS = {
 
 @dataclass(frozen=True)
 class Advice:
-    verdict: str   # a key of VERDICTS
+    verdict: str  # a key of VERDICTS
     sentence: str  # e.g. "dense: lambda* = 1; sparsity from latent 16 (6 active); reconstructions 37, ..."
 
 
-def advise(label: str, settings: MethodSettings, lam_star: float, capacity: Capacity | None = None,
-           fid_recon: float = math.nan, fid_prior: float = math.nan, fid_two_stage: float = math.nan) -> Advice:
+def advise(
+    label: str,
+    settings: MethodSettings,
+    lam_star: float,
+    capacity: Capacity | None = None,
+    fid_recon: float = math.nan,
+    fid_prior: float = math.nan,
+    fid_two_stage: float = math.nan,
+) -> Advice:
     """Sec. 7 steps 3-4 with explicit thresholds: generation (prior samples) is satisfactory when its FID-proxy is at
     most ``generation_fid``; else, when reconstructions score at most ``reconstruction_fid``, the gap is the
     aggregate posterior's mismatch with the prior and the two-stage VAE is the remedy (enough if its samples reach
     ``generation_fid``); else (reconstruction bad too, or the second stage not enough) a richer architecture."""
     if math.isnan(lam_star):
         low, high = settings.lam_range
-        return Advice("no_lambda", f"{label}: no lambda in [{low:g}, {high:g}] passed the Sec. 4 laws on a settled "
-                      f"trial: raise method.epochs (trials must settle) or the top of method.lam_range")
+        return Advice(
+            "no_lambda",
+            f"{label}: no lambda in [{low:g}, {high:g}] passed the Sec. 4 laws on a settled "
+            f"trial: raise method.epochs (trials must settle) or the top of method.lam_range",
+        )
     parts = [f"{label}: lambda* = {lam_star:.3g}"]
     if capacity is not None and capacity.onset is not None:
         parts.append(f"sparsity from latent {capacity.onset} ({capacity.n_active} active)")
@@ -157,9 +188,16 @@ def advise(label: str, settings: MethodSettings, lam_star: float, capacity: Capa
         if fid_two_stage <= settings.generation_fid:
             return Advice("two_stage", head + f"to {fid_two_stage:.0f}")
         return Advice("richer_architecture", head + f"only to {fid_two_stage:.0f}: try a richer architecture")
-    return Advice("richer_architecture", "; ".join(parts) + f"; {scores}: generation and reconstruction "
-                  "unsatisfactory — try a richer architecture")
+    return Advice(
+        "richer_architecture",
+        "; ".join(parts) + f"; {scores}: generation and reconstruction unsatisfactory — try a richer architecture",
+    )
 
 
-KIND = Kind(name="method", settings=MethodSettings, check=check, trainable="vaesweep.study.trainables:trainable",
-            driver="vaesweep.study.method:run_method")
+KIND = Kind(
+    name="method",
+    settings=MethodSettings,
+    check=check,
+    trainable="vaesweep.study.trainables:trainable",
+    driver="vaesweep.study.method:run_method",
+)

@@ -54,37 +54,59 @@ def run_method(spec: StudySpec, out: Path, quiet: bool = False) -> None:
             continue
         while (step := capacity(m, _trials(out), setting, lam)).next_dim is not None:  # phase 2, round by round
             d = step.next_dim
-            build_tuner(trial_spec(spec, setting, lam, d), out, quiet, folder=f"capacity,{setting_key(setting)},"
-                        f"latent_dim={d}").fit()
+            build_tuner(
+                trial_spec(spec, setting, lam, d), out, quiet, folder=f"capacity,{setting_key(setting)},latent_dim={d}"
+            ).fit()
             if d not in _n_active(m, _trials(out), setting, lam):  # the trial failed: no answer to build on
                 break
         final = step.onset or step.following
         if step.next_dim is None and final is not None:  # phase 3
-            build_tuner(trial_spec(spec, setting, lam, final, scored=True), out, quiet,
-                        folder=f"fid,{setting_key(setting)}").fit()
+            build_tuner(
+                trial_spec(spec, setting, lam, final, scored=True), out, quiet, folder=f"fid,{setting_key(setting)}"
+            ).fit()
         write_tables(spec, out)
 
 
 # --- the trials of each phase ------------------------------------------------------------------------------------
 
+
 def search_spec(spec: StudySpec) -> StudySpec:
     """Phase 1: the study as a constrained Optuna search over lambda at ``search_latent_dim``."""
     m: MethodSettings = spec.kind_settings
     low, high = m.lam_range
-    return _derived(spec, base={"latent_dim": m.search_latent_dim, "epochs": m.epochs, "fid": False},
-                    space={**_dump(spec)["space"], "lam": {"loguniform": [low, high]}},
-                    search={"type": "optuna", "num_samples": m.search_trials, "start": [{"lam": high}],
-                            "sampler": {"type": "gp", "n_startup_trials": 1, "seed": 0}})
+    return _derived(
+        spec,
+        base={"latent_dim": m.search_latent_dim, "epochs": m.epochs, "fid": False},
+        space={**_dump(spec)["space"], "lam": {"loguniform": [low, high]}},
+        search={
+            "type": "optuna",
+            "num_samples": m.search_trials,
+            "start": [{"lam": high}],
+            "sampler": {"type": "gp", "n_startup_trials": 1, "seed": 0},
+        },
+    )
 
 
-def trial_spec(spec: StudySpec, setting: dict[str, Any], lam: float, latent_dim: int,
-               scored: bool = False) -> StudySpec:
+def trial_spec(
+    spec: StudySpec, setting: dict[str, Any], lam: float, latent_dim: int, scored: bool = False
+) -> StudySpec:
     """One trial of ``setting`` at ``lam`` and ``latent_dim``: phase 2's round, or (``scored``) phase 3's."""
     m: MethodSettings = spec.kind_settings
     fixed = {k: v for k, v in setting.items() if k != "seed"}
-    return _derived(spec, base={**fixed, "latent_dim": latent_dim, "lam": lam, "epochs": m.epochs,
-                                "fid": scored, **({"two_stage": True} if scored else {})},
-                    space={}, seeds=[setting["seed"]], search={"type": "grid"})
+    return _derived(
+        spec,
+        base={
+            **fixed,
+            "latent_dim": latent_dim,
+            "lam": lam,
+            "epochs": m.epochs,
+            "fid": scored,
+            **({"two_stage": True} if scored else {}),
+        },
+        space={},
+        seeds=[setting["seed"]],
+        search={"type": "grid"},
+    )
 
 
 def _dump(spec: StudySpec) -> dict:
@@ -152,11 +174,13 @@ def _n_active(m: MethodSettings, trials: pd.DataFrame, setting: dict[str, Any], 
 
 
 def capacity(m: MethodSettings, trials: pd.DataFrame, setting: dict[str, Any], lam: float) -> Capacity:
-    return grow_latent(_n_active(m, trials, setting, lam), m.start_latent_dim, m.max_latent_dim,
-                       m.follow_fraction, m.resolution)
+    return grow_latent(
+        _n_active(m, trials, setting, lam), m.start_latent_dim, m.max_latent_dim, m.follow_fraction, m.resolution
+    )
 
 
 # --- phase 4: the tables -------------------------------------------------------------------------------------------
+
 
 def label(spec: StudySpec, setting: dict[str, Any]) -> str:
     """How the advice names a setting: its grid values (e.g. "dense"), with the seed when there are several."""
@@ -166,9 +190,24 @@ def label(spec: StudySpec, setting: dict[str, Any]) -> str:
     return ", ".join(shown) or str(spec.trial_base().get("dataset", "mnist5k"))
 
 
-METHOD_COLUMNS = ("setting", "lam_below", "lam_star", "lam_star_trial", "latent_following", "latent_onset",
-                  "n_active_onset", "fid_recon", "fid_prior", "fid_two_stage", "fid_trial", "verdict", "advice",
-                  "n_trials", "n_unsettled", "n_unsettled_search")
+METHOD_COLUMNS = (
+    "setting",
+    "lam_below",
+    "lam_star",
+    "lam_star_trial",
+    "latent_following",
+    "latent_onset",
+    "n_active_onset",
+    "fid_recon",
+    "fid_prior",
+    "fid_two_stage",
+    "fid_trial",
+    "verdict",
+    "advice",
+    "n_trials",
+    "n_unsettled",
+    "n_unsettled_search",
+)
 FID = ("fid_recon", "fid_prior", "fid_two_stage")
 
 
@@ -189,13 +228,24 @@ def method_row(spec: StudySpec, trials: pd.DataFrame, setting: dict[str, Any]) -
     mine = of_setting(trials, setting)
     done = mine[mine["status"] == "done"] if len(mine) else mine
     unsettled = ~done["settled"].eq(True) if "settled" in done else pd.Series(True, index=done.index)
-    return {"dataset": spec.trial_base().get("dataset", "mnist5k"), **setting, "setting": label(spec, setting),
-            "lam_below": search.get("lam_below", math.nan), "lam_star": lam,
-            "lam_star_trial": search.get("lam_star_trial"), "latent_following": cap.following if cap else None,
-            "latent_onset": cap.onset if cap else None, "n_active_onset": cap.n_active if cap else None, **fid,
-            "fid_trial": last["trial_id"] if len(scored) else None, "verdict": advice.verdict,
-            "advice": advice.sentence, "n_trials": len(mine), "n_unsettled": int(unsettled.sum()),
-            "n_unsettled_search": search.get("n_unsettled", math.nan)}
+    return {
+        "dataset": spec.trial_base().get("dataset", "mnist5k"),
+        **setting,
+        "setting": label(spec, setting),
+        "lam_below": search.get("lam_below", math.nan),
+        "lam_star": lam,
+        "lam_star_trial": search.get("lam_star_trial"),
+        "latent_following": cap.following if cap else None,
+        "latent_onset": cap.onset if cap else None,
+        "n_active_onset": cap.n_active if cap else None,
+        **fid,
+        "fid_trial": last["trial_id"] if len(scored) else None,
+        "verdict": advice.verdict,
+        "advice": advice.sentence,
+        "n_trials": len(mine),
+        "n_unsettled": int(unsettled.sum()),
+        "n_unsettled_search": search.get("n_unsettled", math.nan),
+    }
 
 
 def evidence(spec: StudySpec, trials: pd.DataFrame) -> pd.DataFrame:
@@ -208,8 +258,22 @@ def evidence(spec: StudySpec, trials: pd.DataFrame) -> pd.DataFrame:
             parts.append(mine.assign(setting=label(spec, setting), phase=phase_of(mine, m)))
     if not parts:
         return pd.DataFrame(columns=["trial_id", "setting", "phase"])
-    cols = ["trial_id", "setting", "phase", "status", "lam", "latent_dim", "n_active", "law_residual_max",
-            "mean_mu_abs_max", "kl_working", "settled", "fid_recon", "fid_prior", "fid_two_stage"]
+    cols = [
+        "trial_id",
+        "setting",
+        "phase",
+        "status",
+        "lam",
+        "latent_dim",
+        "n_active",
+        "law_residual_max",
+        "mean_mu_abs_max",
+        "kl_working",
+        "settled",
+        "fid_recon",
+        "fid_prior",
+        "fid_two_stage",
+    ]
     df = pd.concat(parts, ignore_index=True)
     df = df[[c for c in cols if c in df]]
     return df.sort_values(["setting", "phase", "latent_dim", "lam"]).reset_index(drop=True)

@@ -168,8 +168,9 @@ def _same_study(saved: dict, spec: StudySpec) -> bool:
     return old.model_dump(mode="json", exclude_defaults=True) == spec.model_dump(mode="json", exclude_defaults=True)
 
 
-def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, setting: dict | None = None,
-                folder: str | None = None):
+def build_tuner(
+    spec: StudySpec, out: Path, quiet: bool = False, setting: dict | None = None, folder: str | None = None
+):
     """A new Tuner for the study, or the restored one when ``out`` already holds its experiment.
 
     With ``search: optuna`` there is one Tuner per fixed ``setting`` (grid values and seed), each
