@@ -1,11 +1,18 @@
 """The Optuna searcher: minimal lambda with a working KL term (Sec. 6.1), through Ray Tune."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import vaesweep_cli
+from conftest import ROOT, vaesweep_cli
 
 from vaesweep.config.spec import SpecError, spec_from_dict
 from vaesweep.study.searcher import lambda_star
@@ -72,6 +79,125 @@ def test_search_runs_through_ray_writes_sqlite_resumes_and_finds_lambda_star(tmp
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(optuna.load_study(study_name=name, storage=db).trials) == len(ot.trials)
     assert "minimal lambda" in res.stdout
+
+
+# two settings (latent_dim 2 and 4) x two trials, each setting's search sequential (the default
+# max_concurrent_per_setting: 1), no global limit: a 2-CPU Ray runs one trial of each setting side by side
+TWO_SETTINGS = {
+    **TINY_SEARCH,
+    "name": "lam_two",
+    "max_concurrent": None,
+    "base": {**{k: v for k, v in TINY_SEARCH["base"].items() if k != "latent_dim"}, "max_train": 256, "max_eval": 128},
+    "space": {**TINY_SEARCH["space"], "latent_dim": {"grid": [2, 4]}},
+    "search": {**TINY_SEARCH["search"], "num_samples": 2},
+}
+
+
+def ray_trial_spans(study) -> list[tuple[int, float, int]]:
+    """(latent_dim, start, end) of every Ray trial of the search, from Ray's experiment state: when it began
+    running, and the timestamp of its last report (whole seconds, rounded down: never later than the end)."""
+    state = json.loads(max((study / "tune" / "search").glob("experiment_state-*.json")).read_text())
+    return [
+        (
+            json.loads(trial)["config"]["latent_dim"],
+            json.loads(meta)["start_time"],
+            json.loads(meta)["last_result"]["timestamp"],
+        )
+        for trial, meta in state["trial_data"]
+    ]
+
+
+def reported_epochs(study) -> dict[str, set[tuple]]:
+    """Per Ray trial folder of the search: (epoch, time_total) of every result Ray's JSON logger wrote."""
+    return {
+        p.parent.name: {(r.get("epoch"), r.get("time_total")) for r in map(json.loads, p.read_text().splitlines())}
+        for p in (study / "tune" / "search").glob("*/result.json")
+    }
+
+
+def optuna_trials(study) -> dict[str, list]:
+    """Every setting's Optuna study: its finished trials."""
+    db = f"sqlite:///{study / 'optuna.db'}"
+    return {
+        name: [
+            t
+            for t in optuna.load_study(study_name=name, storage=db).trials
+            if t.state == optuna.trial.TrialState.COMPLETE
+        ]
+        for name in optuna.get_all_study_names(db)
+    }
+
+
+def test_settings_search_side_by_side_each_in_its_own_order(tmp_path):
+    path = tmp_path / "lam_two.yaml"
+    path.write_text(yaml.safe_dump(TWO_SETTINGS))
+    res = vaesweep_cli("run", path, "--storage", tmp_path / "runs")
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = tmp_path / "runs" / "lam_two"
+    studies = optuna_trials(study)
+    assert sorted(studies) == ["lam_two:latent_dim=2,seed=0", "lam_two:latent_dim=4,seed=0"]
+    assert all(len(c) == 2 and c[0].params["lam"] == 10.0 for c in studies.values())  # each its own start point
+
+    spans = ray_trial_spans(study)
+    assert sorted(d for d, _, _ in spans) == [2, 2, 4, 4]
+    for dim in (2, 4):  # one setting: the second trial starts after the first has reported its last epoch
+        first, second = sorted((s, e) for d, s, e in spans if d == dim)
+        assert first[1] < second[0], spans
+    together = [(a, b) for a in spans for b in spans if a[0] < b[0] and a[1] < b[2] and b[1] < a[2]]
+    assert together, f"no trials of the two settings ran at the same time: {spans}"
+
+    star = pd.read_parquet(study / "lambda_star.parquet").sort_values("latent_dim")
+    assert star["latent_dim"].tolist() == [2, 4] and star["n_trials"].tolist() == [2, 2]
+    trials = load_study(study).trials
+    assert len(trials) == 4 and (trials["status"] == "done").all()
+
+
+def test_killed_settings_search_resumes_without_repeating_finished_trials(tmp_path):
+    spec = {**TWO_SETTINGS, "name": "lam_killed", "base": {**TWO_SETTINGS["base"], "epochs": 4}}
+    path = tmp_path / "lam_killed.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    study = tmp_path / "runs" / "lam_killed"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "vaesweep", "run", str(path), "--storage", str(tmp_path / "runs")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        done, deadline = 0, time.time() + 300
+        while time.time() < deadline and done < 1:
+            time.sleep(0.5)
+            try:
+                done = (load_study(study).trials["status"] == "done").sum()
+            except Exception:  # not written yet, or being replaced
+                continue
+        assert 1 <= done < 4, "the search finished before it could be interrupted"
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    trials = load_study(study).trials
+    finished = set(trials.loc[trials["status"] == "done", "trial_id"])
+    before = {name: epochs for name, epochs in reported_epochs(study).items() if any(t in name for t in finished)}
+    res = vaesweep_cli("run", path, "--storage", tmp_path / "runs")
+    assert res.returncode == 0, res.stderr[-3000:]
+    t = load_study(study)
+    assert len(t.trials) == 4 and (t.trials["status"] == "done").all()
+    assert len(t.epochs) == 4 * 4 and not t.epochs.duplicated(["trial_id", "epoch"]).any()
+    assert {name: len(c) for name, c in optuna_trials(study).items()} == {
+        "lam_killed:latent_dim=2,seed=0": 2,
+        "lam_killed:latent_dim=4,seed=0": 2,
+    }  # the budget kept across the kill
+    after = reported_epochs(study)
+    for trial_dir, epochs in before.items():
+        # no epoch trained again: a trial whose final snapshot Ray had not saved yet may be restored from
+        # its final checkpoint and re-report that last epoch, nothing more
+        assert after[trial_dir] == epochs, f"finished trial {trial_dir} was run again"
+    star = pd.read_parquet(study / "lambda_star.parquet")
+    assert sorted(star["n_trials"]) == [2, 2]
 
 
 def test_lambda_star_brackets_on_a_known_table():

@@ -87,7 +87,7 @@ Domain = Grid | Choice | Uniform | LogUniform | RandInt
 
 class Search(_Strict):
     """grid / random: Ray's variant generator. optuna: a constrained Optuna search per fixed setting
-    (every combination of the grid fields and seeds), over the space's range fields."""
+    (every combination of the grid fields and seeds), over the space's range fields, all settings at once."""
 
     type: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = Field(1, ge=1, description="random draws per grid point; optuna: trials per setting")
@@ -95,6 +95,12 @@ class Search(_Strict):
     constrained: bool = Field(True, description="optuna: subject to the Sec. 4 laws (law_excess, mu_excess <= 0)")
     sampler: Sampler = Sampler()
     start: list[dict[str, Any]] = Field(default_factory=list, description="optuna: points to evaluate first")
+    max_concurrent_per_setting: int | None = Field(
+        1,
+        ge=1,
+        description="optuna: trials of one setting running at once (1: each suggestion sees every trial "
+        "before it; null: as many as the cluster holds); different settings always run side by side",
+    )
 
     def objectives(self) -> list[Objective]:
         return self.objective if isinstance(self.objective, list) else [self.objective]

@@ -7,6 +7,10 @@ with the Ray trainable of the study's experiment kind (vaesweep.experiments). Th
 — finished trials are kept, unfinished ones resume from their last checkpoint — and trials are retried
 ``retries`` times (``FailureConfig``) from their last checkpoint when a worker or node dies.
 
+With ``search: optuna`` (``run_search``) one Tuner runs every fixed setting's constrained Optuna
+search at once (vaesweep.study.searcher.SettingsSearch), its experiment in ``<storage>/<name>/tune/search``,
+and ``lambda_star.parquet`` is rewritten as each setting's search finishes.
+
 Before anything starts, the folder's existing files are checked (``StudyFolderError`` for a corrupt or
 foreign one) and the driver takes the folder's lock (vaesweep.study.lock: one driver per study folder).
 """
@@ -19,6 +23,7 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import pandas as pd
 import ray
 import yaml
 from pydantic import ValidationError
@@ -34,9 +39,11 @@ from vaesweep.engine.data import check_available
 from vaesweep.experiments import resolve
 from vaesweep.study.lock import driver_lock
 from vaesweep.study.recorder import Recorder
-from vaesweep.study.searcher import DB_FILE, lambda_star, make_search, setting_key
+from vaesweep.study.searcher import DB_FILE, lambda_star, settings_search
 from vaesweep.study.tables import SPEC_COPY, Progress, check_study_folder, load_study, read_spec_copy
 from vaesweep.study.tracking import check_extras, tracking_callbacks
+
+SEARCH_FOLDER = "search"  # the Ray experiment of a search: optuna study, under tune/
 
 
 def study_dir(spec: StudySpec, storage: str | None = None) -> Path:
@@ -168,33 +175,29 @@ def _same_study(saved: dict, spec: StudySpec) -> bool:
     return old.model_dump(mode="json", exclude_defaults=True) == spec.model_dump(mode="json", exclude_defaults=True)
 
 
-def build_tuner(
-    spec: StudySpec, out: Path, quiet: bool = False, setting: dict | None = None, folder: str | None = None
-):
+def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | None = None):
     """A new Tuner for the study, or the restored one when ``out`` already holds its experiment.
 
-    With ``search: optuna`` there is one Tuner per fixed ``setting`` (grid values and seed), each
-    with its own experiment folder and Optuna study. ``folder``: the experiment's own folder under
-    ``out/tune`` (a phase of experiment: method), the results still recorded in ``out``'s tables.
+    With ``search: optuna`` it is one Tuner for every fixed setting (grid values and seed): its
+    searcher adds each trial's setting and asks that setting's own Optuna study for the rest.
+    ``folder``: the experiment's own folder under ``out/tune`` (a phase of experiment: method), the
+    results still recorded in ``out``'s tables.
     """
-    packed = setting is None and pack_size(spec) > 1  # K configurations per Ray trial
+    optuna_search = spec.search.type == "optuna"
+    packed = not optuna_search and pack_size(spec) > 1  # K configurations per Ray trial
     function = resolve(spec.kind.packed_trainable if packed else spec.kind.trainable)
     runnable = tune.with_resources(function, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     space = pack_param_space(spec) if packed else param_space(spec)
     experiment = out / RAY_FOLDER if folder is None else out / RAY_FOLDER / folder
-    search_alg = None
-    if setting is not None:
-        space.update(setting)
-        key = setting_key(setting)
-        experiment = experiment / key
-        search_alg = make_search(
-            spec.search.objectives(),
-            spec.search.sampler,
-            spec.search.constrained,
-            out / DB_FILE,
-            f"{spec.name}:{key}",
-            spec.search.start,
-        )
+    search_alg, num_samples, callbacks = None, spec.search.num_samples, []
+    if optuna_search:
+        settings = spec.settings()
+        for key in settings[0]:  # the grid fields and the seed: each trial's come from its setting
+            space.pop(key, None)
+        experiment = experiment / SEARCH_FOLDER
+        search_alg = settings_search(spec.search, settings, out / DB_FILE, spec.name)
+        num_samples *= len(settings)
+        callbacks = [LambdaStarWriter(spec, out)]
     if tune.Tuner.can_restore(str(experiment)):
         return tune.Tuner.restore(
             str(experiment),
@@ -220,7 +223,7 @@ def build_tuner(
         runnable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            num_samples=spec.search.num_samples,
+            num_samples=num_samples,
             scheduler=scheduler,
             search_alg=search_alg,
             max_concurrent_trials=spec.max_concurrent,
@@ -236,6 +239,7 @@ def build_tuner(
                 JsonLoggerCallback(),
                 CSVLoggerCallback(),
                 *tracking_callbacks(spec, out),
+                *callbacks,
             ],
         ),
     )
@@ -267,18 +271,46 @@ def _run_locked(spec: StudySpec, out: Path, address: str | None, quiet: bool) ->
     return out
 
 
-def run_search(spec: StudySpec, out: Path, quiet: bool = False) -> None:
-    """The study's constrained Optuna searches, one per fixed setting; ``lambda_star.parquet`` after each."""
-    for setting in spec.settings():
-        build_tuner(spec, out, quiet, setting).fit()
-        write_lambda_star(spec, out)
+def run_search(spec: StudySpec, out: Path, quiet: bool = False) -> pd.DataFrame:
+    """Run (or resume) a ``search: optuna`` study's searches, every setting at once; returns lambda_star.
+
+    For a caller that holds ``out``'s driver lock with Ray started and ``spec.resources`` resolved
+    (as ``run_study`` does). Each setting keeps its Optuna study ``<spec.name>:<setting key>`` in
+    ``out/optuna.db``; a killed driver resumes from ``out/tune/search`` without re-running finished trials.
+    """
+    build_tuner(spec, out, quiet).fit()
+    return write_lambda_star(spec, out)
 
 
-def write_lambda_star(spec: StudySpec, out: Path) -> None:
-    """``lambda_star.parquet``: the minimal working lambda of every finished setting."""
+def write_lambda_star(spec: StudySpec, out: Path, finished_only: bool = False) -> pd.DataFrame:
+    """``lambda_star.parquet``: the minimal working lambda of every setting (whose search has finished:
+    all its ``num_samples`` trials done or failed, when ``finished_only``)."""
     trials = load_study(out).trials
-    cols = [c for c in ("dataset", *spec.settings()[0]) if c in trials]
-    lambda_star(trials, cols).to_parquet(out / "lambda_star.parquet", index=False)
+    cols = [c for c in dict.fromkeys(("dataset", *spec.settings()[0])) if c in trials]
+    if finished_only:
+        ended = trials["status"].isin(["done", "failed"])
+        trials = trials[
+            ended.groupby([trials[c] for c in cols], dropna=False).transform("sum") >= spec.search.num_samples
+        ]
+        if not len(trials):
+            return lambda_star(trials, cols)
+    star = lambda_star(trials, cols)
+    star.to_parquet(out / "lambda_star.parquet", index=False)
+    return star
+
+
+class LambdaStarWriter(tune.Callback):
+    """Rewrites ``lambda_star.parquet`` whenever a trial ends, with every setting whose search has finished
+    (after the Recorder, listed before it, has written that trial's row)."""
+
+    def __init__(self, spec: StudySpec, out: Path):
+        self.spec, self.out = spec, out
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        write_lambda_star(self.spec, self.out, finished_only=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        write_lambda_star(self.spec, self.out, finished_only=True)
 
 
 def pack_param_space(spec, k: int | None = None) -> dict:

@@ -12,18 +12,31 @@ its GP and TPE samplers). The default GP sampler (one random start after the giv
 needs few trials for this one-dimensional, monotone problem. The Optuna study lives in SQLite next to the results
 (``runs/<name>/optuna.db``), one Optuna study per fixed setting (architecture, latent dimension,
 dataset...), so a search resumes where it stopped and opens in optuna-dashboard.
+
+All settings at once (issue 16): ``SettingsSearch`` multiplexes the settings' searches into ONE Ray
+Tune searcher, so one Tuner fills the cluster with trials of different settings side by side while
+each setting keeps its own Optuna study, its own trial budget (``num_samples``) and, with
+``search.max_concurrent_per_setting: 1``, its sequential order (each GP suggestion sees every trial
+before it). One Tuner rather than concurrent Tuners in threads (not built): the study's Recorder keeps
+every table in memory and rewrites the Parquet files whole, so two Tuners' Recorders would overwrite each
+other's rows; Ray Tune catches Ctrl+C only in the main thread's ``fit``; and one experiment folder restores
+every setting at once with Ray's own ``Tuner.restore`` (this searcher's state travels with it). Measured
+against the settings one after another: benchmarks/results/concurrent_search.md.
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from vaesweep.config.search import Objective, Sampler
+from vaesweep.config.spec import Search
 
 CONSTRAINTS = ("law_excess", "mu_excess")  # reported by every trial; <= 0 means satisfied
 DB_FILE = "optuna.db"
@@ -38,6 +51,40 @@ def make_sampler(s: Sampler):
     return optuna.samplers.RandomSampler(seed=s.seed)
 
 
+class ConstrainedOptunaSearch(OptunaSearch):
+    """OptunaSearch that hands each trial's reported constraint values to Optuna."""
+
+    def __init__(self, constrained: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.constrained = constrained
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        # a diverged trial's last report has no metrics
+        if all(m in result for m in metrics) and not self._told(trial_id):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if self._told(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and self.constrained:
+            for name in CONSTRAINTS:  # a trial without its values counts as infeasible
+                ot_trial.set_constraint(name, float(result[name]) if result and name in result else 1.0)
+        if result and "diverged" in result:
+            result, error = None, True
+        super().on_trial_complete(trial_id, result, error)
+
+    def _told(self, trial_id: str) -> bool:
+        """Whether Optuna holds this trial's outcome already: after a killed driver, a trial that finished after
+        Tune's last snapshot is restored and reports its last epoch again, which Optuna must not take twice."""
+        ot_trial = self._ot_trials.get(trial_id)
+        return ot_trial is not None and ot_trial.number in {
+            t.number for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished()
+        }
+
+
 def make_search(
     objectives: list[Objective],
     sampler: Sampler,
@@ -45,35 +92,104 @@ def make_search(
     db: Path,
     study_name: str,
     start_points: list[dict] | None = None,
-):
+) -> ConstrainedOptunaSearch:
     """Ray Tune's OptunaSearch over an SQLite-backed Optuna study, storing constraint values."""
-
-    class ConstrainedOptunaSearch(OptunaSearch):
-        """OptunaSearch that hands each trial's reported constraint values to Optuna."""
-
-        def on_trial_result(self, trial_id: str, result: dict):
-            if all(m in result for m in metrics):  # a diverged trial's last report has no metrics
-                super().on_trial_result(trial_id, result)
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-            ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is not None and constrained:
-                for name in CONSTRAINTS:  # a trial without its values counts as infeasible
-                    ot_trial.set_constraint(name, float(result[name]) if result and name in result else 1.0)
-            if result and "diverged" in result:
-                result, error = None, True
-            super().on_trial_complete(trial_id, result, error)
-
     metrics = [o.metric for o in objectives]
     modes = [o.mode for o in objectives]
     storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
     return ConstrainedOptunaSearch(
+        constrained,
         metric=metrics[0] if len(metrics) == 1 else metrics,
         mode=modes[0] if len(modes) == 1 else modes,
         sampler=make_sampler(sampler),
         study_name=study_name,
         storage=storage,
         points_to_evaluate=start_points or None,
+    )
+
+
+class SettingsSearch(Searcher):
+    """One Ray Tune searcher over every fixed setting, each with its own Optuna search.
+
+    ``suggest`` gives the next trial to the setting with the fewest trials so far among those with
+    budget left (``num_samples`` each) and fewer than ``per_setting`` trials running (None: no limit),
+    asks that setting's searcher, and adds the setting's fixed values (grid fields, seed) to the
+    suggestion; results and completions go back to the searcher that suggested the trial.
+    """
+
+    def __init__(
+        self, searches: dict[str, tuple[dict, ConstrainedOptunaSearch]], num_samples: int, per_setting: int | None
+    ):
+        first = next(iter(searches.values()))[1]
+        super().__init__(metric=first.metric, mode=first.mode)
+        self.settings = {key: setting for key, (setting, _) in searches.items()}
+        self.searches = {key: search for key, (_, search) in searches.items()}
+        self.num_samples, self.per_setting = num_samples, per_setting
+        self.started = dict.fromkeys(self.searches, 0)  # trials given to each setting
+        self.owner: dict[str, str] = {}  # Ray trial id -> setting key
+        self.running: set[str] = set()  # Ray trial ids not yet complete
+
+    def set_search_properties(self, metric, mode, config: dict, **spec) -> bool:
+        for search in self.searches.values():  # each keeps its own metric and mode
+            search.set_search_properties(None, None, config)
+        return True
+
+    def suggest(self, trial_id: str) -> dict | None:
+        open_keys = [k for k in self.searches if self.started[k] < self.num_samples]
+        if not open_keys:
+            return Searcher.FINISHED
+        busy = [self.owner[t] for t in self.running]
+        ready = [k for k in open_keys if self.per_setting is None or busy.count(k) < self.per_setting]
+        if not ready:
+            return None  # every setting with budget left is at its concurrency: Tune asks again later
+        key = min(ready, key=lambda k: self.started[k])  # the first such setting on a tie
+        config = self.searches[key].suggest(trial_id)
+        self.started[key] += 1
+        self.owner[trial_id] = key
+        self.running.add(trial_id)
+        return {**config, **self.settings[key]}
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        self.searches[self.owner[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        self.searches[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
+        self.running.discard(trial_id)
+
+    # Tune saves this with every experiment snapshot and restores it on Tuner.restore: the settings'
+    # budgets, which trial belongs to which setting, and each OptunaSearch's own state (as it saves it).
+    def save(self, checkpoint_path: str):
+        state = {**self.__dict__, "searches": {k: s.__dict__.copy() for k, s in self.searches.items()}}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str):
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        for key, search_state in state.pop("searches").items():
+            self.searches[key].__dict__.update(search_state)
+        self.__dict__.update(state)
+
+
+def settings_search(search: Search, settings: list[dict[str, Any]], db: Path, study: str) -> SettingsSearch:
+    """The searcher of a ``search: optuna`` study: Optuna study '<study>:<setting key>' per setting in ``db``."""
+    return SettingsSearch(
+        {
+            setting_key(s): (
+                s,
+                make_search(
+                    search.objectives(),
+                    search.sampler,
+                    search.constrained,
+                    db,
+                    f"{study}:{setting_key(s)}",
+                    search.start,
+                ),
+            )
+            for s in settings
+        },
+        search.num_samples,
+        search.max_concurrent_per_setting,
     )
 
 
