@@ -11,11 +11,11 @@
   4. the advice, in ``method.parquet`` (one row per setting) and ``method_trials.parquet`` (the evidence trials).
 
 Every trial is recorded in the study's usual tables. Each phase runs in a Ray experiment folder of its own under
-``tune/``: phase 1 ``tune/search`` (run_search's: every setting's search in one Tuner, side by side),
-phase 2 ``tune/capacity,<setting>,latent_dim=<d>``, phase 3 ``tune/fid,<setting>``. A killed driver, run again,
-restores each folder (runner.build_tuner): finished trials are not re-run, an unfinished one resumes from its checkpoint, and the next round is decided from the tables.
-The phase of a trial is read from its config: two_stage -> phase 3; latent_dim == search_latent_dim -> phase 1;
-else phase 2.
+``tune/``: phase 1 ``tune/search`` (run_search's: every setting's search in one Tuner, side by side), phase 2
+``tune/capacity,<setting>,latent_dim=<d>``, phase 3 ``tune/fid,<setting>``. A killed driver, run again, restores
+each folder (runner.build_tuner): finished trials are not re-run, an unfinished one resumes from its checkpoint,
+and the next round is decided from the tables. The phase of a trial is read from its config: two_stage -> phase 3;
+latent_dim == search_latent_dim -> phase 1; else phase 2.
 """
 
 from __future__ import annotations
