@@ -185,11 +185,11 @@ import sys
 from vaesweep.config.spec import load_spec
 from vaesweep.study import method, runner
 real, rounds = method.build_tuner, []
-def build_tuner(spec, out, quiet=False, setting=None, folder=None):
+def build_tuner(spec, out, quiet=False, folder=None):
     rounds.append(folder)
     if len(rounds) == 2:  # phase 2's second round: the driver dies here, its first round done
         sys.exit(9)
-    return real(spec, out, quiet, setting, folder)
+    return real(spec, out, quiet, folder)
 method.build_tuner = build_tuner
 runner.run_study(load_spec(sys.argv[1]), storage=sys.argv[2], quiet=True)
 """
