@@ -190,6 +190,7 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | N
     space = pack_param_space(spec) if packed else param_space(spec)
     experiment = out / RAY_FOLDER if folder is None else out / RAY_FOLDER / folder
     search_alg, num_samples, callbacks = None, spec.search.num_samples, []
+    max_concurrent = spec.max_concurrent
     if optuna_search:
         settings = spec.settings()
         for key in settings[0]:  # the grid fields and the seed: each trial's come from its setting
@@ -198,6 +199,11 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | N
         search_alg = settings_search(spec.search, settings, out / DB_FILE, spec.name)
         num_samples *= len(settings)
         callbacks = [LambdaStarWriter(spec, out)]
+        # Ray keeps one trial pending at a time for a custom searcher unless max_concurrent_trials (its
+        # ConcurrencyLimiter) says how many may run (ray.tune.execution.tune_controller._get_max_pending_trials):
+        # without it each setting's trial would wait for the last one's worker to start.
+        side_by_side = len(settings) * (spec.search.max_concurrent_per_setting or spec.search.num_samples)
+        max_concurrent = min(max_concurrent or side_by_side, side_by_side)
     if tune.Tuner.can_restore(str(experiment)):
         return tune.Tuner.restore(
             str(experiment),
@@ -226,7 +232,7 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | N
             num_samples=num_samples,
             scheduler=scheduler,
             search_alg=search_alg,
-            max_concurrent_trials=spec.max_concurrent,
+            max_concurrent_trials=max_concurrent,
         ),
         run_config=tune.RunConfig(
             name=experiment.name,
