@@ -128,6 +128,7 @@ def optuna_trials(study) -> dict[str, list]:
     }
 
 
+@pytest.mark.slow
 def test_settings_search_side_by_side_each_in_its_own_order(tmp_path):
     path = tmp_path / "lam_two.yaml"
     path.write_text(yaml.safe_dump(TWO_SETTINGS))
@@ -152,6 +153,7 @@ def test_settings_search_side_by_side_each_in_its_own_order(tmp_path):
     assert len(trials) == 4 and (trials["status"] == "done").all()
 
 
+@pytest.mark.slow
 def test_killed_settings_search_resumes_without_repeating_finished_trials(tmp_path):
     spec = {**TWO_SETTINGS, "name": "lam_killed", "base": {**TWO_SETTINGS["base"], "epochs": 4}}
     path = tmp_path / "lam_killed.yaml"
