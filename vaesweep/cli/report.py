@@ -7,7 +7,7 @@ from pathlib import Path
 
 from analysis.report import report_lines
 from vaesweep.config.errors import UsageError
-from vaesweep.study.tables import load_study
+from vaesweep.study.tables import load_trials
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -15,7 +15,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not (path / "trials.parquet").exists():
         raise UsageError(f"'{path}' holds no study results; give a results folder such as runs/smoke")
     if args.trial:
-        known = set(load_study(path).trials["trial_id"])
+        known = set(load_trials(path)["trial_id"])
         unknown = [t for t in args.trial if t not in known]
         if unknown:
             raise UsageError(

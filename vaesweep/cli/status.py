@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from vaesweep.config.errors import UsageError
-from vaesweep.study.tables import best_trials, load_study, progress_line, read_spec_copy
+from vaesweep.study.tables import best_trials, load_trials, progress_line, read_spec_copy
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def print_status(path: Path) -> int:
     spec = read_spec_copy(path)
     metric, mode = spec.get("metric", "elbo"), spec.get("mode", "max")
-    trials = load_study(path).trials
+    trials = load_trials(path)
     print(progress_line(spec.get("name", path.name), trials, len(trials), metric, mode))
     failed = trials[trials["status"] == "failed"]
     for _, row in failed.iterrows():

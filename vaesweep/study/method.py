@@ -37,7 +37,7 @@ from vaesweep.experiments.method import (
 )
 from vaesweep.study.runner import build_tuner, run_search
 from vaesweep.study.searcher import lambda_star, setting_key
-from vaesweep.study.tables import load_study
+from vaesweep.study.tables import load_trials
 
 METHOD_FILE = "method.parquet"
 EVIDENCE_FILE = "method_trials.parquet"
@@ -49,15 +49,15 @@ def run_method(spec: StudySpec, out: Path, quiet: bool = False) -> None:
     run_search(search_spec(spec), out, quiet)  # phase 1, every setting
     write_tables(spec, out)
     for setting in spec.settings():
-        lam = _lam_star(m, _trials(out), setting)
+        lam = _lam_star(m, load_trials(out), setting)
         if math.isnan(lam):
             continue
-        while (step := capacity(m, _trials(out), setting, lam)).next_dim is not None:  # phase 2, round by round
+        while (step := capacity(m, load_trials(out), setting, lam)).next_dim is not None:  # phase 2, round by round
             d = step.next_dim
             build_tuner(
                 trial_spec(spec, setting, lam, d), out, quiet, folder=f"capacity,{setting_key(setting)},latent_dim={d}"
             ).fit()
-            if d not in _n_active(m, _trials(out), setting, lam):  # the trial failed: no answer to build on
+            if d not in _n_active(m, load_trials(out), setting, lam):  # the trial failed: no answer to build on
                 break
         final = step.onset or step.following
         if step.next_dim is None and final is not None:  # phase 3
@@ -120,10 +120,6 @@ def _derived(spec: StudySpec, base: dict, **changes) -> StudySpec:
     raw.pop(spec.experiment, None)
     raw.update(experiment="train", pack="off", base={**raw["base"], **base}, **changes)
     return StudySpec(**raw)
-
-
-def _trials(out: Path) -> pd.DataFrame:
-    return load_study(out).trials
 
 
 def phase_of(trials: pd.DataFrame, m: MethodSettings) -> pd.Series:
@@ -283,7 +279,7 @@ def write_tables(spec: StudySpec, out: Path) -> pd.DataFrame:
     """method.parquet and method_trials.parquet from the recorded tables, and lambda_star.parquet from the
     phase-1 trials only (run_search's reads every trial of the study)."""
     m: MethodSettings = spec.kind_settings
-    trials = _trials(out)
+    trials = load_trials(out)
     table = pd.DataFrame([method_row(spec, trials, s) for s in spec.settings()])
     dims = ["latent_following", "latent_onset", "n_active_onset"]
     table[dims] = table[dims].astype("Int64")  # None where phase 2 has no answer

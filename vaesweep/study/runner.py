@@ -40,7 +40,7 @@ from vaesweep.experiments import resolve
 from vaesweep.study.lock import driver_lock
 from vaesweep.study.recorder import Recorder
 from vaesweep.study.searcher import DB_FILE, lambda_star, settings_search
-from vaesweep.study.tables import SPEC_COPY, Progress, check_study_folder, load_study, read_spec_copy
+from vaesweep.study.tables import SPEC_COPY, Progress, check_study_folder, load_trials, read_spec_copy
 from vaesweep.study.tracking import check_extras, tracking_callbacks
 
 SEARCH_FOLDER = "search"  # the Ray experiment of a search: optuna study, under tune/
@@ -291,7 +291,7 @@ def run_search(spec: StudySpec, out: Path, quiet: bool = False) -> pd.DataFrame:
 def write_lambda_star(spec: StudySpec, out: Path, finished_only: bool = False) -> pd.DataFrame:
     """``lambda_star.parquet``: the minimal working lambda of every setting (whose search has finished:
     all its ``num_samples`` trials done or failed, when ``finished_only``)."""
-    trials = load_study(out).trials
+    trials = load_trials(out)
     cols = [c for c in dict.fromkeys(("dataset", *spec.settings()[0])) if c in trials]
     if finished_only:
         ended = trials["status"].isin(["done", "failed"])

@@ -61,11 +61,26 @@ REQUIRED_COLUMNS = {"trials": ("trial_id", "status")}  # the other tables: trial
 
 def load_study(path: str | Path) -> StudyTables:
     """The DataFrames of a study directory (``runs/<name>``); missing tables are empty."""
+    path = _study_folder(path)
+    return StudyTables(**{t: read_table(path, t) for t in TABLES})
+
+
+def load_trials(path: str | Path) -> pd.DataFrame:
+    """``load_study(path).trials`` without reading the other tables' rows (status, lambda*, the method's
+    driver: the epochs, latent and trace tables grow with the study, the trials table with its trials only).
+    Every table's footers are still checked, so a foreign or corrupt folder is refused as load_study refuses it."""
+    path = _study_folder(path)
+    check_study_folder(path)
+    return read_table(path, "trials")
+
+
+def _study_folder(path: str | Path) -> Path:
+    """``path`` once it holds a study's results and its spec copy is vaesweep's."""
     path = Path(path)
     if not (path / "trials.parquet").exists():
         raise FileNotFoundError(f"no study results in '{path}'; run a study first (python -m vaesweep run STUDY.yaml)")
     read_spec_copy(path)
-    return StudyTables(**{t: read_table(path, t) for t in TABLES})
+    return path
 
 
 def check_study_folder(path: Path) -> None:
