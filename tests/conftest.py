@@ -63,11 +63,12 @@ def vaesweep_cli(*args, cwd=None, timeout=600, env=None):
 REAL_STUDY = """
 name: tiny
 dataset: mnist5k
-base: {epochs: 2, max_train: 512, max_eval: 128, hidden: [32], lam: 1.0, track_every: 2, gain_every: 1,
+base: {epochs: 3, max_train: 512, max_eval: 128, hidden: [32], lam: 1.0, track_every: 2, gain_every: 1,
        fid: true, fid_samples: 128,
        settle_patience: 2, settle_min_steps: 0, settle_law_tol: 100.0, active_threshold: 1.0e-6}
+stop: {when: settled}
 # (a two-epoch window and every variable counted active: each trial settles at its second epoch, so the
-# charts that read settled trials only are drawn)
+# charts that read settled trials only are drawn, and stop: settled ends it there, a budget epoch early)
 space:
   arch: {grid: [dense]}
   latent_dim: {grid: [2, 8]}

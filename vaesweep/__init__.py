@@ -3,6 +3,7 @@
 Public API:
     train_vae(config, report=None) -> TrialResult    train one VAE, plain Python
     trainable(config)                                the same, as a Ray Tune function trainable
+    SettledStopper()                                 Ray Tune stopper: ends a trial on its final report
     TrialConfig                                      the validated trial configuration
     load_dataset(name, root=None, download=False)    the data registry
     load_study(path) -> StudyTables                  a study's results tables (pandas only)
@@ -23,6 +24,7 @@ _PUBLIC = {
     "TrialRun": "vaesweep.engine.trial",
     "train_vae": "vaesweep.engine.trial",
     "trainable": "vaesweep.study.trainables",
+    "SettledStopper": "vaesweep.study.stopping",
     "load_study": "vaesweep.study.tables",
 }
 __all__ = list(_PUBLIC)

@@ -49,6 +49,13 @@ CATALOGUE: tuple[Family, ...] = (
     Family("time", "epoch", timings=("epoch_time", "time_total"), source="engine/trial.py: wall-clock seconds"),
     Family("settle", "trial", ("settled", "settled_step"), source="engine/settle.py: has the collapse stopped moving?"),
     Family(
+        "stop",
+        "trial",
+        ("stopped_reason", "stopped_step"),
+        source="engine/trial.py: why the trial ended (settled, budget; failed and scheduler: the study recorder) "
+        "and at which minibatch; on its final report",
+    ),
+    Family(
         "collapse",
         "trial",
         (

@@ -30,6 +30,8 @@ PACK_VARIES = frozenset(
         "settle_patience",
         "settle_min_steps",
         "settle_law_tol",
+        "stop_when",
+        "stop_min_steps",
     }
 )
 

@@ -8,6 +8,7 @@
     seeds: 3                                  # repeats (seeds 0..2), or a list [0, 7, 9]
     search: {type: grid}                      # grid | random (num_samples draws per grid point)
     scheduler: {type: asha, metric: elbo, mode: max, grace_period: 10}   # optional
+    stop: {when: settled, min_steps: 2000}    # optional: end each trial once its collapse has settled
     resources: {cpu: 1, gpu: 0.25}
     max_concurrent: 8
     retries: 2
@@ -114,6 +115,19 @@ class Scheduler(_Strict):
     reduction_factor: float = Field(3.0, gt=1)
 
 
+class Stop(_Strict):
+    """When a trial ends: its whole budget, or once its collapse has settled (vaesweep/engine/settle.py).
+    Every trial gets it as ``stop_when`` and ``stop_min_steps``."""
+
+    when: Literal["budget", "settled"] = Field(
+        "budget", description="budget: every epoch; settled: the first evaluation whose collapse has settled"
+    )
+    min_steps: int = Field(0, ge=0, description="minibatches a trial trains at least before settling may end it")
+
+    def trial_fields(self) -> dict[str, Any]:
+        return {"stop_when": self.when, "stop_min_steps": self.min_steps}
+
+
 class Resources(_Strict):
     cpu: float = Field(1.0, gt=0)
     gpu: float | Literal["auto"] = Field(
@@ -143,6 +157,7 @@ class StudySpec(_Strict):
     seeds: int | list[int] = Field(1)
     search: Search = Search()
     scheduler: Scheduler | None = None
+    stop: Stop = Stop()
     metric: str = Field("elbo", description="what 'best trial' means in progress and status")
     mode: Literal["min", "max"] = "max"
     resources: Resources = Resources()
@@ -219,6 +234,16 @@ class StudySpec(_Strict):
         return data
 
     @model_validator(mode="after")
+    def _stop_once(self) -> StudySpec:
+        if "stop" not in self.model_fields_set:
+            return self
+        for key, value in self.stop.trial_fields().items():
+            if key in self.space or self.base.get(key, value) != value:
+                where = "space" if key in self.space else "base"
+                raise ValueError(f"{where}.{key}: set by stop: {{...}} as well; keep one of the two")
+        return self
+
+    @model_validator(mode="after")
     def _trials_valid(self) -> StudySpec:
         base = self.trial_base()
         for key in base:
@@ -292,6 +317,8 @@ class StudySpec(_Strict):
             base["dataset"] = self.dataset
         if self.data_root is not None:
             base["data_root"] = self.data_root
+        if self.stop != Stop():  # the default leaves old studies' trial configs as they were
+            base.update(self.stop.trial_fields())
         return base
 
     def seed_list(self) -> list[int]:

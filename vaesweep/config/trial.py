@@ -107,6 +107,14 @@ class TrialConfig(BaseModel):
         description="settled: law_residual_max drifts at most this much "
         "over those evaluations (mean of the last half - mean of the first half)",
     )
+    stop_when: Literal["budget", "settled"] = Field(
+        "budget",
+        description="budget: train all epochs; settled: end the trial at the first evaluation whose collapse "
+        "has settled (settle_*), measuring there what the last epoch measures",
+    )
+    stop_min_steps: int = Field(
+        0, ge=0, description="stop_when: settled ends a trial only once it has trained at least this many minibatches"
+    )
     # generation quality: FID-proxy (vaesweep/engine/fid.py)
     fid: bool = Field(True, description="FID-proxy scores fid_prior, fid_recon, fid_zeroed at the end")
     fid_every: int = Field(0, ge=0, description="FID-proxy also every N epochs (0: only at the end)")
@@ -157,13 +165,15 @@ class TrialConfig(BaseModel):
             raise ValueError("capacity_max (capacity beta-VAE) and warmup_steps do not combine; choose one")
         return self
 
-    def epoch_plan(self, epoch: int) -> tuple[bool, bool, bool]:
+    def epoch_plan(self, epoch: int, final: bool | None = None) -> tuple[bool, bool, bool]:
         """What the end of ``epoch`` (1-based) measures: (collapse metrics, with reconstruction
-        gains, FID-proxy). The first and last epochs are always evaluated, the last with everything."""
-        last = epoch == self.epochs
-        fid = self.fid and (last or (self.fid_every > 0 and epoch % self.fid_every == 0))
-        evaluated = epoch == 1 or epoch % self.eval_every == 0 or last or fid
-        return evaluated, last or epoch % self.gain_every == 0, fid
+        gains, FID-proxy). The first and final epochs are always evaluated, the final with everything.
+        ``final``: whether ``epoch`` ends the trial (default: it is the budget's last; a settled stop
+        decides it after the epoch's collapse metrics, vaesweep.engine.trial.TrialRecord)."""
+        final = epoch == self.epochs if final is None else final
+        fid = self.fid and (final or (self.fid_every > 0 and epoch % self.fid_every == 0))
+        evaluated = epoch == 1 or epoch % self.eval_every == 0 or final or fid
+        return evaluated, final or epoch % self.gain_every == 0, fid
 
     @property
     def schedule(self) -> KLSchedule:

@@ -21,7 +21,11 @@ What may differ inside a pack is ``PACK_VARIES``; every other TrialConfig field 
 Each configuration has the ``TrialRecord`` a ``TrialRun`` has (vaesweep/engine/trial.py: epoch plan,
 evaluation, settle tracker, hooks, history, result); it scores the configuration's weights copied
 back into a model of its own latent dimension, so packed and one-at-a-time runs agree to float
-tolerance and report the same keys. Checkpoints are K ``TrialRun`` state dicts.
+tolerance and report the same keys. A configuration that has ended (its final epoch, settled or budget,
+or diverged) stops costing: the stack is rebuilt without it (the others' rows, Adam moments and
+generators unchanged, so their numbers are too), it reports None from then on (a diverged one
+``{"diverged": reason}``), and the pack ends when every configuration has. Checkpoints are K
+``TrialRun`` state dicts, an ended configuration's as it ended.
 
 Study side: ``pack_size(spec)`` (``pack: auto | K | off``; auto packs 16 when trials get a GPU),
 ``pack_param_space(spec, k)`` (a grid over packs of compatible configurations) and
@@ -102,6 +106,8 @@ class PackedRun(EpochLoop):
         self.kl = KLSchedules.of([c.schedule for c in self.cfgs], self.device)
         self.gens = [torch.Generator(self.device).manual_seed(c.seed) for c in self.cfgs]
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
+        self.live = list(range(self.k))  # the configurations in the stack, in its order
+        self.ended: dict[int, dict] = {}  # an ended configuration's TrialRun state dict, as it ended
         self.records = [TrialRecord(c, lambda i=i: self.model(i), self.x_eval) for i, c in enumerate(self.cfgs)]
         fid = FidHook(data)  # one FID-proxy scorer for the pack
         for r in self.records:
@@ -124,7 +130,7 @@ class PackedRun(EpochLoop):
         drawn in TrialRun's order: randperm, then one randn (B, latent_dim) per minibatch."""
         n, bs = len(self.x_train), self.cfg.batch_size
         orders, noise = [], []
-        for cfg, gen in zip(self.cfgs, self.gens):
+        for cfg, gen in ((self.cfgs[i], self.gens[i]) for i in self.live):
             orders.append(torch.randperm(n, generator=gen, device=self.device))
             eps = torch.cat(
                 [torch.randn((min(bs, n - s), cfg.latent_dim), generator=gen, device=self.device) for s in starts]
@@ -133,13 +139,14 @@ class PackedRun(EpochLoop):
         return torch.stack(orders), torch.stack(noise)
 
     def train_epoch(self) -> list[dict]:
-        """One pass over the training split for all K; K train-mean dicts. One host sync, at the end."""
+        """One pass over the training split for the configurations in the stack; their train-mean dicts.
+        One host sync, at the end."""
         cfg, x = self.cfg, self.x_train
         starts = batch_starts(len(x), cfg.batch_size)
         orders, noise = self._draws(starts)
         coefs = self.kl.coefficients(self.step, len(starts))  # lambda(step), C(step): (steps, K, 2)
         params = list(self.params.values())
-        sums = torch.zeros(self.k, 3, device=self.device)  # loss * B, recon sum, KL sum
+        sums = torch.zeros(len(self.live), 3, device=self.device)  # loss * B, recon sum, KL sum
         trace, trace_steps = [], []
         for j, start in enumerate(starts):
             idx = orders[:, start : start + cfg.batch_size]
@@ -158,8 +165,9 @@ class PackedRun(EpochLoop):
         host = (sums / len(x)).cpu().tolist()
         traces = torch.stack(trace).cpu().tolist() if trace else None  # (T, K, 2, L)
         out = []
-        for i, (c, (loss, recon, kl)) in enumerate(zip(self.cfgs, host)):
-            if self.records[i].diverged is None and not all(math.isfinite(v) for v in (loss, recon, kl)):
+        for row, (i, (loss, recon, kl)) in enumerate(zip(self.live, host)):
+            c = self.cfgs[i]
+            if not all(math.isfinite(v) for v in (loss, recon, kl)):
                 self.records[i].diverged = f"loss became {loss} at epoch {self.epoch + 1}; lower lr or check the data"
             m = {
                 "train_loss": loss,
@@ -169,7 +177,7 @@ class PackedRun(EpochLoop):
             }
             if traces is not None:
                 m["trace"] = [
-                    {"step": s, "var_mu": t[i][0][: c.latent_dim], "mean_sigma2": t[i][1][: c.latent_dim]}
+                    {"step": s, "var_mu": t[row][0][: c.latent_dim], "mean_sigma2": t[row][1][: c.latent_dim]}
                     for s, t in zip(trace_steps, traces)
                 ]
             out.append(m)
@@ -179,19 +187,47 @@ class PackedRun(EpochLoop):
     @torch.no_grad()
     def model(self, i: int) -> nn.Module:
         """Configuration ``i``'s model at its own latent dimension, holding its current weights."""
-        stacked = {**self.params, **self.buffers}
-        for name, t in _named_tensors(self.models[i]).items():
-            t.copy_(stacked[name][i][_leading(t.shape)])
+        if i in self.live:
+            row, stacked = self.live.index(i), {**self.params, **self.buffers}
+            for name, t in _named_tensors(self.models[i]).items():
+                t.copy_(stacked[name][row][_leading(t.shape)])
         return self.models[i]
 
-    def epochs(self) -> Iterator[list[dict]]:
-        """Train to ``epochs``, yielding after each epoch K metric dicts (TrialRun's; a diverged
-        configuration yields ``{"diverged": reason}`` instead); stops early when all have diverged."""
-        while self.epoch < self.cfg.epochs and not all(r.diverged is not None for r in self.records):
+    def epochs(self) -> Iterator[list[dict | None]]:
+        """Train until every configuration has ended, yielding after each epoch K reports (TrialRun's; a
+        diverged configuration's ``{"diverged": reason}``, one that ended in an earlier epoch None)."""
+        while self.live and self.epoch < self.cfg.epochs:
             yield self.run_epoch()
 
-    def run_epoch(self) -> list[dict]:
-        return self._run_epoch(self.train_epoch)
+    def run_epoch(self) -> list[dict | None]:
+        out = self._run_epoch(self.train_epoch)
+        ended = [i for i in self.live if i not in self.training()]
+        if ended:
+            opt = self.optimizer.state_dict()
+            self.ended.update({i: self._state_dict(i, opt) for i in ended})
+            self._keep([i for i in self.live if i not in ended])
+        return out
+
+    @torch.no_grad()
+    def _keep(self, live: list[int]) -> None:
+        """Rebuild the stack with only the configurations ``live`` (each leaves its model with its weights):
+        their parameters, buffers, Adam moments, masks and KL schedules, rows unchanged."""
+        for i in self.live:
+            self.model(i)
+        if live:
+            rows = torch.tensor([self.live.index(i) for i in live], device=self.device)
+            opt = self.optimizer.state_dict()
+            self.params = {n: p.detach()[rows].clone().requires_grad_() for n, p in self.params.items()}
+            self.buffers = {n: b[rows].clone() for n, b in self.buffers.items()}
+            self.optimizer = torch.optim.Adam(self.params.values(), lr=self.cfg.lr, fused=True)
+            state = {
+                j: {"step": s["step"], "exp_avg": s["exp_avg"][rows], "exp_avg_sq": s["exp_avg_sq"][rows]}
+                for j, s in opt["state"].items()
+            }
+            self.optimizer.load_state_dict({"state": state, "param_groups": opt["param_groups"]})
+            self.mask = self.mask[rows]
+            self.kl = KLSchedules.of([self.cfgs[i].schedule for i in live], self.device)
+        self.live = live
 
     def result(self, i: int) -> TrialResult:
         """Configuration ``i``'s TrialResult (as TrialRun.result); raises TrainingDiverged if it diverged."""
@@ -203,7 +239,7 @@ class PackedRun(EpochLoop):
     def results(self) -> list[TrialResult]:
         return [self.result(i) for i in range(self.k)]
 
-    def final_metrics(self) -> list[dict] | None:
+    def final_metrics(self) -> list[dict | None] | None:
         """The last epoch's K reports again (as TrialRun.final_metrics), or None before any epoch."""
         if self.epoch == 0:
             return None
@@ -211,47 +247,51 @@ class PackedRun(EpochLoop):
 
     # --- checkpoints: K TrialRun state dicts ------------------------------------------------
     def state_dicts(self) -> list[dict]:
-        """One ``TrialRun.state_dict()`` per configuration (TrialRun can resume any of them)."""
+        """One ``TrialRun.state_dict()`` per configuration (TrialRun can resume any of them); an ended
+        configuration's as it ended."""
         opt = self.optimizer.state_dict()
-        out = []
-        for i in range(self.k):
-            model = self.model(i)
-            shapes = [p.shape for p in model.parameters()]
-            state = {
-                j: {
-                    "step": s["step"].detach().cpu().clone(),  # as a plain CPU Adam keeps it
-                    **{key: s[key][i][_leading(shapes[j])].clone() for key in ("exp_avg", "exp_avg_sq")},
-                }
-                for j, s in opt["state"].items()
+        return [self.ended[i] if i in self.ended else self._state_dict(i, opt) for i in range(self.k)]
+
+    def _state_dict(self, i: int, opt: dict) -> dict:
+        """Configuration ``i``'s TrialRun state dict, from the stack's Adam state ``opt``."""
+        model, row = self.model(i), self.live.index(i)
+        shapes = [p.shape for p in model.parameters()]
+        state = {
+            j: {
+                "step": s["step"].detach().cpu().clone(),  # as a plain CPU Adam keeps it
+                **{key: s[key][row][_leading(shapes[j])].clone() for key in ("exp_avg", "exp_avg_sq")},
             }
-            out.append(
-                {
-                    "model": {k: v.clone() for k, v in model.state_dict().items()},
-                    "optimizer": {"state": state, "param_groups": copy.deepcopy(opt["param_groups"])},
-                    "gen": self.gens[i].get_state(),
-                    "epoch": self.epoch,
-                    "step": self.step,
-                    "elapsed": self.elapsed,
-                    **self.records[i].state_dict(),
-                }
-            )
-        return out
+            for j, s in opt["state"].items()
+        }
+        return {
+            "model": {k: v.clone() for k, v in model.state_dict().items()},
+            "optimizer": {"state": state, "param_groups": copy.deepcopy(opt["param_groups"])},
+            "gen": self.gens[i].get_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            **self.records[i].state_dict(),
+        }
 
     @torch.no_grad()
     def load_state_dicts(self, states: list[dict]) -> None:
-        """Restore from ``state_dicts()`` (zero-padding each configuration into the stack)."""
+        """Restore from ``state_dicts()`` (zero-padding each configuration into the stack, then dropping
+        the ended ones)."""
         if len(states) != self.k:
             raise ValueError(f"checkpoint holds {len(states)} configurations, this pack has {self.k}")
+        ended = {i for i, st in enumerate(states) if st.get("stopped_reason") or st.get("diverged")}
+        live = [i for i in range(self.k) if i not in ended]
+        now = states[live[0]] if live else max(states, key=lambda st: st["epoch"])  # where the pack stands
         stacked = {**self.params, **self.buffers}
         params = list(self.params.values())
         adam = {
             j: {
-                "step": states[0]["optimizer"]["state"][j]["step"].clone(),
+                "step": now["optimizer"]["state"][j]["step"].clone(),
                 "exp_avg": torch.zeros_like(p),
                 "exp_avg_sq": torch.zeros_like(p),
             }
             for j, p in enumerate(params)
-            if j in states[0]["optimizer"]["state"]
+            if j in now["optimizer"]["state"]
         }
         for i, st in enumerate(states):
             for name, t in st["model"].items():
@@ -262,8 +302,10 @@ class PackedRun(EpochLoop):
                     adam[j][key][i][_leading(s[key].shape)].copy_(s[key])
             self.gens[i].set_state(st["gen"])
             self.records[i].load_state_dict(st)
-        self.optimizer.load_state_dict({"state": adam, "param_groups": states[0]["optimizer"]["param_groups"]})
-        self.epoch, self.step, self.elapsed = states[0]["epoch"], states[0]["step"], states[0]["elapsed"]
+        self.optimizer.load_state_dict({"state": adam, "param_groups": now["optimizer"]["param_groups"]})
+        self.epoch, self.step, self.elapsed = now["epoch"], now["step"], now["elapsed"]
+        self.ended = {i: states[i] for i in ended}
+        self._keep(live)
 
 
 def train_packed(configs: list[TrialConfig | dict], report=None) -> list[TrialResult]:

@@ -10,9 +10,11 @@ Both drive a ``TrialRun``, which owns the data, model, optimiser and RNG of one 
 
 What happens to a configuration after each training epoch is the same for a plain trial and a
 packed one (vaesweep/engine/packing.py): a ``TrialRecord`` follows ``TrialConfig.epoch_plan``
-(evaluate, with reconstruction gains or not), watches the settle tracker, runs its hooks (the
-FID-proxy at the end of an epoch, the two-stage VAE at the end of the trial), keeps the history and
-gives the ``TrialResult``. The two runs differ only in how they train an epoch and hand out a model.
+(evaluate, with reconstruction gains or not), watches the settle tracker, decides whether the epoch is
+the trial's final one (its budget's last, or with ``stop_when: settled`` the first evaluation whose
+collapse has settled), runs its hooks (the FID-proxy at the end of an epoch, the two-stage VAE at the
+end of the trial), keeps the history and gives the ``TrialResult``. The two runs differ only in how
+they train an epoch and hand out a model.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class FidHook:
         self.data, self.scorer = data, None  # (FidScorer, TrainedFeatureNet)
 
     def __call__(self, record: TrialRecord, epoch: int) -> dict:
-        if not record.cfg.epoch_plan(epoch)[2]:
+        if not record.cfg.epoch_plan(epoch, record.final)[2]:
             return {}
         cfg = record.cfg
         scores, self.scorer = trial_scores(self.data, cfg, record.model(), record.active(), cfg.seed, self.scorer)
@@ -101,7 +103,8 @@ class TwoStageHook:
 # --- one configuration's bookkeeping, for plain and packed runs alike --------------------------------
 class TrialRecord:
     """One configuration's epochs after training: evaluation per ``TrialConfig.epoch_plan``, the settle
-    tracker (vaesweep/engine/settle.py), hooks, history, result and its part of a checkpoint.
+    tracker (vaesweep/engine/settle.py), whether the trial has ended (``final``), hooks, history, result
+    and its part of a checkpoint.
 
     ``model()`` hands out the configuration's current model (a TrialRun's own, or a packed one copied out).
     """
@@ -112,8 +115,10 @@ class TrialRecord:
         self.last_eval: dict | None = None
         self.settle = SettleTracker.for_config(cfg)  # has the collapse settled?
         self.diverged: str | None = None  # why training diverged (packed runs go on without it)
+        self.stopped_reason: str | None = None  # "budget" | "settled" once the final epoch has closed
+        self.stopped_step: int | None = None  # the minibatch it ended at
         self.on_epoch: list[Hook] = []  # after every epoch's collapse metrics
-        self.on_trial_end: list[Hook] = []  # after the last epoch's
+        self.on_trial_end: list[Hook] = []  # after the final epoch's
         self.second_stage = None  # set by TwoStageHook
 
     def add_standard_hooks(self, x_train: torch.Tensor, fid: FidHook) -> None:
@@ -131,19 +136,37 @@ class TrialRecord:
     def active(self) -> list[bool]:
         return [r["active"] for r in self.last_eval["latents"]]
 
+    @property
+    def final(self) -> bool:
+        """Whether the trial has ended: its final epoch (budget or settled) has closed."""
+        return self.stopped_reason is not None
+
     def close_epoch(self, epoch: int, step: int, train: dict) -> dict:
         """The report of ``epoch`` (timings come with ``log``): train means, the latest collapse summary
-        (every report carries it: schedulers need it each epoch), settle status and the hooks' metrics."""
+        (every report carries it: schedulers need it each epoch), settle status and the hooks' metrics;
+        the final epoch's also ``stopped_reason`` and ``stopped_step``.
+
+        The final epoch is the budget's last, or with ``stop_when: settled`` the first evaluated one whose
+        collapse has settled after at least ``stop_min_steps`` minibatches; either measures everything."""
         metrics = {"epoch": epoch, "step": step, "lam": self.cfg.lam, **train}
-        evaluated, with_gain, _ = self.cfg.epoch_plan(epoch)
+        budget = epoch >= self.cfg.epochs
+        evaluated, with_gain, _ = self.cfg.epoch_plan(epoch, budget)
         if evaluated:
             self.last_eval = self.evaluate(with_gain=with_gain)
-            metrics["latents"] = self.last_eval["latents"]
             self.settle.observe(
                 step, active_indices(self.last_eval["latents"]), self.last_eval["summary"]["law_residual_max"]
             )
+        settled = self.cfg.stop_when == "settled" and evaluated and self.settle.settled
+        if budget or (settled and step >= self.cfg.stop_min_steps):
+            self.stopped_reason, self.stopped_step = "budget" if budget else "settled", step
+            if not with_gain:  # settled on an epoch without gains: the same evaluation, with them
+                self.last_eval = self.evaluate(with_gain=True)
+        if evaluated:
+            metrics["latents"] = self.last_eval["latents"]
         metrics.update(self.last_eval["summary"], **self.settle.status(), evaluated=evaluated)
-        for hook in self.on_epoch + (self.on_trial_end if epoch == self.cfg.epochs else []):
+        if self.final:
+            metrics.update(stopped_reason=self.stopped_reason, stopped_step=self.stopped_step)
+        for hook in self.on_epoch + (self.on_trial_end if self.final else []):
             metrics.update(hook(self, epoch))
         return metrics
 
@@ -181,34 +204,43 @@ class TrialRecord:
             "settle": self.settle.state_dict(),
             "config": self.cfg.model_dump(),
             "diverged": self.diverged,
+            "stopped_reason": self.stopped_reason,
+            "stopped_step": self.stopped_step,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.history, self.last_eval = list(state["history"]), state["last_eval"]
         self.settle = SettleTracker.from_checkpoint(state, self.cfg)
         self.diverged = state.get("diverged")
+        self.stopped_reason, self.stopped_step = state.get("stopped_reason"), state.get("stopped_step")
 
 
 class EpochLoop:
-    """The epoch of every run: train (the subclass's way, one train-means dict per configuration),
-    then each configuration's ``TrialRecord`` closes the epoch. Subclasses set ``records``, ``epoch``,
+    """The epoch of every run: train (the subclass's way, one train-means dict per configuration still
+    training), then each of their ``TrialRecord``s closes the epoch. Subclasses set ``records``, ``epoch``,
     ``step`` and ``elapsed``."""
 
     records: list[TrialRecord]
 
-    def _run_epoch(self, train: Callable[[], list[dict]]) -> list[dict]:
+    def training(self) -> list[int]:
+        """The configurations still training: neither final nor diverged."""
+        return [i for i, r in enumerate(self.records) if not r.final and r.diverged is None]
+
+    def _run_epoch(self, train: Callable[[], list[dict]]) -> list[dict | None]:
+        """One report per configuration: its metrics, ``{"diverged": reason}``, or None once it has ended."""
         t0 = time.perf_counter()
-        trains = train()
+        training = self.training()
+        trains = train()  # one per configuration of ``training``
         self.epoch += 1
         train_time = time.perf_counter() - t0
-        out = [
-            r.close_epoch(self.epoch, self.step, t) if r.diverged is None else {"diverged": r.diverged}
-            for r, t in zip(self.records, trains)
-        ]
+        out = [{"diverged": r.diverged} if r.diverged is not None else None for r in self.records]
+        for i, t in zip(training, trains):
+            r = self.records[i]
+            out[i] = r.close_epoch(self.epoch, self.step, t) if r.diverged is None else {"diverged": r.diverged}
         self.elapsed += time.perf_counter() - t0
-        for r, metrics in zip(self.records, out):
-            if r.diverged is None:
-                r.log(metrics, epoch_time=train_time, time_total=self.elapsed)  # the run's wall time
+        for i in training:
+            if self.records[i].diverged is None:
+                self.records[i].log(out[i], epoch_time=train_time, time_total=self.elapsed)  # the run's wall time
         return out
 
 
@@ -303,8 +335,9 @@ class TrialRun(EpochLoop):
         return self.record.evaluate(with_gain)
 
     def epochs(self, transform: LatentTransform | None = None) -> Iterator[dict]:
-        """Train to ``cfg.epochs``, yielding after each epoch a flat metrics dict (plus 'latents')."""
-        while self.epoch < self.cfg.epochs:
+        """Train to the final epoch (``cfg.epochs``, or settled with ``stop_when: settled``), yielding after
+        each epoch a flat metrics dict (plus 'latents')."""
+        while not self.record.final and self.epoch < self.cfg.epochs:
             yield self.run_epoch(transform)
 
     def run_epoch(self, transform: LatentTransform | None = None) -> dict:

@@ -80,6 +80,10 @@ def check(spec: StudySpec) -> None:
     """The phases set the epochs (no ``epochs``, no scheduler to cut them); the variable must exist."""
     if spec.scheduler is not None:
         raise ValueError("scheduler: early stopping would cut the noise experiment's phases; remove it")
+    if "settled" in spec.trial_values("stop_when"):
+        raise ValueError(
+            "stop: the noise experiment runs its phases to their end, not to a settled answer; remove stop"
+        )
     if "epochs" in spec.base or "epochs" in spec.space:
         where = "base" if "epochs" in spec.base else "space"
         raise ValueError(

@@ -69,6 +69,8 @@ class Recorder(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.add_result(trial.trial_id, result)
         for row, res in zip(self._rows(trial), result.get("packed", [result])):
+            if res is None:  # a configuration of the pack that ended earlier
+                continue
             row["status"] = "running"
             if "diverged" in res:
                 row.update(status="failed", error=res["diverged"])
@@ -93,7 +95,8 @@ class Recorder(tune.Callback):
     def add_result(self, trial_id: str, result: dict) -> None:
         if "packed" in result:  # a packed trial (vaesweep.engine.packing): one trial per configuration
             for i, res in enumerate(result["packed"]):
-                self.add_result(packed_id(trial_id, i), res)
+                if res is not None:  # None: the configuration ended in an earlier epoch
+                    self.add_result(packed_id(trial_id, i), res)
             return
         epoch = result.get("epoch")
         if epoch is None:
@@ -175,7 +178,7 @@ class Recorder(tune.Callback):
                 append_part(_frame(list(blocks.values())), self.out, table, self._parts)
                 blocks.clear()
         self._parts += 1
-        summary = pd.DataFrame([{**row, **self.final.get(tid, {})} for tid, row in self.trials.items()])
+        summary = pd.DataFrame([_trial_line(row, self.final.get(tid, {})) for tid, row in self.trials.items()])
         write_table(summary, self.out / "trials.parquet")
         self._last_flush = time.monotonic()
         if self.progress is not None:
@@ -185,6 +188,19 @@ class Recorder(tune.Callback):
         """Flush, then read the study back (``load_study``)."""
         self.flush()
         return load_study(self.out)
+
+
+def _trial_line(row: dict, final: dict) -> dict:
+    """A trial's row of the trials table: config and status, its final answer, and why it stopped:
+    the final report's ``stopped_reason`` (settled, budget), else failed, else scheduler (a trial that
+    ended without reaching its final epoch: ASHA stopped it)."""
+    line = {**row, **final}
+    reason = line.get("stopped_reason")
+    if row.get("status") == "failed":
+        line["stopped_reason"] = "failed"
+    elif row.get("status") == "done" and (reason is None or pd.isna(reason)):
+        line["stopped_reason"] = "scheduler"
+    return line
 
 
 def _frame(blocks: list) -> pd.DataFrame:

@@ -40,6 +40,7 @@ from vaesweep.experiments import resolve
 from vaesweep.study.lock import driver_lock
 from vaesweep.study.recorder import Recorder
 from vaesweep.study.searcher import DB_FILE, lambda_star, settings_search
+from vaesweep.study.stopping import SettledStopper
 from vaesweep.study.tables import SPEC_COPY, Progress, check_study_folder, load_trials, read_spec_copy
 from vaesweep.study.tracking import check_extras, tracking_callbacks
 
@@ -240,6 +241,7 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | N
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            stop=SettledStopper(),  # ends a trial on its final report (settled or budget); kept by Tuner.restore
             callbacks=[
                 Recorder(out, progress=progress),
                 JsonLoggerCallback(),

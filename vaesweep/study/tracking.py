@@ -32,7 +32,8 @@ def scalar_metrics(result: dict) -> dict:
     """The numeric entries of a reported result (bools, strings, lists and the config left out)."""
     out = {k: v for k, v in result.items() if isinstance(v, Number) and not isinstance(v, bool)}
     for i, res in enumerate(result.get("packed", [])):
-        out.update({f"c{i}/{k}": v for k, v in scalar_metrics(res).items()})
+        if res is not None:  # None: a configuration that ended earlier
+            out.update({f"c{i}/{k}": v for k, v in scalar_metrics(res).items()})
     return out
 
 

@@ -53,12 +53,12 @@ def noise_trainable(config: dict) -> None:
     )
 
 
-def ray_report(run, metrics: dict | list[dict], node: str | None = None) -> dict:
+def ray_report(run, metrics: dict | list[dict | None], node: str | None = None) -> dict:
     """What Ray gets for one epoch's ``metrics``: a plain run's dict, or a pack's
     ``{"epoch", "packed": [...]}``; every trained configuration's row names the ``node`` that ran it."""
 
-    def tagged(m: dict) -> dict:
-        return m if node is None or "diverged" in m else {**m, "node": node}
+    def tagged(m: dict | None) -> dict | None:  # None: a configuration of the pack that ended earlier
+        return m if m is None or node is None or "diverged" in m else {**m, "node": node}
 
     if isinstance(metrics, list):
         return {"epoch": run.epoch, "packed": [tagged(m) for m in metrics]}
