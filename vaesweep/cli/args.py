@@ -28,7 +28,7 @@ def _add_trial_flags(p: argparse.ArgumentParser) -> None:
         if f.annotation is bool:
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=f.description)
         else:
-            choices = get_args(f.annotation) if name in ("arch", "recon_loss") else None
+            choices = get_args(f.annotation) if name in ("arch", "recon_loss", "stop_when") else None
             p.add_argument(
                 flag,
                 dest=name,
