@@ -373,10 +373,11 @@ class TrialRun(EpochLoop):
 def train_vae(config: TrialConfig | dict, report: Callable[[dict], None] | None = None) -> TrialResult:
     """Train one VAE from ``config`` (a dict of TrialConfig fields or a TrialConfig).
 
-    Calls ``report(metrics)`` after every epoch: epoch, train loss parts, timing and (on eval
-    epochs) the collapse summary (n_active, law_residual_max, kl_working, ..., and whether the collapse
-    has settled: settled, settled_step; vaesweep/engine/settle.py) plus ``latents``,
-    one dict per latent variable (mean_mu, var_mu, mean_sigma2, law, kl, recon_gain, active).
+    Calls ``report(metrics)`` after every epoch up to the final one (``epochs``, or with ``stop_when:
+    settled`` the first settled evaluation; its report adds stopped_reason, stopped_step): epoch, train
+    loss parts, timing and (on eval epochs) the collapse summary (n_active, law_residual_max, kl_working,
+    ..., and whether the collapse has settled: settled, settled_step; vaesweep/engine/settle.py) plus
+    ``latents``, one dict per latent variable (mean_mu, var_mu, mean_sigma2, law, kl, recon_gain, active).
     Returns a TrialResult with the final summary, per-variable table, history and model.
     """
     run = TrialRun(config)
