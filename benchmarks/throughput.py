@@ -1,4 +1,4 @@
-"""Throughput of a study's trials, three ways, on the same configurations (issue 9).
+"""Throughput of a study's trials, four ways, on the same configurations (issues 9, 15).
 
     python benchmarks/throughput.py                       # CPU, and the GPU when one is present
     python benchmarks/throughput.py --device cpu --epochs 3 --configs 8 --out benchmarks/results/cpu
@@ -7,12 +7,20 @@
     a DataLoader over a TensorDataset, one model per run, ``loss.item()`` every batch, a test pass
     every epoch; the same 784-256-64-32-16 network and lambda (beta) weighting the KL term;
 (b) ``trial``: vaesweep's trial function (``train_vae``) one configuration at a time: data on the
-    device, collapse metrics every epoch (each call loads the data set, as each Ray trial does);
+    device, collapse metrics at the default ``eval_every`` (epochs 1 and 3 of 3) with reconstruction gains
+    at the end (each call loads the data set, as a fresh Ray worker does);
 (c) ``packed``: ``vaesweep.engine.packing.PackedRun``, all configurations in one set of batched kernels,
-    with the same per-configuration metrics as (b).
+    with the same per-configuration metrics as (b);
+(d) ``trial_loop``: (b)'s training loop alone (``TrialRun.train_epoch``; data loaded, no metrics): the
+    plain-equivalent loop of vaesweep.
+
+Each method's ``peak_share`` is its training arithmetic (images/s x the dense VAE's FLOPs per image,
+forward + backward, counted from the layer widths) over this machine's sgemm peak at the same thread
+count (a timed 2048^3 ``torch.mm``, best of 5): what share of the arithmetic limit each reaches.
 
 Prints images/second (training images through forward and backward), trial-epochs/second and
-each method's ratio to (a), each the best of ``--repeats`` interleaved runs; writes the table as
+each method's ratio to (a), each the best of ``--repeats`` interleaved runs (``--clock cpu``: process CPU
+seconds instead of wall seconds, for a machine other jobs load; on CPU only); writes the table as
 CSV and Markdown to ``--out`` (.csv / .md added).
 The FID-proxy is off (``fid: false``): it is the same cost either way and not training.
 """
@@ -32,6 +40,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from vaesweep import TrialConfig, load_dataset, train_vae
 from vaesweep.engine.packing import train_packed
+from vaesweep.engine.trial import TrialRun
 
 
 # --- (a) the pytorch/examples-style reference ---------------------------------------------------
@@ -124,6 +133,36 @@ def configs(n: int, epochs: int, device: str, args) -> list[TrialConfig]:
     ]
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]  # --clock: cpu counts this process's CPU seconds, steadier on a shared machine
+
+
+def sgemm_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matmul peak at the current thread count: the best of ``repeats`` n^3 mm."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first one warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = clock()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, clock() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def dense_flops_per_image(cfg: TrialConfig, pixels: int = 784) -> int:
+    """FLOPs of one training image through the dense VAE: 2 * in * out per Linear forward (encoder, the
+    mu and logvar heads, decoder), x3 for forward + backward (the usual count; the first layer's input
+    gradient is never computed, so the arithmetic done is 2 * 784 * hidden[0] less)."""
+    widths = (pixels, *cfg.hidden)
+    encoder = sum(a * b for a, b in zip(widths[:-1], widths[1:])) + 2 * widths[-1] * cfg.latent_dim
+    back = (cfg.latent_dim, *reversed(widths))
+    decoder = sum(a * b for a, b in zip(back[:-1], back[1:]))
+    return 3 * 2 * (encoder + decoder)
+
+
 def run_method(method: str, cfgs: list[TrialConfig], device: torch.device) -> None:
     if method == "plain":
         data = load_dataset(cfgs[0].dataset)  # on the host: the DataLoader's side of the copy
@@ -138,13 +177,32 @@ def run_method(method: str, cfgs: list[TrialConfig], device: torch.device) -> No
 
 
 def timed(method: str, cfgs: list[TrialConfig], device: torch.device) -> float:
+    """Wall seconds of one method; (d) ``trial_loop`` times its training epochs only."""
+    if method == "trial_loop":
+        return timed_loops(cfgs, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0 = clock()
     run_method(method, cfgs, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return clock() - t0
+
+
+def timed_loops(cfgs: list[TrialConfig], device: torch.device) -> float:
+    """(d): the seconds of each configuration's ``TrialRun.train_epoch`` calls, summed (no set-up, no metrics)."""
+    seconds = 0.0
+    for cfg in cfgs:
+        run = TrialRun(cfg)
+        for _ in range(cfg.epochs):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = clock()
+            run.train_epoch()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += clock() - t0
+    return seconds
 
 
 def benchmark(device_name: str, args) -> list[dict]:
@@ -152,7 +210,7 @@ def benchmark(device_name: str, args) -> list[dict]:
     cfgs = configs(args.configs, args.epochs, device_name, args)
     n_train = min(args.max_train or 10**9, len(load_dataset(cfgs[0].dataset).train))
     warm = [c.model_copy(update={"epochs": 1, "max_train": 256, "max_eval": 128}) for c in cfgs[:2]]
-    methods = ("plain", "trial", "packed")
+    methods = ("plain", "trial", "packed", "trial_loop")
     for method in methods:
         timed(method, warm, device)  # one-time costs (allocator, kernels, CUDA context) out of the timing
     best = {m: float("inf") for m in methods}
@@ -161,8 +219,12 @@ def benchmark(device_name: str, args) -> list[dict]:
             seconds = timed(method, cfgs, device)
             best[method] = min(best[method], seconds)
             print(f"  {device_name} {method:7s} run {r + 1}: {seconds:8.2f} s", flush=True)
+    peak = sgemm_gflops(device)
+    flops = dense_flops_per_image(cfgs[0])
+    print(f"  {device_name} sgemm peak {peak:.1f} GFLOP/s; dense VAE {flops / 1e6:.2f} MFLOP per training image")
     rows, trial_epochs = [], len(cfgs) * args.epochs
     for method, seconds in best.items():
+        images_per_s = trial_epochs * n_train / seconds
         rows.append(
             {
                 "device": device_name,
@@ -172,8 +234,11 @@ def benchmark(device_name: str, args) -> list[dict]:
                 "train_images": n_train,
                 "threads": args.threads,
                 "seconds": round(seconds, 3),
-                "images_per_s": round(trial_epochs * n_train / seconds, 1),
+                "images_per_s": round(images_per_s, 1),
                 "trial_epochs_per_s": round(trial_epochs / seconds, 3),
+                "mflop_per_image": round(flops / 1e6, 3),
+                "sgemm_gflops": round(peak, 1),
+                "peak_share": round(images_per_s * flops / (peak * 1e9), 3),
             }
         )
     plain = rows[0]["seconds"]
@@ -200,12 +265,17 @@ def main(argv=None) -> int:
     p.add_argument("--gain-every", type=int, default=10, help="trial/packed: reconstruction gains every N epochs")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per method (interleaved); the best is kept")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="cpu: process CPU seconds (CPU only)")
     p.add_argument("--out", default="benchmarks/results/throughput", help="table path; .csv and .md are added")
     args = p.parse_args(argv)
+    global clock
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA GPU is visible; use --device cpu")
+    if args.clock == "cpu" and devices != ["cpu"]:
+        p.error("--clock cpu: CPU seconds do not time a GPU; use --device cpu or --clock wall")
     rows = [r for d in devices for r in benchmark(d, args)]
     table = pd.DataFrame(rows)
     name = torch.cuda.get_device_name() if "cuda" in devices else None
@@ -216,7 +286,7 @@ def main(argv=None) -> int:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     note = (
         f"torch {torch.__version__}; {os.cpu_count()} CPU cores, load average {load} at the end; "
-        f"torch threads {args.threads}" + (f"; GPU {name}" if name else "; no GPU")
+        f"torch threads {args.threads}; {args.clock} clock" + (f"; GPU {name}" if name else "; no GPU")
     )
     out.with_suffix(".md").write_text(markdown(table) + f"\n{note}\n")
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.md')}")

@@ -90,7 +90,7 @@ def test_tracker_state_is_plain_data_and_resumes():
 
 # --- real trials ------------------------------------------------------------------------------
 
-FAST_SETTLE = {"epochs": 5, "settle_patience": 2, "settle_min_steps": 8, "settle_law_tol": 100.0}
+FAST_SETTLE = {"epochs": 5, "eval_every": 1, "settle_patience": 2, "settle_min_steps": 8, "settle_law_tol": 100.0}
 
 
 def test_trial_history_carries_the_rule_over_its_evaluations(tiny):
