@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from ray import tune
 
 import vaesweep
-from vaesweep import TrainingDiverged, TrialRun, train_vae
+from vaesweep import TrainingDiverged, TrialConfig, TrialRun, train_vae
 
 
 def test_reports_every_epoch_with_collapse_metrics(tiny):
@@ -94,3 +94,19 @@ def test_trainable_in_a_real_ray_tune_tuner(tiny, tmp_path):
     assert by_lam[0.5].metrics["elbo"] == pytest.approx(plain.summary["elbo"], rel=1e-6)
     assert by_lam[0.5].metrics["epoch"] == tiny["epochs"] and by_lam[0.5].checkpoint is not None
     assert by_lam[2.0].metrics["kl"] < by_lam[0.5].metrics["kl"]  # a stronger KL weight, a smaller KL
+
+
+def test_eval_every_auto_evaluates_about_twice_per_settle_patience_in_a_settle_window():
+    cfg = TrialConfig()  # settle_min_steps 1,500, settle_patience 5: one evaluation per ~150 minibatches
+    assert cfg.eval_every == "auto"
+    assert cfg.for_epochs_of(32).eval_every == 5  # mnist5k: 4,000 digits at batch 128
+    assert cfg.for_epochs_of(469).eval_every == 1  # full MNIST
+    assert TrialConfig(eval_every=3).for_epochs_of(32).eval_every == 3  # a number is kept
+    with pytest.raises(ValueError, match="for_epochs_of"):
+        cfg.epoch_plan(1)
+
+
+def test_auto_eval_every_reaches_the_trial(tiny):
+    run = TrialRun({**tiny, "epochs": 6, "settle_min_steps": 64, "settle_patience": 2})  # 8 minibatches an epoch
+    assert run.cfg.eval_every == 2
+    assert [m["evaluated"] for m in run.epochs()] == [True, True, False, True, False, True]

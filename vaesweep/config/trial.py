@@ -86,14 +86,12 @@ class TrialConfig(BaseModel):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's own)")
     # metrics
-    eval_every: int = Field(
-        5,
-        ge=1,
-        description="collapse metrics every N epochs (and at the first and last). Default 5: on the default "
-        "mnist5k (31 minibatches an epoch) one evaluation per ~155 minibatches, so the settle window "
-        "(settle_min_steps 1,500) still holds ~10 evaluations >= settle_patience and a settled verdict comes at "
-        "most ~155 minibatches late, while an evaluation (~7 % of an mnist5k epoch) costs ~1.5 %. Full MNIST "
-        "(469 minibatches an epoch): set 1",
+    eval_every: int | Literal["auto"] = Field(
+        "auto",
+        description="collapse metrics every N epochs (and at the first and final). auto: the whole epochs "
+        "closest to settle_min_steps / (2 x settle_patience) minibatches, at least 1, so a settle window holds "
+        "~2 x settle_patience evaluations and a settled verdict comes at most one interval late: every 5 epochs on "
+        "mnist5k (32 minibatches an epoch, one evaluation per ~160), every epoch on full MNIST (469)",
     )
     gain_every: int = Field(10, ge=1, description="reconstruction gains every N epochs (and at the end)")
     track_every: int = Field(0, ge=0, description="Fig. 2: record minibatch var_mu every K steps (0: off)")
@@ -173,11 +171,22 @@ class TrialConfig(BaseModel):
             raise ValueError("capacity_max (capacity beta-VAE) and warmup_steps do not combine; choose one")
         return self
 
+    def for_epochs_of(self, steps_per_epoch: int) -> TrialConfig:
+        """This configuration with ``eval_every: auto`` resolved for data of ``steps_per_epoch`` minibatches an
+        epoch (the engine calls it once it has loaded the data)."""
+        if self.eval_every != "auto":
+            return self
+        interval = self.settle_min_steps / (2 * self.settle_patience)  # minibatches between evaluations
+        return self.model_copy(update={"eval_every": max(1, round(interval / steps_per_epoch))})
+
     def epoch_plan(self, epoch: int, final: bool | None = None) -> tuple[bool, bool, bool]:
         """What the end of ``epoch`` (1-based) measures: (collapse metrics, with reconstruction
         gains, FID-proxy). The first and final epochs are always evaluated, the final with everything.
         ``final``: whether ``epoch`` ends the trial (default: it is the budget's last; a settled stop
-        decides it after the epoch's collapse metrics, vaesweep.engine.trial.TrialRecord)."""
+        decides it after the epoch's collapse metrics, vaesweep.engine.trial.TrialRecord). ``eval_every`` must
+        be resolved (``for_epochs_of``)."""
+        if self.eval_every == "auto":
+            raise ValueError("eval_every: auto is resolved by the engine; call for_epochs_of(steps_per_epoch) first")
         final = epoch == self.epochs if final is None else final
         fid = self.fid and (final or (self.fid_every > 0 and epoch % self.fid_every == 0))
         evaluated = epoch == 1 or epoch % self.eval_every == 0 or final or fid

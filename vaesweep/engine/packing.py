@@ -108,6 +108,8 @@ class PackedRun(EpochLoop):
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.live = list(range(self.k))  # the configurations in the stack, in its order
         self.ended: dict[int, dict] = {}  # an ended configuration's TrialRun state dict, as it ended
+        steps_per_epoch = len(batch_starts(len(self.x_train), cfg.batch_size))
+        self.cfgs = [c.for_epochs_of(steps_per_epoch) for c in self.cfgs]  # eval_every: auto resolved
         self.records = [TrialRecord(c, lambda i=i: self.model(i), self.x_eval) for i, c in enumerate(self.cfgs)]
         fid = FidHook(data)  # one FID-proxy scorer for the pack
         for r in self.records:

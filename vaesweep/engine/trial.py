@@ -265,7 +265,8 @@ class TrialRun(EpochLoop):
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
         self.kl = KLSchedules.of([cfg.schedule], self.device)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
-        self.record = TrialRecord(cfg, lambda: self.model, self.x_eval)
+        steps_per_epoch = len(batch_starts(len(self.x_train), cfg.batch_size))
+        self.record = TrialRecord(cfg.for_epochs_of(steps_per_epoch), lambda: self.model, self.x_eval)
         self.record.add_standard_hooks(self.x_train, FidHook(data))
         self.records = [self.record]
 
