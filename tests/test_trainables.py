@@ -14,7 +14,7 @@ from vaesweep.config.errors import SpecError
 from vaesweep.config.spec import spec_from_dict
 from vaesweep.engine.data import load_dataset
 from vaesweep.engine.trial import TrialRun
-from vaesweep.study import trainables
+from vaesweep.study import runner, trainables
 
 TIMINGS = ("epoch_time", "time_total")  # wall clock: the only numbers a resumed run may change
 
@@ -86,12 +86,29 @@ def test_checkpoint_every_n_epochs_and_resume_from_the_last_is_exact(tiny, tmp_p
     assert all(torch.equal(final["model"][k], expected["model"][k]) for k in expected["model"])
 
 
-def test_checkpoint_every_is_a_study_setting(tiny):
+class FakeTuner:
+    """Stands in for ray.tune.Tuner: keeps what build_tuner gives it."""
+
+    can_restore = staticmethod(lambda path: False)
+
+    def __init__(self, runnable, **kwargs):
+        self.kwargs = kwargs
+
+
+def test_checkpoint_every_is_a_study_setting_that_reaches_the_trials(tiny, tmp_path, monkeypatch):
+    """In every trial's config when above 1 (absent at 1: older studies' param_space unchanged); the study's
+    Tuner reuses its workers."""
     spec = {"name": "s", "base": tiny}
-    assert spec_from_dict(spec).checkpoint_every == 1
-    assert spec_from_dict({**spec, "checkpoint_every": 5}).checkpoint_every == 5
     with pytest.raises(SpecError, match="checkpoint_every"):
         spec_from_dict({**spec, "checkpoint_every": 0})
+    monkeypatch.setattr(runner.tune, "Tuner", FakeTuner)
+    every = {
+        n: runner.build_tuner(spec_from_dict({**spec, "checkpoint_every": n}), tmp_path / str(n), quiet=True).kwargs
+        for n in (1, 5)
+    }
+    assert trainables.CHECKPOINT_EVERY_KEY not in every[1]["param_space"]
+    assert every[5]["param_space"][trainables.CHECKPOINT_EVERY_KEY] == 5
+    assert every[5]["tune_config"].reuse_actors
 
 
 def test_data_sets_are_loaded_once_per_process_and_never_written(tiny, tmp_path):
