@@ -12,6 +12,7 @@
     resources: {cpu: 1, gpu: 0.25}
     max_concurrent: 8
     retries: 2
+    checkpoint_every: 1                       # a trial's checkpoint every N epochs (and at its last)
     storage: runs                             # results in <storage>/<name>/
     callbacks: [tensorboard, mlflow]          # optional tracking (vaesweep.study.tracking)
 
@@ -163,6 +164,9 @@ class StudySpec(_Strict):
     resources: Resources = Resources()
     max_concurrent: int | None = Field(None, ge=1)
     retries: int = Field(2, ge=0, description="Ray FailureConfig.max_failures per trial")
+    checkpoint_every: int = Field(
+        1, ge=1, description="a checkpoint every N epochs and at the last; a retried trial resumes from the last one"
+    )
     storage: str = "runs"
     experiment: str = Field(
         "train", description="what each trial runs: a kind of vaesweep.experiments.KINDS (train: one VAE per trial)"

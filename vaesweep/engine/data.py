@@ -16,6 +16,9 @@ collapse metrics of every trial of a study are computed on the same eval images.
 Every data set is checked at load: at least MIN_TRAIN training and MIN_EVAL eval images, and
 float pixels (only an npz has them; the others are uint8) finite and in [0, 1].
 Training code indexes these tensors directly: no DataLoader, no per-batch host work.
+A process keeps the data sets it loaded last (``load_dataset``'s cache, keyed by its arguments): a Ray
+worker reused for the study's next trial (``TuneConfig(reuse_actors=True)``) loads its data set once.
+Nothing writes into these tensors (trials slice and index them), so sharing them between trials is safe.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import math
 import os
 import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +52,7 @@ CACHE_ENV = "VAESWEEP_CACHE"
 DEFAULT_CACHE = "~/.cache/vaesweep"
 MNIST_FILE = "mnist.npz"  # in <cache>/data: uint8 train_x, train_y, eval_x, eval_y (vaesweep/engine/fetch.py)
 FETCH_MNIST = "python -m vaesweep data fetch mnist"
+CACHED_SETS = 2  # data sets a process keeps loaded (a study's trials mostly share one)
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,26 @@ def load_dataset(
     device: torch.device | str = "cpu",
     cache: str | Path | None = None,
 ) -> ImageData:
-    """Load a registered data set onto ``device``. Raises DataError with a one-line fix."""
+    """Load a registered data set onto ``device``. Raises DataError with a one-line fix.
+
+    The process's last ``CACHED_SETS`` data sets are kept: the same arguments (the cache folder resolved,
+    a file's modification time included) give the same tensors."""
+    return _load_cached(name, root, download, str(device), str(cache_dir(cache)), _file_stamp(name, cache))
+
+
+def _file_stamp(name: str, cache: str | Path | None) -> tuple[int, int] | None:
+    """(mtime, size) of the file a data set is read from (an npz, the cached MNIST), None if none or absent."""
+    path = Path(name[4:]) if name.startswith("npz:") else data_dir(cache) / MNIST_FILE if name == "mnist" else None
+    try:
+        stat = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return None if stat is None else (stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=CACHED_SETS)
+def _load_cached(name: str, root: str | None, download: bool, device: str, cache: str, stamp) -> ImageData:
+    """``load_dataset`` itself, cached; ``stamp`` (the file's) is only part of the key."""
     check_dataset_name(name)
     if name == "mnist5k":
         images, labels = _mnist5k()

@@ -76,6 +76,12 @@ class Recorder(tune.Callback):
                 row.update(status="failed", error=res["diverged"])
         self._maybe_flush(trials)
 
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        # Ray snapshots the experiment right after (a resumed trial starts from this checkpoint and does not
+        # report its epochs up to it again): every row reported so far goes to disk first, none lost to a
+        # killed driver.
+        self.flush(trials)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         for row in self._rows(trial):
             if row.get("status") != "failed":

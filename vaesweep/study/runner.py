@@ -43,6 +43,7 @@ from vaesweep.study.searcher import DB_FILE, lambda_star, settings_search
 from vaesweep.study.stopping import SettledStopper
 from vaesweep.study.tables import SPEC_COPY, Progress, check_study_folder, load_trials, read_spec_copy
 from vaesweep.study.tracking import check_extras, tracking_callbacks
+from vaesweep.study.trainables import CHECKPOINT_EVERY_KEY
 
 SEARCH_FOLDER = "search"  # the Ray experiment of a search: optuna study, under tune/
 
@@ -189,6 +190,8 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | N
     function = resolve(spec.kind.packed_trainable if packed else spec.kind.trainable)
     runnable = tune.with_resources(function, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     space = pack_param_space(spec) if packed else param_space(spec)
+    if spec.checkpoint_every > 1:  # absent at 1: a study from before the setting keeps its param_space
+        space[CHECKPOINT_EVERY_KEY] = spec.checkpoint_every
     experiment = out / RAY_FOLDER if folder is None else out / RAY_FOLDER / folder
     search_alg, num_samples, callbacks = None, spec.search.num_samples, []
     max_concurrent = spec.max_concurrent
@@ -234,6 +237,7 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | N
             scheduler=scheduler,
             search_alg=search_alg,
             max_concurrent_trials=max_concurrent,
+            reuse_actors=True,  # a worker runs trial after trial: imports and data set loaded once per worker
         ),
         run_config=tune.RunConfig(
             name=experiment.name,

@@ -2,9 +2,11 @@
 
     tune.Tuner(vaesweep.trainable, param_space={"lam": tune.grid_search([0.5, 1, 2])}).fit()
 
-Each reports every epoch with Ray's ``tune.report`` and a checkpoint of the whole trial state, and
-resumes from ``tune.get_checkpoint()`` after a failure or a restored study. Same numbers for the
-same seed as ``vaesweep.train_vae`` (plain Python) and ``python -m vaesweep train``.
+Each reports every epoch with Ray's ``tune.report``, with a checkpoint of the whole trial state every
+``checkpoint_every`` epochs (the study's setting, in ``config["_checkpoint_every"]``) and at its last epoch,
+and resumes from ``tune.get_checkpoint()`` after a failure or a restored study: the epochs after that
+checkpoint are trained again to the same numbers and reported again (the study's recorder keeps the later
+report). Same numbers for the same seed as ``vaesweep.train_vae`` (plain Python) and ``python -m vaesweep train``.
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ from vaesweep.engine.packing import PackedRun
 from vaesweep.engine.trial import TrialRun
 from vaesweep.experiments.noise import NOISE_KEY
 
+CHECKPOINT_EVERY_KEY = "_checkpoint_every"  # param_space key of the study's checkpoint_every (absent: 1)
+
 
 def trainable(config: dict) -> None:
     """Ray Tune function trainable: ``tune.Tuner(vaesweep.trainable, param_space=...)``.
 
-    Reports every epoch with Ray's ``tune.report`` and a checkpoint of the whole trial state,
-    and resumes from ``tune.get_checkpoint()`` after a failure or a restored study.
+    Reports every epoch with Ray's ``tune.report``, with a checkpoint of the whole trial state every
+    ``checkpoint_every`` epochs and at the last, and resumes from ``tune.get_checkpoint()`` after a
+    failure or a restored study.
     """
-    run_under_ray(TrialRun({k: v for k, v in config.items() if not k.startswith("_")}))
+    run_under_ray(TrialRun({k: v for k, v in config.items() if not k.startswith("_")}), _every(config))
 
 
 def packed_trainable(config: dict) -> None:
@@ -39,18 +44,30 @@ def packed_trainable(config: dict) -> None:
     Reports ``{"epoch": e, "packed": [metrics_0, ..., metrics_K-1]}`` each epoch (the study's
     recorder splits it into one trial per configuration), checkpointed and resumed as every trial.
     """
-    run_under_ray(PackedRun(pack_configs(config)))
+    run_under_ray(PackedRun(pack_configs(config)), _every(config))
 
 
 def noise_trainable(config: dict) -> None:
     """Ray Tune function trainable of the experiment; settings in ``config["_noise"]``.
 
     Driven like ``vaesweep.trainable``: a checkpoint of the trial and the phase state every
-    epoch, resumed from ``tune.get_checkpoint()``.
+    ``checkpoint_every`` epochs and at the last, resumed from ``tune.get_checkpoint()``.
     """
     run_under_ray(
-        NoiseExperiment({k: v for k, v in config.items() if not k.startswith("_")}, config.get(NOISE_KEY) or {})
+        NoiseExperiment({k: v for k, v in config.items() if not k.startswith("_")}, config.get(NOISE_KEY) or {}),
+        _every(config),
     )
+
+
+def _every(config: dict) -> int:
+    return int(config.get(CHECKPOINT_EVERY_KEY, 1))
+
+
+def finished(run) -> bool:
+    """Whether ``run`` has trained its final epoch: a noise experiment's phases done, else every configuration
+    ended (its budget spent, or settled with ``stop_when: settled``) or diverged."""
+    done = getattr(run, "done", None)  # NoiseExperiment
+    return bool(done) if done is not None else not run.training()
 
 
 def ray_report(run, metrics: dict | list[dict | None], node: str | None = None) -> dict:
@@ -65,12 +82,13 @@ def ray_report(run, metrics: dict | list[dict | None], node: str | None = None) 
     return tagged(metrics)
 
 
-def run_under_ray(run) -> None:
+def run_under_ray(run, checkpoint_every: int = 1) -> None:
     """Drive a run under Ray Tune: a ``TrialRun``, a ``PackedRun`` or a ``NoiseExperiment`` (each with
     ``epochs()`` and ``final_metrics()``; vaesweep.engine.checkpoints saves and restores them).
 
-    Restores from Ray's checkpoint, reports every epoch (with the node that ran it) and a
-    checkpoint, and ends a diverged trial with its reason instead of letting Ray retry it.
+    Restores from Ray's checkpoint, reports every epoch (with the node that ran it), with a checkpoint
+    every ``checkpoint_every`` epochs and at the last, and ends a diverged trial with its reason instead
+    of letting Ray retry it.
     """
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -80,9 +98,13 @@ def run_under_ray(run) -> None:
     reported = False
     try:
         for metrics in run.epochs():
-            with tempfile.TemporaryDirectory() as d:
-                save_run(run, Path(d))
-                tune.report(ray_report(run, metrics, node), checkpoint=tune.Checkpoint.from_directory(d))
+            report = ray_report(run, metrics, node)
+            if report.get("epoch", 0) % checkpoint_every == 0 or finished(run):
+                with tempfile.TemporaryDirectory() as d:
+                    save_run(run, Path(d))
+                    tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+            else:
+                tune.report(report)
             reported = True
         final = run.final_metrics()
         if not reported and final is not None:
