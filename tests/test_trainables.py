@@ -130,3 +130,25 @@ def test_data_sets_are_loaded_once_per_process_and_never_written(tiny, tmp_path)
     np.savez(path, x=images[:550])  # the file rewritten: loaded again
     again = load_dataset(f"npz:{path}")
     assert again is not own and len(again.train) + len(again.eval) == 550
+
+
+def test_a_settled_stop_between_checkpoints_is_checkpointed(tiny, tmp_path, fake_ray):
+    """With checkpoint_every 4, a trial that settles at epoch 2 of 6 still leaves its final state."""
+    config = {
+        **tiny,
+        "epochs": 6,
+        "max_train": 256,
+        "max_eval": 128,
+        "hidden": [32],
+        "eval_every": 1,
+        "settle_patience": 2,
+        "settle_min_steps": 0,
+        "settle_law_tol": 100.0,
+        "active_threshold": 1e-6,
+        "stop_when": "settled",
+    }
+    fake = fake_ray(FakeTune(tmp_path / "stopped"))
+    trainables.run_under_ray(TrialRun(config), checkpoint_every=4)
+    assert [r["epoch"] for r in fake.reports] == [1, 2]
+    assert fake.reports[-1]["stopped_reason"] == "settled"
+    assert sorted(fake.checkpoints) == [2]
