@@ -24,6 +24,7 @@ study folder under ``--storage``; a folder already finished is read again, not r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from vaesweep.study.searcher import lambda_star
 from vaesweep.study.tables import load_study
 
 KEYS = ["latent_dim", "lam", "seed"]
+KINDS = ("budget", "settled")
 COMPARED = ["n_active", "law_residual_max", "mean_mu_abs_max", "kl_working"]
 
 
@@ -82,10 +84,10 @@ def run(args, stop: str) -> tuple[Path, float]:
 def per_trial(budget, settled) -> pd.DataFrame:
     """One row per trial: both runs' answers side by side, and the settled run's state against the budget
     run's at the epoch it stopped."""
-    cols = [*KEYS, *COMPARED, "settled", "settled_step", "epochs_done"]
+    cols = [*KEYS, *COMPARED, "settled", "settled_step", "epochs_done", "time_total"]
     extra = [c for c in ("stopped_reason", "stopped_step") if c in settled.trials]
-    b = budget.trials[cols]
-    s = settled.trials[cols + extra]
+    b = budget.trials.loc[budget.trials["status"] == "done", cols]
+    s = settled.trials.loc[settled.trials["status"] == "done", cols + extra]
     t = b.merge(s, on=KEYS, suffixes=("_budget", "_settled")).sort_values(KEYS)
     t["n_active_diff"] = t["n_active_settled"] - t["n_active_budget"]
     t["kl_working_agrees"] = t["kl_working_settled"].astype(bool) == t["kl_working_budget"].astype(bool)
@@ -105,7 +107,8 @@ def per_trial(budget, settled) -> pd.DataFrame:
 
 def onset(tables) -> pd.DataFrame:
     """The onset of sparsity per lambda and seed from settled trials (the report's rule)."""
-    counted = tables.trials[tables.trials["settled"].eq(True)]
+    trials = tables.trials
+    counted = trials[trials["settled"].eq(True) & trials["status"].eq("done")]
     return onset_of_sparsity(counted, ["lam", "seed"])
 
 
@@ -133,13 +136,24 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="savings")
     p.add_argument("--storage", default="runs/benchmarks")
     p.add_argument("--reuse", action="store_true", help="read a finished run's folder instead of running it again")
+    p.add_argument(
+        "--compare-only",
+        action="store_true",
+        help="compare the two folders as they are (trials finished in both), running nothing",
+    )
     p.add_argument("--out", default="benchmarks/results/settled_savings")
     args = p.parse_args(argv)
 
-    (b_dir, b_s), (s_dir, s_s) = run(args, "budget"), run(args, "settled")
+    if args.compare_only:
+        (b_dir, b_s), (s_dir, s_s) = [(Path(args.storage) / f"{args.name}_{w}", float("nan")) for w in KINDS]
+    else:
+        (b_dir, b_s), (s_dir, s_s) = run(args, "budget"), run(args, "settled")
     budget, settled = load_study(b_dir), load_study(s_dir)
     t = per_trial(budget, settled)
     share = t["epochs_done_settled"].sum() / t["epochs_done_budget"].sum()
+    compared = t[KEYS]  # onset and lambda* from the trials finished in both runs only
+    budget = dataclasses.replace(budget, trials=budget.trials.merge(compared, on=KEYS))
+    settled = dataclasses.replace(settled, trials=settled.trials.merge(compared, on=KEYS))
     on_b, on_s = onset(budget), onset(settled)
     on = on_b.merge(on_s, on=["lam", "seed"], suffixes=("_budget", "_settled"))
     star_b = lambda_star(budget.trials, ["latent_dim", "seed"])[["latent_dim", "seed", "lam_star", "n_unsettled"]]
@@ -152,12 +166,14 @@ def main(argv=None) -> int:
     summary = pd.DataFrame(
         [
             {
-                "trials": len(t),
+                "trials_compared": f"{len(t)} of {len(args.latents) * len(args.lams) * args.seeds}",
                 "trial_epochs_budget": int(t["epochs_done_budget"].sum()),
                 "trial_epochs_settled": int(t["epochs_done_settled"].sum()),
                 "share_used": round(float(share), 3),
                 "wall_s_budget": round(b_s, 1),
                 "wall_s_settled": round(s_s, 1),
+                "trial_s_budget": round(float(t["time_total_budget"].sum()), 1),
+                "trial_s_settled": round(float(t["time_total_settled"].sum()), 1),
                 "stopped_settled": int(t.get("stopped_reason", pd.Series(dtype=str)).eq("settled").sum()),
                 "settled_in_budget_run": int(t["settled_budget"].eq(True).sum()),
                 "max_abs_n_active_diff": int(t["n_active_diff"].abs().max()),
