@@ -81,28 +81,41 @@ def run(args, stop: str) -> tuple[Path, float]:
     return out, seconds
 
 
+def ended(trials: pd.DataFrame) -> pd.Series:
+    """The trials that reached their final epoch: done, and stopped at the budget or settled (a trial cut
+    short by an interrupted driver is recorded done until the study resumes; it is not compared)."""
+    reason = trials["stopped_reason"] if "stopped_reason" in trials else pd.Series("budget", index=trials.index)
+    final = reason.eq("settled") | (trials["epochs_done"] == trials["epochs"])
+    return trials["status"].eq("done") & final
+
+
 def per_trial(budget, settled) -> pd.DataFrame:
     """One row per trial: both runs' answers side by side, and the settled run's state against the budget
     run's at the epoch it stopped."""
     cols = [*KEYS, *COMPARED, "settled", "settled_step", "epochs_done", "time_total"]
     extra = [c for c in ("stopped_reason", "stopped_step") if c in settled.trials]
-    b = budget.trials.loc[budget.trials["status"] == "done", cols]
-    s = settled.trials.loc[settled.trials["status"] == "done", cols + extra]
+    b = budget.trials.loc[ended(budget.trials), cols]
+    s = settled.trials.loc[ended(settled.trials), cols + extra]
     t = b.merge(s, on=KEYS, suffixes=("_budget", "_settled")).sort_values(KEYS)
     t["n_active_diff"] = t["n_active_settled"] - t["n_active_budget"]
     t["kl_working_agrees"] = t["kl_working_settled"].astype(bool) == t["kl_working_budget"].astype(bool)
     # the budget run at the stopped trial's last epoch: the same numbers (same seed, same minibatches)
     ids_b = budget.trials.set_index(KEYS)["trial_id"]
     ids_s = settled.trials.set_index(KEYS)["trial_id"]
-    eb = budget.epochs.set_index(["trial_id", "epoch"])
-    es = settled.epochs.set_index(["trial_id", "epoch"])
     same = []
     for _, row in t.iterrows():
-        key, epoch = tuple(row[k] for k in KEYS), row["epochs_done_settled"]
-        a, c = eb.loc[(ids_b[key], epoch)], es.loc[(ids_s[key], epoch)]
-        same.append(bool(np.allclose(a[COMPARED[:-1]].astype(float), c[COMPARED[:-1]].astype(float), atol=1e-6)))
+        key, epoch = tuple(row[k] for k in KEYS), int(row["epochs_done_settled"])
+        a = _epoch_row(budget.epochs, ids_b[key], epoch)
+        c = _epoch_row(settled.epochs, ids_s[key], epoch)
+        same.append(bool(np.allclose(a, c, atol=1e-6)))
     t["identical_at_stop"] = same
     return t.reset_index(drop=True)
+
+
+def _epoch_row(epochs: pd.DataFrame, trial_id: str, epoch: int) -> np.ndarray:
+    """The compared collapse numbers of one trial's epoch (the last row reported for it)."""
+    rows = epochs[(epochs["trial_id"] == trial_id) & (epochs["epoch"] == epoch)]
+    return rows[COMPARED[:-1]].astype(float).to_numpy()[-1]
 
 
 def onset(tables) -> pd.DataFrame:
