@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.capacity import onset_of_sparsity
+from analysis.report import to_markdown
 from vaesweep.config.spec import spec_from_dict
 from vaesweep.study.runner import run_study
 from vaesweep.study.searcher import lambda_star
@@ -125,17 +126,6 @@ def onset(tables) -> pd.DataFrame:
     return onset_of_sparsity(counted, ["lam", "seed"])
 
 
-def markdown(df: pd.DataFrame) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return "" if np.isnan(v) else f"{v:.4g}"
-        return str(v)
-
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="mnist", help="mnist (full, the issue's) or mnist5k")
@@ -219,15 +209,16 @@ def main(argv=None) -> int:
         f"Data: {args.dataset}; dense net; latent {args.latents}; lambda {args.lams}; {args.seeds} seed(s); "
         f"budget {args.epochs} epochs, evaluated every epoch; settled run: stop when settled after >= "
         f"{args.min_steps} minibatches; metrics on the eval split. Machine: {os.cpu_count()} CPU cores, no GPU, "
-        f"{args.concurrency} trials at once, load average at the end {load}.\n",
+        f"{'runs read back, not timed' if args.compare_only else f'{args.concurrency} trials at once'}, "
+        f"load average at the end {load}.\n",
         "## Summary\n",
-        markdown(summary),
+        to_markdown(summary),
         "## Onset of sparsity (settled trials only), per lambda and seed\n",
-        markdown(on),
+        to_markdown(on),
         "## Minimal working lambda per latent dimension and seed\n",
-        markdown(star),
+        to_markdown(star),
         "## Per trial\n",
-        markdown(t[shown]),
+        to_markdown(t[shown]),
     ]
     out.with_suffix(".md").write_text("\n".join(text))
     print(summary.T.to_string())
