@@ -39,6 +39,7 @@ from vaesweep.engine.data import check_available
 from vaesweep.experiments import resolve
 from vaesweep.study.lock import driver_lock
 from vaesweep.study.recorder import Recorder
+from vaesweep.study.recovery import CheckpointRepair
 from vaesweep.study.searcher import DB_FILE, lambda_star, settings_search
 from vaesweep.study.stopping import SettledStopper
 from vaesweep.study.tables import SPEC_COPY, Progress, check_study_folder, load_trials, read_spec_copy
@@ -247,6 +248,7 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | N
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             stop=SettledStopper(),  # ends a trial on its final report (settled or budget); kept by Tuner.restore
             callbacks=[
+                CheckpointRepair(),  # a killed driver's snapshot may name a checkpoint already replaced
                 Recorder(out, progress=progress),
                 JsonLoggerCallback(),
                 CSVLoggerCallback(),
