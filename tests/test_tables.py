@@ -149,3 +149,20 @@ def test_a_corrupt_part_is_refused_naming_it(tmp_path):
         load_study(tmp_path)
     with pytest.raises(StudyFolderError, match=f"^{bad} is not a vaesweep results table"):
         compact(tmp_path)
+
+
+def test_a_resumed_study_forgets_the_unfinished_trials_ray_lost_with_the_killed_driver(tmp_path):
+    rec = Recorder(tmp_path, flush_every_s=0)
+    kept, lost, finished = trial("t_00000"), trial("t_00001"), trial("t_00002")
+    run_trial(rec, kept, range(1, 3))  # running: in Ray's snapshot, resumed from its checkpoint
+    run_trial(rec, lost, range(1, 3))  # running: started after Ray's last snapshot, gone with the driver
+    run_trial(rec, finished, range(1, 3))
+    finished.status = "TERMINATED"
+    rec.on_trial_complete(0, [kept, lost, finished], finished)
+    resumed = pickle.loads(pickle.dumps(rec))
+    resumed.on_step_begin(0, [kept])  # Ray's restored experiment holds t_00000; a finished trial is kept regardless
+    resumed.on_step_begin(1, [])  # only the first step reconciles
+    s = load_study(tmp_path)
+    assert sorted(s.trials["trial_id"]) == ["t_00000", "t_00002"]
+    for name in ("epochs", "latents", "latent_history", "trace"):
+        assert set(getattr(s, name)["trial_id"]) == {"t_00000", "t_00002"}, name

@@ -25,6 +25,7 @@ from vaesweep.study.tables import (
     StudyTables,
     append_part,
     compact,
+    drop_trials,
     load_study,
     read_table,
     write_table,
@@ -44,6 +45,7 @@ class Recorder(tune.Callback):
         self.final: dict[str, dict] = {}  # trial_id -> summary of its last epoch, epochs_done, time_total
         self.new: dict[str, dict[tuple, list | dict]] = {t: {} for t in BLOCKS}  # rows not flushed yet, by block
         self._parts = 0  # parts flushed by this recorder: their numbers
+        self._reconciled = False
         if self.out.exists():  # a resumed study: its parts merged first
             compact(self.out)
         if (self.out / "trials.parquet").exists():
@@ -61,6 +63,11 @@ class Recorder(tune.Callback):
         self.__init__(**state)
 
     # --- Ray Tune callback hooks ---------------------------------------------------------------
+    def on_step_begin(self, iteration, trials, **info):
+        if not self._reconciled:  # a restored study's trials are all loaded before its first step
+            self._reconciled = True
+            self.forget_lost(trials)
+
     def on_trial_start(self, iteration, trials, trial, **info):
         for row in self._rows(trial):
             row["status"] = "running"
@@ -96,6 +103,22 @@ class Recorder(tune.Callback):
     def on_experiment_end(self, trials, **info):
         self.flush(trials)
         compact(self.out)
+
+    def forget_lost(self, trials) -> list[str]:
+        """Drop the unfinished trials Ray's experiment does not hold: started by a driver killed before its
+        next snapshot, they are gone from the restored study (the searcher asks for their places anew), so
+        their rows would stay pending forever. Returns their ids."""
+        held = {row_id for t in trials for row_id in _row_ids(t)}
+        lost = [
+            tid for tid, row in self.trials.items() if row.get("status") in ("pending", "running") and tid not in held
+        ]
+        if lost:
+            for tid in lost:
+                self.trials.pop(tid)
+                self.final.pop(tid, None)
+            drop_trials(self.out, set(lost))
+            self.flush(trials)
+        return lost
 
     # --- rows --------------------------------------------------------------------------------
     def add_result(self, trial_id: str, result: dict) -> None:
@@ -194,6 +217,13 @@ class Recorder(tune.Callback):
         """Flush, then read the study back (``load_study``)."""
         self.flush()
         return load_study(self.out)
+
+
+def _row_ids(trial) -> list[str]:
+    """The study's trial ids of a Ray trial: its own, or one per configuration of a packed trial."""
+    if PACK_KEY not in trial.config:
+        return [trial.trial_id]
+    return [packed_id(trial.trial_id, i) for i in range(len(trial.config[PACK_KEY]))]
 
 
 def _trial_line(row: dict, final: dict) -> dict:

@@ -26,12 +26,14 @@ against the settings one after another: benchmarks/results/concurrent_search.md.
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
+from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -76,6 +78,46 @@ class ConstrainedOptunaSearch(OptunaSearch):
             result, error = None, True
         super().on_trial_complete(trial_id, result, error)
 
+    def set_search_properties(self, metric, mode, config: dict, **spec) -> bool:
+        # Ray's OptunaSearch enqueues its start points in the Optuna study each time this is called, and a
+        # restored study calls it again: a start point some trial already holds is not enqueued twice, so a
+        # resumed search does not run it again.
+        points, self._points_to_evaluate = self._points_to_evaluate, []
+        try:
+            ready = super().set_search_properties(metric, mode, config, **spec)
+        finally:
+            self._points_to_evaluate = points
+        if ready:
+            self._enqueue_start_points(lost=set())
+        return ready
+
+    def forget_lost_trials(self) -> list[int]:
+        """After Tune restored this searcher from its last snapshot: the Optuna trials asked since (by a driver
+        killed before its next snapshot) have no Ray trial any more. Each is told failed, so the search does
+        not wait on it, and a start point it held is enqueued again; Tune asks for their places anew (the
+        budget restored with the snapshot). Returns their numbers."""
+        asked = {t.number for t in self._ot_trials.values()}
+        lost = [
+            t.number
+            for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number not in asked
+        ]
+        for number in lost:
+            self._ot_study.tell(number, state=TrialState.FAIL)
+        self._enqueue_start_points(lost=set(lost))
+        return lost
+
+    def _enqueue_start_points(self, lost: set[int]) -> None:
+        """Enqueue each start point no trial holds (waiting, running or finished), the ``lost`` ones aside."""
+        held = [
+            t.system_attrs.get("fixed_params", t.params)
+            for t in self._ot_study.get_trials(deepcopy=False)
+            if t.number not in lost
+        ]
+        for point in self._points_to_evaluate:
+            if not any(_same_values(point, values) for values in held):
+                self._ot_study.enqueue_trial(point)
+
     def _told(self, trial_id: str) -> bool:
         """Whether Optuna holds this trial's outcome already: after a killed driver, a trial that finished after
         Tune's last snapshot is restored and reports its last epoch again, which Optuna must not take twice."""
@@ -83,6 +125,16 @@ class ConstrainedOptunaSearch(OptunaSearch):
         return ot_trial is not None and ot_trial.number in {
             t.number for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished()
         }
+
+
+def _same_values(point: dict, values: dict) -> bool:
+    """Whether a trial's parameter values are the start point's (floats compared as Optuna does)."""
+    if point.keys() != values.keys():
+        return False
+    return all(
+        math.isclose(float(v), float(values[k]), rel_tol=1e-9) if isinstance(v, int | float) else v == values[k]
+        for k, v in point.items()
+    )
 
 
 def make_search(
@@ -168,6 +220,7 @@ class SettingsSearch(Searcher):
             state = pickle.load(f)
         for key, search_state in state.pop("searches").items():
             self.searches[key].__dict__.update(search_state)
+            self.searches[key].forget_lost_trials()
         self.__dict__.update(state)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
@@ -107,6 +108,23 @@ def compact(path: Path) -> None:
         for part in parts:
             part.unlink()
         parts[0].parent.rmdir()
+
+
+def drop_trials(path: Path, trial_ids: set[str]) -> None:
+    """Remove every row of these trials from the appended tables (compacted first; streamed batch by batch)."""
+    compact(path)
+    drop = pa.array(sorted(trial_ids))
+    for table in BLOCKS:
+        file = path / f"{table}.parquet"
+        if not file.exists():
+            continue
+        source = pq.ParquetFile(file)
+        tmp = file.with_suffix(".parquet.tmp")
+        with pq.ParquetWriter(tmp, source.schema_arrow) as writer:
+            for batch in source.iter_batches(batch_size=1 << 20):
+                rows = pa.Table.from_batches([batch])
+                writer.write_table(rows.filter(pc.invert(pc.is_in(rows["trial_id"], value_set=drop))))
+        os.replace(tmp, file)
 
 
 def _stream(files: list[Path], key: list[str], out: Path) -> None:
