@@ -166,3 +166,20 @@ def test_a_resumed_study_forgets_the_unfinished_trials_ray_lost_with_the_killed_
     assert sorted(s.trials["trial_id"]) == ["t_00000", "t_00002"]
     for name in ("epochs", "latents", "latent_history", "trace"):
         assert set(getattr(s, name)["trial_id"]) == {"t_00000", "t_00002"}, name
+
+
+def test_trials_stopped_by_ctrl_c_read_interrupted_not_done(tmp_path):
+    rec = Recorder(tmp_path, flush_every_s=0)
+    finished, stopped, waiting = trial("t_00000"), trial("t_00001"), trial("t_00002", status="PENDING")
+    run_trial(rec, finished, range(1, 3))
+    run_trial(rec, stopped, range(1, 2))
+    finished.status = "TERMINATED"
+    rec.on_trial_complete(0, [finished, stopped, waiting], finished)
+    stopped.status = "TERMINATED"  # Ray's cleanup after Ctrl+C: ended without on_trial_complete
+    rec.on_experiment_end([finished, stopped, waiting])
+    s = load_study(tmp_path).trials.set_index("trial_id")["status"]
+    assert s.to_dict() == {"t_00000": "done", "t_00001": "interrupted", "t_00002": "pending"}
+    resumed = pickle.loads(pickle.dumps(rec))  # run again: Ray restarts it from its checkpoint
+    stopped.status = "RUNNING"
+    resumed.on_trial_start(0, [finished, stopped, waiting], stopped)
+    assert resumed.trials["t_00001"]["status"] == "running"

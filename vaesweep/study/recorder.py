@@ -46,6 +46,7 @@ class Recorder(tune.Callback):
         self.new: dict[str, dict[tuple, list | dict]] = {t: {} for t in BLOCKS}  # rows not flushed yet, by block
         self._parts = 0  # parts flushed by this recorder: their numbers
         self._reconciled = False
+        self._live: set[str] = set()  # Ray trials started by this driver and not yet complete or failed
         if self.out.exists():  # a resumed study: its parts merged first
             compact(self.out)
         if (self.out / "trials.parquet").exists():
@@ -69,6 +70,7 @@ class Recorder(tune.Callback):
             self.forget_lost(trials)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._live.add(trial.trial_id)
         for row in self._rows(trial):
             row["status"] = "running"
         self._maybe_flush(trials)
@@ -90,17 +92,26 @@ class Recorder(tune.Callback):
         self.flush(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._live.discard(trial.trial_id)
         for row in self._rows(trial):
             if row.get("status") != "failed":
                 row["status"] = "done"
         self.flush(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._live.discard(trial.trial_id)
         for row in self._rows(trial):
             row.update(status="failed", error=_error_line(trial))
         self.flush(trials)
 
     def on_experiment_end(self, trials, **info):
+        # Stopped by Ctrl+C (or SIGUSR1): Ray ends the experiment's running trials without completing them
+        # (TERMINATED, no on_trial_complete); they resume from their checkpoints when the study runs again.
+        for t in trials:
+            if t.trial_id in self._live and t.status == "TERMINATED":
+                for row in self._rows(t):
+                    if row.get("status") != "failed":
+                        row["status"] = "interrupted"
         self.flush(trials)
         compact(self.out)
 
@@ -191,7 +202,7 @@ class Recorder(tune.Callback):
     def _sync_status(t, row: dict) -> None:
         if t.status == "ERROR" and row.get("status") != "failed":
             row.update(status="failed", error=_error_line(t))
-        elif t.status == "TERMINATED" and row.get("status") not in ("failed",):
+        elif t.status == "TERMINATED" and row.get("status") not in ("failed", "interrupted"):
             row["status"] = "done"
 
     def _maybe_flush(self, trials) -> None:

@@ -4,7 +4,8 @@ In ``runs/<name>/``:
 
 - ``trials.parquet``: one row per trial: ``trial_id``, config columns, final summary metrics (the
   trial-level metrics of vaesweep/config/metrics.py, from its last epoch), ``status`` (pending /
-  running / done / failed), ``error``, ``epochs_done`` and ``time_total``;
+  running / done / failed, or interrupted: stopped by Ctrl+C, resumed when the study runs again),
+  ``error``, ``epochs_done`` and ``time_total``;
 - ``epochs.parquet``: one row per trial per epoch (train loss parts, timing, collapse summary,
   ``settled`` / ``settled_step``: whether the collapse had settled, vaesweep/engine/settle.py);
 - ``latents.parquet``: one row per trial per latent variable, at its last evaluated epoch;
@@ -252,6 +253,8 @@ def progress_line(name: str, trials: pd.DataFrame, total: int, metric: str, mode
         f"[{name}] {counts.get('done', 0)}/{total} done, {counts.get('running', 0)} running, "
         f"{counts.get('failed', 0)} failed"
     )
+    if counts.get("interrupted", 0):
+        line += f", {counts['interrupted']} interrupted"
     best = best_trials(trials, metric, mode, 1)
     if len(best):
         b = best.iloc[0]
