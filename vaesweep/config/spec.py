@@ -121,7 +121,9 @@ class Stop(_Strict):
     Every trial gets it as ``stop_when`` and ``stop_min_steps``."""
 
     when: Literal["budget", "settled"] = Field(
-        "budget", description="budget: every epoch; settled: the first evaluation whose collapse has settled"
+        "budget",
+        description="budget: every epoch; settled: the first evaluation whose collapse has settled, its Sec. 4 "
+        "verdict the same over the settle window",
     )
     min_steps: int = Field(0, ge=0, description="minibatches a trial trains at least before settling may end it")
 

@@ -116,7 +116,8 @@ class TrialConfig(BaseModel):
     stop_when: Literal["budget", "settled"] = Field(
         "budget",
         description="budget: train all epochs; settled: end the trial at the first evaluation whose collapse "
-        "has settled (settle_*), measuring there what the last epoch measures",
+        "has settled (settle_*) with the same Sec. 4 verdict (kl_working) over the settle window, measuring there "
+        "what the last epoch measures",
     )
     stop_min_steps: int = Field(
         0, ge=0, description="stop_when: settled ends a trial only once it has trained at least this many minibatches"

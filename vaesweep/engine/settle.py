@@ -19,6 +19,13 @@ variance-law residual r_i = law_residual_max, Sec. 4) a trial records:
   evaluations (the minibatch at which the trial could first tell it had settled); None while not
   settled. A variable that revives (the set changes) breaks the run until a new window holds.
 
+A trial that stops once settled (``stop: {when: settled}``) also waits for its *answer*: the Sec. 4 verdict
+(kl_working) the same at every evaluation of the window (``verdict_steady``), since a residual creeping across
+law_tol still passes the drift test. Replayed on four full-budget studies (benchmarks/results/stop_replay.md),
+the verdict at the first settled evaluation disagreed with the budget's in 9 of 37 trials, the steady one in
+3 (two residuals ending within 0.015 of law_tol, one trend crossing it after a window without a flip), for 85 %
+instead of 58 % of the trial-epochs there. A slow trend that crosses law_tol only after the window is not seen.
+
 ``settle_history`` is the rule over a whole list of evaluations; ``SettleTracker`` applies it one
 evaluation at a time, its state plain data (saved in a trial's checkpoint).
 """
@@ -29,18 +36,20 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
-Evaluation = tuple[int, Iterable[int], float]  # (step, indices of the active variables, law_residual_max)
+# (step, indices of the active variables, law_residual_max[, kl_working: the Sec. 4 verdict])
+Evaluation = tuple[int, Iterable[int], float] | tuple[int, Iterable[int], float, bool | None]
 
 
 @dataclass
 class SettleTracker:
     """The settle rule applied evaluation by evaluation. ``evals`` keeps only the evaluations a
-    future window can start from (windows only move forward), as (step, sorted indices, residual)."""
+    future window can start from (windows only move forward), as (step, sorted indices, residual,
+    verdict or None)."""
 
     patience: int
     min_steps: int
     law_tol: float
-    evals: list[tuple[int, list[int], float]] = field(default_factory=list)
+    evals: list[tuple[int, list[int], float, bool | None]] = field(default_factory=list)
     settled_step: int | None = None
 
     @classmethod
@@ -56,16 +65,24 @@ class SettleTracker:
         """The two columns every report carries: ``settled`` and ``settled_step``."""
         return {"settled": self.settled, "settled_step": self.settled_step}
 
-    def observe(self, step: int, active: Iterable[int], residual: float) -> dict:
-        """Add evaluation (step, active indices, law_residual_max); returns ``status()`` after it."""
-        self.evals.append((int(step), sorted(int(a) for a in active), float(residual)))
+    @property
+    def verdict_steady(self) -> bool:
+        """Whether every evaluation of the settled window gave the same Sec. 4 verdict (kl_working); False
+        while not settled. Evaluations observed without a verdict do not count against it."""
+        verdicts = {w for *_, w in self.evals if w is not None}
+        return self.settled and len(verdicts) <= 1
+
+    def observe(self, step: int, active: Iterable[int], residual: float, working: bool | None = None) -> dict:
+        """Add evaluation (step, active indices, law_residual_max, kl_working); returns ``status()`` after it."""
+        verdict = None if working is None else bool(working)
+        self.evals.append((int(step), sorted(int(a) for a in active), float(residual), verdict))
         start = self._window_start()
         if start is None:
             self.settled_step = None
             return self.status()
         del self.evals[:start]  # later windows start here or later
-        sets = {tuple(a) for _, a, _ in self.evals}
-        residuals = [r for _, _, r in self.evals]
+        sets = {tuple(a) for _, a, _, _ in self.evals}
+        residuals = [r for _, _, r, _ in self.evals]
         still = len(sets) == 1 and not any(math.isnan(r) for r in residuals) and law_drift(residuals) <= self.law_tol
         if not still:
             self.settled_step = None
@@ -86,7 +103,9 @@ class SettleTracker:
 
     @classmethod
     def from_state(cls, state: dict) -> SettleTracker:
-        return cls(**{**state, "evals": [(s, list(a), r) for s, a, r in state["evals"]]})
+        # a checkpoint from before the verdict holds (step, active, residual)
+        evals = [(e[0], list(e[1]), e[2], e[3] if len(e) > 3 else None) for e in state["evals"]]
+        return cls(**{**state, "evals": evals})
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict, cfg) -> SettleTracker:
@@ -104,7 +123,7 @@ def law_drift(residuals: list[float]) -> float:
 def settle_history(evaluations: Iterable[Evaluation], patience: int, min_steps: int, law_tol: float) -> list[dict]:
     """``{"settled", "settled_step"}`` at every evaluation of a history, by the rule above."""
     tracker = SettleTracker(patience, min_steps, law_tol)
-    return [tracker.observe(step, active, residual) for step, active, residual in evaluations]
+    return [tracker.observe(*evaluation) for evaluation in evaluations]
 
 
 def active_indices(latents: list[dict]) -> list[int]:

@@ -147,16 +147,19 @@ class TrialRecord:
         the final epoch's also ``stopped_reason`` and ``stopped_step``.
 
         The final epoch is the budget's last, or with ``stop_when: settled`` the first evaluated one whose
-        collapse has settled after at least ``stop_min_steps`` minibatches; either measures everything."""
+        collapse has settled, with the same Sec. 4 verdict over the settle window, after at least
+        ``stop_min_steps`` minibatches; either measures everything."""
         metrics = {"epoch": epoch, "step": step, "lam": self.cfg.lam, **train}
         budget = epoch >= self.cfg.epochs
         evaluated, with_gain, _ = self.cfg.epoch_plan(epoch, budget)
         if evaluated:
             self.last_eval = self.evaluate(with_gain=with_gain)
+            summary = self.last_eval["summary"]
             self.settle.observe(
-                step, active_indices(self.last_eval["latents"]), self.last_eval["summary"]["law_residual_max"]
+                step, active_indices(self.last_eval["latents"]), summary["law_residual_max"], summary["kl_working"]
             )
-        settled = self.cfg.stop_when == "settled" and evaluated and self.settle.settled
+        # settled and its Sec. 4 verdict the same over the settle window (vaesweep/engine/settle.py)
+        settled = self.cfg.stop_when == "settled" and evaluated and self.settle.verdict_steady
         if budget or (settled and step >= self.cfg.stop_min_steps):
             self.stopped_reason, self.stopped_step = "budget" if budget else "settled", step
             if not with_gain:  # settled on an epoch without gains: the same evaluation, with them
