@@ -248,11 +248,11 @@ class Progress:
 
 
 def progress_line(name: str, trials: pd.DataFrame, total: int, metric: str, mode: str) -> str:
+    """``[name] 3/8 done, 1 running, 0 failed; best ...``: done out of ``total``, or only the count where the
+    table holds more trials than that (a method study's round, whose folder keeps every phase's trials)."""
     counts = trials["status"].value_counts() if len(trials) else pd.Series(dtype=int)
-    line = (
-        f"[{name}] {counts.get('done', 0)}/{total} done, {counts.get('running', 0)} running, "
-        f"{counts.get('failed', 0)} failed"
-    )
+    done = f"{counts.get('done', 0)}/{total}" if total >= len(trials) else f"{counts.get('done', 0)}"
+    line = f"[{name}] {done} done, {counts.get('running', 0)} running, {counts.get('failed', 0)} failed"
     if counts.get("interrupted", 0):
         line += f", {counts['interrupted']} interrupted"
     best = best_trials(trials, metric, mode, 1)
