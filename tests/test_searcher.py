@@ -174,7 +174,7 @@ runner.run_study(load_spec(sys.argv[1]), storage=sys.argv[2], quiet=True)
 
 @pytest.mark.slow
 def test_killed_settings_search_resumes_without_repeating_finished_trials(tmp_path):
-    spec = {**TWO_SETTINGS, "name": "lam_killed", "base": {**TWO_SETTINGS["base"], "epochs": 4}}
+    spec = {**TWO_SETTINGS, "name": "lam_killed", "base": {**TWO_SETTINGS["base"], "epochs": 4, "fid": False}}
     path = tmp_path / "lam_killed.yaml"
     path.write_text(yaml.safe_dump(spec))
     study = tmp_path / "runs" / "lam_killed"

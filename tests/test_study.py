@@ -142,7 +142,7 @@ def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
     path = write_study(
         tmp_path,
         "killed",
-        base={"epochs": 4, "max_train": 1000, "max_eval": 200, "hidden": [64, 32]},
+        base={"epochs": 4, "max_train": 1000, "max_eval": 200, "hidden": [64, 32], "fid": False},
         space={"latent_dim": {"grid": [2, 4, 8]}, "lam": {"grid": [0.5, 2.0]}},
     )
     study = tmp_path / "runs" / "killed"
