@@ -14,8 +14,10 @@ and two rules are compared with the budget's last epoch:
 - ``steady``: settled and its Sec. 4 verdict the same over the settle window (what
   ``stop: {when: settled}`` does now, vaesweep/engine/trial.py).
 
-Writes ``--out``.md: per folder the share of trial-epochs, n_active and kl_working agreement per rule, and
-the per-trial table.
+Writes ``--out``.md: per folder the share of trial-epochs, n_active and kl_working agreement per rule, whether
+the onset of sparsity per lambda and seed (analysis/capacity.py, settled trials, as the report reads it) and
+lambda* per latent dimension and seed (vaesweep.study.searcher.lambda_star) are the budget's, and the
+per-trial table.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.capacity import onset_of_sparsity
 from analysis.report import to_markdown
 from vaesweep.config.trial import TrialConfig, trial_fields
 from vaesweep.engine.settle import SettleTracker
+from vaesweep.study.searcher import lambda_star
 from vaesweep.study.tables import load_study
 
 RULES = ("settled", "steady")
+ANSWERS = ("n_active", "n_inactive", "law_residual_max", "kl_working", "settled")  # read at the stop epoch
 
 
 def replay_trial(epochs: pd.DataFrame, active: dict[int, list[int]], cfg: TrialConfig, min_steps: int) -> dict:
@@ -66,22 +71,44 @@ def replay(folder: Path, min_steps: int) -> pd.DataFrame:
         last = at.iloc[-1]
         row = {
             "study": folder.name,
+            "trial_id": tid,
             "arch": t["arch"],
             "dataset": t["dataset"],
             "latent_dim": int(t["latent_dim"]),
             "lam": round(float(t["lam"]), 3),
             "seed": int(t["seed"]),
             "epochs": int(last.name),
-            "n_active_budget": int(last["n_active"]),
-            "law_residual_budget": round(float(last["law_residual_max"]), 3),
-            "kl_working_budget": bool(last["kl_working"]),
         }
-        for rule, epoch in stops.items():
+        for rule, epoch in {"budget": int(last.name), **stops}.items():
             row[f"epoch_{rule}"] = epoch
-            row[f"n_active_{rule}"] = int(at.loc[epoch, "n_active"])
-            row[f"kl_working_{rule}"] = bool(at.loc[epoch, "kl_working"])
+            for key in ANSWERS:
+                row[f"{key}_{rule}"] = at.loc[epoch, key].item()
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def answers(g: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """The trials as a trials table holding what ``rule`` would have answered (its stop epoch's values)."""
+    cols = {f"{key}_{rule}": key for key in ANSWERS}
+    return g[["trial_id", "latent_dim", "lam", "seed", *cols]].rename(columns=cols).assign(status="done")
+
+
+def onset(g: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """The onset of sparsity per lambda and seed, from the settled trials (the report's rule)."""
+    t = answers(g, rule)
+    return onset_of_sparsity(t[t["settled"].astype(bool)], ["lam", "seed"]).reset_index(drop=True)
+
+
+def star(g: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """lambda* per latent dimension and seed (vaesweep.study.searcher.lambda_star, settled trials only)."""
+    return lambda_star(answers(g, rule), ["latent_dim", "seed"])[["latent_dim", "seed", "lam_star"]]
+
+
+def agreement(budget: pd.DataFrame, other: pd.DataFrame, keys: list[str], value: str) -> str:
+    """'k/N': in how many of the groups (either table's) ``value`` is the same (both NaN counts as the same)."""
+    both = budget[[*keys, value]].merge(other[[*keys, value]], on=keys, how="outer", suffixes=("_b", "_o"))
+    same = (both[f"{value}_b"] == both[f"{value}_o"]) | (both[f"{value}_b"].isna() & both[f"{value}_o"].isna())
+    return f"{int(same.sum())}/{len(both)}"
 
 
 def summary(per_trial: pd.DataFrame) -> pd.DataFrame:
@@ -94,6 +121,10 @@ def summary(per_trial: pd.DataFrame) -> pd.DataFrame:
             row[f"n_active_within_1_{rule}"] = f"{int((diff <= 1).sum())}/{len(g)}"
             agree = int((g[f"kl_working_{rule}"] == g["kl_working_budget"]).sum())
             row[f"kl_working_agrees_{rule}"] = f"{agree}/{len(g)}"
+            row[f"onset_agrees_{rule}"] = agreement(onset(g, "budget"), onset(g, rule), ["lam", "seed"], "onset")
+            row[f"lambda_star_agrees_{rule}"] = agreement(
+                star(g, "budget"), star(g, rule), ["latent_dim", "seed"], "lam_star"
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
