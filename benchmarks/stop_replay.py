@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import settled
 from analysis.capacity import onset_of_sparsity
 from analysis.report import to_markdown
 from vaesweep.config.trial import TrialConfig, trial_fields
@@ -95,8 +96,8 @@ def answers(g: pd.DataFrame, rule: str) -> pd.DataFrame:
 
 def onset(g: pd.DataFrame, rule: str) -> pd.DataFrame:
     """The onset of sparsity per lambda and seed, from the settled trials (the report's rule)."""
-    t = answers(g, rule)
-    return onset_of_sparsity(t[t["settled"].astype(bool)], ["lam", "seed"]).reset_index(drop=True)
+    counted, _ = settled.split(answers(g, rule))
+    return onset_of_sparsity(counted, ["lam", "seed"]).reset_index(drop=True)
 
 
 def star(g: pd.DataFrame, rule: str) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny, fast trial settings on the embedded data; one real tiny study per session."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import psutil
 import pytest
 
@@ -45,6 +47,28 @@ def recorded(out, config, reports, trial_id="t_00000"):
         rec.on_trial_result(0, [trial], trial, m)
     rec.on_trial_complete(0, [trial], trial)
     return rec.tables()
+
+
+def killed_driver(script: str, *args) -> subprocess.CompletedProcess:
+    """Run a driver ``script`` (``python -c``) in its own process group, which it ends with SIGKILL (the
+    driver and the local Ray it started); returns CompletedProcess (text) once that happened."""
+    killed = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        start_new_session=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    return killed
+
+
+def epoch_rows(tables, trial_ids) -> pd.DataFrame:
+    """(trial_id, epoch, time_total) of these trials' recorded epochs, sorted: what a resume must keep."""
+    e = tables.epochs[tables.epochs["trial_id"].isin(trial_ids)]
+    return e[["trial_id", "epoch", "time_total"]].sort_values(["trial_id", "epoch"]).reset_index(drop=True)
 
 
 def vaesweep_cli(*args, cwd=None, timeout=600, env=None):

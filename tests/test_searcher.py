@@ -1,16 +1,13 @@
 """The Optuna searcher: minimal lambda with a working KL term (Sec. 6.1), through Ray Tune."""
 
 import json
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, vaesweep_cli
+from conftest import epoch_rows, killed_driver, vaesweep_cli
 
 from vaesweep.config.spec import SpecError, spec_from_dict
 from vaesweep.study.searcher import lambda_star
@@ -178,16 +175,7 @@ def test_killed_settings_search_resumes_without_repeating_finished_trials(tmp_pa
     path = tmp_path / "lam_killed.yaml"
     path.write_text(yaml.safe_dump(spec))
     study = tmp_path / "runs" / "lam_killed"
-    killed = subprocess.run(
-        [sys.executable, "-c", KILL_AT_THIRD_SUGGESTION, str(path), str(tmp_path / "runs")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        start_new_session=True,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    killed_driver(KILL_AT_THIRD_SUGGESTION, path, tmp_path / "runs")
     asked = {name: len(trials) for name, trials in optuna_trials(study, everything=True).items()}
     assert sum(asked.values()) == 3  # the third asked of Optuna, never run
     before = load_study(study)
@@ -205,13 +193,9 @@ def test_killed_settings_search_resumes_without_repeating_finished_trials(tmp_pa
     for name, trials in optuna_trials(study, everything=True).items():
         assert sum("fixed_params" in t.system_attrs for t in trials) == 1, f"{name}: its start point enqueued again"
         assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")], f"{name}: a trial left open"
-
-    def rows(tables):
-        e = tables.epochs[tables.epochs["trial_id"].isin(finished)]
-        return e[["trial_id", "epoch", "time_total"]].sort_values(["trial_id", "epoch"]).reset_index(drop=True)
-
-    pd.testing.assert_frame_equal(rows(before), rows(t))  # the finished trials' numbers kept
-    final = {(4, s) for s in rows(before).query("epoch == 4")["time_total"]}
+    kept = epoch_rows(before, finished)
+    pd.testing.assert_frame_equal(kept, epoch_rows(t, finished))  # the finished trials' numbers kept
+    final = {(4, s) for s in kept.query("epoch == 4")["time_total"]}
     after = reported_epochs(study)
     for trial_dir, epochs in lines.items():
         # no epoch trained again: a trial whose final snapshot Ray had not saved yet may be restored from its

@@ -1,16 +1,13 @@
 """Studies on Ray Tune through the CLI: results, resume, failures, and malformed specs."""
 
 import json
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, vaesweep_cli
+from conftest import ROOT, epoch_rows, killed_driver, vaesweep_cli
 
 from vaesweep.cli.main import main
 from vaesweep.study.tables import load_study
@@ -146,16 +143,7 @@ def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
         space={"latent_dim": {"grid": [2, 4, 8]}, "lam": {"grid": [0.5, 2.0]}},
     )
     study = tmp_path / "runs" / "killed"
-    killed = subprocess.run(
-        [sys.executable, "-c", KILL_AT_FIRST_COMPLETION, str(path), str(tmp_path / "runs")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        start_new_session=True,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    killed_driver(KILL_AT_FIRST_COMPLETION, path, tmp_path / "runs")
     raced = [d for d in (study / "tune").glob("*/checkpoint_000003") if not (d.parent / "checkpoint_000002").exists()]
     assert raced  # the state the kill left: the final checkpoint replaced the one Ray's snapshot names
     before = load_study(study)
@@ -168,13 +156,9 @@ def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
     assert len(after.trials) == 6 and (after.trials["status"] == "done").all()
     assert len(after.epochs) == 6 * 4 and not after.epochs.duplicated(["trial_id", "epoch"]).any()
     assert finished and len(finished) < 6  # killed mid-study
-
-    def rows(t):
-        e = t.epochs[t.epochs["trial_id"].isin(finished)]
-        return e[["trial_id", "epoch", "time_total"]].sort_values(["trial_id", "epoch"]).reset_index(drop=True)
-
-    pd.testing.assert_frame_equal(rows(before), rows(after))  # the finished trials' numbers kept
-    final = {(4, t) for t in rows(before).query("epoch == 4")["time_total"]}
+    kept = epoch_rows(before, finished)
+    pd.testing.assert_frame_equal(kept, epoch_rows(after, finished))  # the finished trials' numbers kept
+    final = {(4, t) for t in kept.query("epoch == 4")["time_total"]}
     lines_after = result_lines(study)
     for trial_dir, lines in lines_before.items():
         if any(tid in trial_dir for tid in finished):

@@ -83,7 +83,6 @@ class CheckpointRepair(tune.Callback):
     but the disk no longer holds (see the module's docstring)."""
 
     def __init__(self):
-        self.repaired: list[str] = []
         self._checked = False
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
@@ -91,5 +90,4 @@ class CheckpointRepair(tune.Callback):
             return
         self._checked = True  # restored trials are all loaded before the first step; new ones never need it
         for trial in trials:
-            if repair(trial) is not None:
-                self.repaired.append(trial.trial_id)
+            repair(trial)
