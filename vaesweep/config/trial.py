@@ -29,6 +29,19 @@ def check_dataset_name(name: str) -> str:
     raise ValueError(f"unknown dataset '{name}'; use one of {', '.join(dataset_names())}")
 
 
+# The training choices of the paper's Keras (2019) code that PyTorch makes otherwise, as one ``preset``
+# (every field stays settable on its own; a field given explicitly wins over the preset's value):
+PRESETS: dict[str, dict] = {
+    "keras2019": {
+        "init": "keras",  # glorot_uniform weights, zero biases
+        "adam_eps": 1e-7,  # keras.optimizers.Adam's epsilon (K.epsilon())
+        "bce_clip": 1e-7,  # keras' binary_crossentropy clips probabilities to [1e-7, 1 - 1e-7]
+        "bn_momentum": 0.01,  # keras BatchNormalization(momentum=0.99) in PyTorch's convention
+        "bn_eps": 1e-3,  # keras BatchNormalization(epsilon=1e-3)
+    }
+}
+
+
 @dataclass(frozen=True)
 class KLSchedule:
     """The KL term of eq. (6) and its Sec. 6.1 remedies (vaesweep/engine/losses.py applies it)."""
@@ -68,6 +81,29 @@ class TrialConfig(BaseModel):
     hidden: tuple[int, ...] = Field((256, 64, 32), min_length=1, description="dense hidden widths")
     conv_width: int = Field(32, ge=2, description="channels of the conv net's deeper layers (Fig. 4: 32)")
     latent_dim: int = Field(16, ge=1, le=4096)
+    # training choices the paper (Keras, 2019) leaves unstated; PyTorch's by default, Keras' with preset: keras2019
+    preset: Literal["keras2019"] | None = Field(
+        None,
+        description="keras2019: init keras, adam_eps 1e-7, bce_clip 1e-7, bn_momentum 0.01, bn_eps 1e-3 "
+        "(fields given explicitly win)",
+    )
+    init: Literal["torch", "keras", "keras_weights", "keras_biases"] = Field(
+        "torch",
+        description="weight init: torch (PyTorch's defaults), keras (glorot_uniform weights, zero biases), "
+        "keras_weights (only the weights glorot_uniform), keras_biases (only the biases zero)",
+    )
+    conv_relu: Literal["pairs", "every"] = Field(
+        "pairs",
+        description="conv encoder's ReLUs: pairs (after each BatchNorm, Fig. 4 as drawn) or every (also after "
+        "each conv, the last 2x2 one before the heads included)",
+    )
+    conv_decoder: Literal["bn", "mirror"] = Field(
+        "bn",
+        description="conv decoder: bn (transposed conv + conv pairs with BatchNorm) or mirror (the encoder mirrored "
+        "with transposed convs, no BatchNorm)",
+    )
+    bn_momentum: float = Field(0.1, gt=0, le=1, description="BatchNorm momentum, PyTorch's convention (Keras: 0.01)")
+    bn_eps: float = Field(1e-5, gt=0, description="BatchNorm epsilon (Keras: 1e-3)")
     # loss, eq. (6) and the Sec. 6.1 remedies
     recon_loss: Literal["bce", "mse"] = Field(
         "bce", description="bce: Bernoulli decoder; mse: Gaussian, summed over pixels"
@@ -82,6 +118,14 @@ class TrialConfig(BaseModel):
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(128, ge=2)
     lr: float = Field(1e-3, gt=0)
+    adam_eps: float = Field(1e-8, gt=0, description="Adam's epsilon (Keras: 1e-7)")
+    bce_clip: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="bce: clip the decoder's probabilities to [bce_clip, 1 - bce_clip], no gradient beyond, as "
+        "Keras does (1e-7); 0: exact. Training loss only; metrics use the exact loss",
+    )
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's own)")
@@ -141,6 +185,14 @@ class TrialConfig(BaseModel):
     two_stage_active_only: bool = Field(
         True, description="model only the active variables (inactive ones decode as 0); false: all"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        """A preset fills the fields it sets that were not given (an unknown preset is left to the field's check)."""
+        if isinstance(data, dict) and data.get("preset") in PRESETS:
+            data = {**PRESETS[data["preset"]], **data}
+        return data
 
     @field_validator("dataset")
     @classmethod

@@ -20,7 +20,7 @@ import torch
 
 from vaesweep.config.packing import packed_id
 from vaesweep.config.trial import TrialConfig, trial_fields
-from vaesweep.engine.models import build_model
+from vaesweep.engine.models import model_for
 from vaesweep.engine.packing import PackedRun
 
 __all__ = [
@@ -119,6 +119,6 @@ def load_trained(path: str | Path) -> tuple[TrialConfig, dict]:
 
 def build_trained(cfg: TrialConfig, weights: dict, shape: tuple[int, int, int]) -> torch.nn.Module:
     """The trial's VAE for images of ``shape``, holding ``weights``, in eval mode."""
-    model = build_model(cfg.arch, shape, cfg.latent_dim, cfg.hidden, cfg.conv_width)
+    model = model_for(cfg, shape)
     model.load_state_dict(weights)
     return model.eval()

@@ -16,6 +16,7 @@ The losses return tensors; nothing in a training step synchronises with the host
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,12 +30,17 @@ def kl_per_variable(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)
 
 
-def reconstruction_error(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
+def reconstruction_error(logits: torch.Tensor, x: torch.Tensor, kind: str, clip: float = 0.0) -> torch.Tensor:
     """-log P(X|z) per image, summed over pixels, shape (B,).
 
     ``bce``: Bernoulli decoder; ``mse``: Gaussian decoder, squared distance to sigmoid(logits) (Sec. 2).
+    ``clip`` > 0 (bce only): Keras' binary cross-entropy, which clips the probabilities sigmoid(logits) to
+    [clip, 1 - clip] with no gradient beyond, i.e. clamps the logits to +-log((1 - clip) / clip).
     """
     if kind == "bce":
+        if clip > 0:
+            bound = math.log((1 - clip) / clip)
+            logits = logits.clamp(-bound, bound)  # clamp's gradient is 0 outside, as tf.clip_by_value's
         err = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     elif kind == "mse":
         err = (torch.sigmoid(logits) - x).pow(2)
@@ -112,21 +118,23 @@ def kl_term(kl: torch.Tensor, coef: torch.Tensor, sched: KLSchedules, mask: torc
     return torch.where(sched.capacity, sched.gamma * (total - target).abs(), weight * total)  # Burgess et al.
 
 
-def vae_loss(logits, x, mu, logvar, coef: torch.Tensor, recon_kind: str, sched: KLSchedules):
-    """Eq. (6) for one minibatch of one configuration (``sched`` of K = 1, ``coef`` (1, 2)):
-    returns (loss, recon (B,), kl (B, L))."""
-    recon = reconstruction_error(logits, x, recon_kind)
+def vae_loss(logits, x, mu, logvar, coef: torch.Tensor, recon_kind: str, sched: KLSchedules, clip: float = 0.0):
+    """Eq. (6) for one minibatch of one configuration (``sched`` of K = 1, ``coef`` (1, 2), ``clip`` the bce
+    clipping of ``reconstruction_error``): returns (loss, recon (B,), kl (B, L))."""
+    recon = reconstruction_error(logits, x, recon_kind, clip)
     kl = kl_per_variable(mu, logvar)
     return recon.mean() + kl_term(kl[None], coef, sched)[0], recon, kl
 
 
-def packed_loss(logits, x, mu, logvar, mask, coef: torch.Tensor, recon_kind: str, sched: KLSchedules):
+def packed_loss(
+    logits, x, mu, logvar, mask, coef: torch.Tensor, recon_kind: str, sched: KLSchedules, clip: float = 0.0
+):
     """Eq. (6) for K configurations at once, each with its own KL term (``kl_term``).
 
     Shapes: logits / x (K, B, C, H, W), mu / logvar (K, B, L), mask (K, L), ``coef`` (K, 2).
     Returns (loss (K,), recon (K, B), kl (K, B, L)); masked variables' kl is exactly 0.
     """
     k, b = x.shape[:2]
-    recon = reconstruction_error(logits.flatten(0, 1), x.flatten(0, 1), recon_kind).view(k, b)
+    recon = reconstruction_error(logits.flatten(0, 1), x.flatten(0, 1), recon_kind, clip).view(k, b)
     kl = kl_per_variable(mu, logvar) * mask[:, None]  # eq. (3)
     return recon.mean(1) + kl_term(kl, coef, sched, mask), recon, kl

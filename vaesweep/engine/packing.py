@@ -48,7 +48,7 @@ from vaesweep.config.packing import check_packable
 from vaesweep.config.trial import TrialConfig
 from vaesweep.engine.data import load_dataset
 from vaesweep.engine.losses import KLSchedules, kl_weight, packed_loss
-from vaesweep.engine.models import build_model, reparameterize
+from vaesweep.engine.models import model_for, reparameterize
 from vaesweep.engine.trial import EpochLoop, FidHook, TrialRecord, TrialResult, batch_starts, resolve_device
 
 
@@ -100,7 +100,7 @@ class PackedRun(EpochLoop):
         self.params, self.buffers = stack_module_state(padded)
         self._shell = _Forward(template.to("meta"))
         self._forward = vmap(self._call)
-        self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.lr, fused=True)  # one kernel per tensor
+        self.optimizer = self._adam()
         lat = torch.arange(self.latent, device=self.device)
         self.mask = (lat[None] < torch.tensor([c.latent_dim for c in self.cfgs], device=self.device)[:, None]).float()
         self.kl = KLSchedules.of([c.schedule for c in self.cfgs], self.device)
@@ -119,8 +119,12 @@ class PackedRun(EpochLoop):
         cfg = self.cfg
         with torch.random.fork_rng(devices=[]):  # as TrialRun: weights from the seed, global RNG untouched
             torch.manual_seed(seed)
-            model = build_model(cfg.arch, self.data.shape, latent_dim, cfg.hidden, cfg.conv_width)
+            model = model_for(cfg, self.data.shape, latent_dim)
         return model.to(self.device)
+
+    def _adam(self) -> torch.optim.Adam:
+        """One Adam over the stacked parameters (fused: one kernel per tensor), as each TrialRun's."""
+        return torch.optim.Adam(self.params.values(), lr=self.cfg.lr, eps=self.cfg.adam_eps, fused=True)
 
     def _call(self, params, buffers, x, eps, mask):
         named = {f"model.{n}": t for n, t in {**params, **buffers}.items()}
@@ -154,7 +158,9 @@ class PackedRun(EpochLoop):
             idx = orders[:, start : start + cfg.batch_size]
             xb, eps = x[idx], noise[:, start : start + idx.shape[1]]
             logits, mu, logvar = self._forward(self.params, self.buffers, xb, eps, self.mask)
-            loss, recon, kl = packed_loss(logits, xb, mu, logvar, self.mask, coefs[j], cfg.recon_loss, self.kl)
+            loss, recon, kl = packed_loss(
+                logits, xb, mu, logvar, self.mask, coefs[j], cfg.recon_loss, self.kl, cfg.bce_clip
+            )
             for p in params:
                 p.grad = None
             loss.sum().backward()  # sum of independent losses: each config gets exactly its own gradient
@@ -221,7 +227,7 @@ class PackedRun(EpochLoop):
             opt = self.optimizer.state_dict()
             self.params = {n: p.detach()[rows].clone().requires_grad_() for n, p in self.params.items()}
             self.buffers = {n: b[rows].clone() for n, b in self.buffers.items()}
-            self.optimizer = torch.optim.Adam(self.params.values(), lr=self.cfg.lr, fused=True)
+            self.optimizer = self._adam()
             state = {
                 j: {"step": s["step"], "exp_avg": s["exp_avg"][rows], "exp_avg_sq": s["exp_avg_sq"][rows]}
                 for j, s in opt["state"].items()

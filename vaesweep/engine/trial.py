@@ -33,7 +33,7 @@ from vaesweep.engine.data import ImageData, load_dataset
 from vaesweep.engine.fid import trial_scores
 from vaesweep.engine.latents import evaluate
 from vaesweep.engine.losses import KLSchedules, kl_weight, vae_loss
-from vaesweep.engine.models import build_model, reparameterize
+from vaesweep.engine.models import model_for, reparameterize
 from vaesweep.engine.settle import SettleTracker, active_indices
 from vaesweep.engine.two_stage import fit_two_stage, settings_for, two_stage_scores
 
@@ -261,10 +261,10 @@ class TrialRun(EpochLoop):
         self.data = data
         with torch.random.fork_rng(devices=[]):  # weights from the trial seed, global RNG untouched
             torch.manual_seed(cfg.seed)
-            self.model = build_model(cfg.arch, data.shape, cfg.latent_dim, cfg.hidden, cfg.conv_width)
+            self.model = model_for(cfg, data.shape)
         self.model.to(self.device)
         # fused: one kernel per tensor (PackedRun's too); the same Adam as the default loop to float rounding
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
         self.kl = KLSchedules.of([cfg.schedule], self.device)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
@@ -312,7 +312,7 @@ class TrialRun(EpochLoop):
             z = reparameterize(mu, logvar, eps)
             if transform is not None:
                 z = transform(z)
-            loss, recon, kl = vae_loss(model.decode(z), xb, mu, logvar, coefs[j], cfg.recon_loss, self.kl)
+            loss, recon, kl = vae_loss(model.decode(z), xb, mu, logvar, coefs[j], cfg.recon_loss, self.kl, cfg.bce_clip)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
