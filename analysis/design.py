@@ -6,7 +6,8 @@ with their TrialConfig defaults, so ``latent_dim`` and ``lam`` are always known,
 - ``panel``: the architecture (and the data set, when the study varied it): one panel each,
   labelled 'dense' or 'dense · dataset=mnist';
 - ``setting``: every other varied field except the seed (the Sec. 6.1 remedies such as
-  warmup_steps, free_bits, capacity_max, or beta-VAE variants), as one label: one line style each;
+  warmup_steps, free_bits, capacity_max, or beta-VAE variants, and the training choices such as init),
+  as one label: one line style each; a field a varied ``preset`` sets is named by the preset alone;
 - ``lam_level`` / ``lam_center``: lambda as an ordered label, binned on a log scale when a
   random search drew many values (one line or heatmap row per level).
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vaesweep.config.trial import TrialConfig
+from vaesweep.config.trial import PRESETS, TrialConfig
 
 PANEL_FIELDS = ("arch", "dataset")
 AXIS_FIELDS = ("latent_dim", "lam")
@@ -119,6 +120,15 @@ def lam_levels(lam: pd.Series, max_levels: int = MAX_LAM_LEVELS) -> tuple[pd.Ser
     return pd.Series(pd.Categorical(out, categories=order, ordered=True), index=lam.index), centers
 
 
+def _set_by_preset(df: pd.DataFrame, field: str) -> bool:
+    """Whether ``field`` is one a preset sets and, within each preset value, takes one value (so the preset's
+    name says it)."""
+    preset_fields = {f for fields in PRESETS.values() for f in fields}
+    if field not in preset_fields or df["preset"].nunique(dropna=False) < 2:
+        return False
+    return bool((df.groupby(df["preset"].fillna("none"))[field].nunique(dropna=False) <= 1).all())
+
+
 def frame(trials: pd.DataFrame) -> Design:
     """Annotate a study's trials table (see the module docstring); keeps the done trials."""
     df = with_defaults(trials)
@@ -128,7 +138,7 @@ def frame(trials: pd.DataFrame) -> Design:
     settings = [
         f
         for f in varied_fields(done)  # what differs between the trials drawn
-        if f not in (*PANEL_FIELDS, *AXIS_FIELDS) and f not in NOT_SETTINGS
+        if f not in (*PANEL_FIELDS, *AXIS_FIELDS) and f not in NOT_SETTINGS and not _set_by_preset(done, f)
     ]
     rows = done.to_dict("records")
     done["panel"] = pd.Series(

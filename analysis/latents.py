@@ -22,6 +22,8 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from vaesweep.config.trial import recipe
+
 from . import settled
 from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, new_figure, skip
 from .design import fmt, frame, span, with_defaults
@@ -30,9 +32,9 @@ TABLE1_COLUMNS = ["latent", "var_mu", "mean_sigma2", "law", "mean_mu", "kl", "re
 
 
 def describe_trial(row) -> str:
-    """'dense, d=16, λ=1, seed 0 (trial 1a2b_00003)'."""
+    """'dense, d=16, λ=1, init torch, seed 0 (trial 1a2b_00003)': with its training choices (``recipe``)."""
     return (
-        f"{row['arch']}, d={fmt(row['latent_dim'])}, λ={fmt(row['lam'])}, seed {fmt(row['seed'])} "
+        f"{row['arch']}, d={fmt(row['latent_dim'])}, λ={fmt(row['lam'])}, {recipe(row)}, seed {fmt(row['seed'])} "
         f"(trial {row['trial_id']})"
     )
 

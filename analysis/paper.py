@@ -10,7 +10,9 @@ free bits or capacity), in two architectures:
 - conv (the encoder of Fig. 4): "only 3 of the 16 latent variables are zeroed out" (Sec. 3.1),
   so 13 are active.
 
-``paper_trials(trials)`` picks the finished trials of a study with those settings;
+``paper_trials(trials)`` picks the finished trials of a study with those settings; they are compared like with
+like, one group per architecture and training choices (``recipe``: the init or preset and any choice off its
+default, e.g. 'dense · init torch' beside 'dense · init keras'), each group's seeds counted;
 ``paper_chart(trials, latents, epochs)`` returns the section: per quantity the paper's number, this
 study's mean ± sd and min..max over the seeds, the data set, the minibatches trained and the split
 the metric was computed on, and a one-sentence reading (agrees / differs, by how much). Trials with
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vaesweep.config.trial import TrialConfig
+from vaesweep.config.trial import TrialConfig, recipe
 
 from . import settled
 from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, new_figure, skip
@@ -226,6 +228,7 @@ def paper_trials(trials: pd.DataFrame) -> pd.DataFrame:
 def per_seed(matched: pd.DataFrame, latents: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     """One row per matched trial: the numbers each row of the section summarises over the seeds."""
     out = matched[["trial_id", "arch", "dataset", "seed", "n_active"]].copy()
+    out.insert(2, "recipe", [recipe(r) for r in matched.to_dict("records")])
     if len(latents) and "law" in latents:
         lat = latents[latents["trial_id"].isin(out["trial_id"])]
         act, ina = lat[lat["active"].astype(bool)], lat[~lat["active"].astype(bool)]
@@ -263,12 +266,14 @@ def paper_chart(trials: pd.DataFrame, latents: pd.DataFrame, epochs: pd.DataFram
             "lam 1, no warm-up, free bits or capacity).",
         )
     seeds = per_seed(matched, latents, epochs)
+    matched = matched.assign(recipe=seeds["recipe"].to_numpy())
     used, _ = settled.split(seeds)
     table = pd.DataFrame(
         [
-            _row(r, used[used["arch"] == r.arch], matched[matched["arch"] == r.arch])
+            _row(r, used[(used["arch"] == r.arch) & (used["recipe"] == rec)], g)
+            for (arch, rec), g in matched.groupby(["arch", "recipe"], sort=False)
             for r in ROWS
-            if (seeds["arch"] == r.arch).any()
+            if r.arch == arch
         ]
     )
     fig = _figure(used, latents) if len(used) else None
@@ -293,6 +298,7 @@ def _row(row: Row, s: pd.DataFrame, trials: pd.DataFrame) -> dict:
         "min": float(values.min()) if n else np.nan,
         "max": float(values.max()) if n else np.nan,
         "seeds": n,
+        "training choices": trials["recipe"].iloc[0],
         "data set": _data_text(trials),
         "minibatches": _steps_text(s["minibatches"]),
         "computed on": _eval_text(trials, row),
@@ -374,7 +380,8 @@ def _missing(row: Row, s: pd.DataFrame) -> str:
 
 def _settled_sentence(seeds: pd.DataFrame) -> str:
     parts = []
-    for arch, g in seeds.groupby("arch", sort=False):
+    for (arch, rec), g in seeds.groupby(["arch", "recipe"], sort=False):
+        arch = f"{arch} ({rec})"
         n = len(g)
         if not settled.known(g):
             parts.append(f"{arch}: {n} seed{'s' if n != 1 else ''}, settled status unknown (no settled column)")
@@ -384,7 +391,11 @@ def _settled_sentence(seeds: pd.DataFrame) -> str:
             f"{arch}: {n - left} seed{'s' if n - left != 1 else ''} counted"
             + (f", {left} of {n} seeds left out: not settled" if left else ", all settled")
         )
-    few = [arch for arch, g in seeds.groupby("arch", sort=False) if len(settled.split(g)[0]) < MIN_SEEDS]
+    few = [
+        f"{arch} ({rec})"
+        for (arch, rec), g in seeds.groupby(["arch", "recipe"], sort=False)
+        if len(settled.split(g)[0]) < MIN_SEEDS
+    ]
     warn = (
         f" Fewer than {MIN_SEEDS} seeds for {' and '.join(few)}: the spread over seeds is not reliable." if few else ""
     )
@@ -470,11 +481,11 @@ def _figure(used: pd.DataFrame, latents: pd.DataFrame):
     lat = latents[latents["trial_id"].isin(dense_ids)] if has_latents else pd.DataFrame()
     fig, axes = new_figure(2 if len(lat) else 1, (5.2, 4.0))
     ax = axes[0]
-    archs = [a for a in ("dense", "conv") if (used["arch"] == a).any()]
+    groups = [(a, r) for a in ("dense", "conv") for r in sorted(set(used.loc[used["arch"] == a, "recipe"]))]
     paper = {"dense": int(PAPER_TABLE1["active"].sum()), "conv": CONV_ACTIVE}
     jitter = np.random.default_rng(0)
-    for x, arch in enumerate(archs):
-        counts = used.loc[used["arch"] == arch, "n_active"].astype(float)
+    for x, (arch, rec) in enumerate(groups):
+        counts = used.loc[(used["arch"] == arch) & (used["recipe"] == rec), "n_active"].astype(float)
         ax.scatter(
             x + jitter.uniform(-0.12, 0.12, len(counts)),
             counts,
@@ -484,9 +495,9 @@ def _figure(used: pd.DataFrame, latents: pd.DataFrame):
             label="this study, one point per seed" if x == 0 else None,
         )
         ax.hlines(paper[arch], x - 0.3, x + 0.3, color="black", lw=2, label="paper" if x == 0 else None)
-    ax.set_xticks(range(len(archs)), archs)
+    ax.set_xticks(range(len(groups)), [f"{a}\n{r.replace(', ', chr(10))}" for a, r in groups], fontsize=7)
     ax.set(
-        xlim=(-0.6, len(archs) - 0.4),
+        xlim=(-0.6, len(groups) - 0.4),
         ylim=(0, 16.5),
         ylabel="active variables (of 16)",
         title="Active variables, latent 16, λ = 1",

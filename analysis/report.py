@@ -32,6 +32,7 @@ from analysis.samples import sample_grids
 from analysis.settled import flag, headline, unsettled
 from analysis.two_stage import two_stage_chart
 from vaesweep.config.metrics import trial_keys
+from vaesweep.config.trial import TRAINING_CHOICES
 from vaesweep.experiments import kind, resolve
 from vaesweep.study.tables import load_study, read_spec_copy
 
@@ -43,9 +44,9 @@ def choose_trials(
     trials: pd.DataFrame, metric: str = "elbo", mode: str = "max", ids: list[str] | None = None
 ) -> pd.DataFrame:
     """The trials drawn one by one (Table 1, Fig. 2, Fig. 3): ``ids`` when given, else one per
-    architecture (and data set): among its finished trials, prefer one whose collapse settled, then
-    one whose KL term works (Sec. 4), then one with inactive variables (sparsity to look at), then
-    the best ``metric``."""
+    architecture (and data set, and training choice such as init when the study varied it): among its
+    finished trials, prefer one whose collapse settled, then one whose KL term works (Sec. 4), then one with
+    inactive variables (sparsity to look at), then the best ``metric``."""
     df = with_defaults(trials)
     if ids:
         unknown = [i for i in ids if i not in set(df["trial_id"])]
@@ -67,7 +68,9 @@ def choose_trials(
         _score=score.fillna(-float("inf")),
     )
     ranked = ranked.sort_values(["_settled", "_works", "_sparse", "_score"], ascending=False)
-    best = ranked.groupby(panel_fields(varied_fields(df)), sort=True).head(1)
+    varied = varied_fields(df)
+    by = panel_fields(varied) + [f for f in TRAINING_CHOICES if f in varied]  # one per training choice, too
+    best = ranked.groupby(by, sort=True, dropna=False).head(1)
     return best.drop(columns=["_settled", "_works", "_sparse", "_score"]).reset_index(drop=True)
 
 

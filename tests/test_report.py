@@ -16,10 +16,11 @@ import pytest
 import yaml
 
 from analysis.capacity import onset_of_sparsity
+from analysis.design import frame
 from analysis.latents import table1
 from analysis.law import law_heatmap
 from analysis.paper import paper_chart
-from analysis.report import build_report, choose_trials, to_markdown
+from analysis.report import build_report, choose_trials, study_charts, to_markdown
 from vaesweep.cli.main import main
 from vaesweep.study.tables import load_study
 
@@ -584,13 +585,13 @@ def test_paper_section_counts_settled_seeds_and_says_when_few(tmp_path):
     assert dense["seeds"] == 2 and dense["reading"].endswith("only 2 seeds, fewer than 3.")
     conv = t.loc[("conv", "active variables (of 16)")]
     assert (conv["seeds"], conv["min"], conv["max"]) == (2, 13, 14)  # conv seed 0 (p_00002) left out
-    assert "conv: 2 seeds counted, 1 of 3 seeds left out: not settled" in chart.reading
-    assert "Fewer than 3 seeds for dense and conv" in chart.reading
+    assert "conv (init torch): 2 seeds counted, 1 of 3 seeds left out: not settled" in chart.reading
+    assert "Fewer than 3 seeds for dense (init torch) and conv (init torch)" in chart.reading
     pixel = t.loc[("dense", "mean pixel change from zeroing the inactive variables (images in [0, 1])")]
     assert pixel["seeds"] == 0 and pixel["reading"].startswith("Not measured")
     none = study.trials.assign(settled=False)  # every seed unsettled: the section says so, draws nothing
     chart = paper_chart(none, study.latents, study.epochs)
-    assert chart.skipped and "dense: 0 seeds counted, 2 of 2 seeds left out: not settled" in chart.reading
+    assert chart.skipped and "dense (init torch): 0 seeds counted, 2 of 2 seeds left out: not settled" in chart.reading
     warm = study.trials.assign(warmup_steps=100)  # a remedy of Sec. 6.1 is not the paper's plain VAE
     assert paper_chart(warm, study.latents, study.epochs).reading.startswith("No finished trial has the")
 
@@ -660,3 +661,25 @@ def test_report_in_a_real_browser(real_study):
     assert all(width > 0 for _, width in images), images  # every image decoded
     assert anchors and all(ok for _, ok in anchors), anchors
     assert not errors, errors
+
+
+def test_a_study_varying_init_compares_like_with_like(tmp_path):
+    """Issue 23: trials of two inits are two groups in the paper section, each with its seeds counted, and the
+    per-trial charts draw one trial of each init; Table 1's titles name the init."""
+    path = paper_study(tmp_path / "init", dense_seeds=(0, 1, 2, 3, 4, 5), conv_seeds=())
+    trials = pd.read_parquet(path / "trials.parquet")
+    trials["init"] = ["keras" if s >= 3 else "torch" for s in trials["seed"]]
+    trials.to_parquet(path / "trials.parquet", index=False)
+    charts, facts = study_charts(path)
+    paper = next(c for c in charts if c.key == "paper")
+    t = paper.tables["paper_side_by_side"]
+    active = t[t["quantity"] == "active variables (of 16)"].set_index("training choices")
+    assert active["seeds"].to_dict() == {"init torch": 3, "init keras": 3}
+    assert active["mean"].to_dict() == {"init torch": 9.0, "init keras": 12.0}  # 8..10 and 11..13 active
+    assert active.loc["init torch", "reading"].startswith("agrees") and active.loc["init keras", "reading"].startswith(
+        "differs"
+    )
+    assert "dense (init torch): 3 seeds" in paper.reading and "dense (init keras): 3 seeds" in paper.reading
+    chosen = facts["chosen"]
+    assert any("init torch" in c for c in chosen) and any("init keras" in c for c in chosen)
+    assert "init" in frame(trials).settings  # the onset of sparsity and the law heatmap split by it too

@@ -7,8 +7,9 @@ the dense 784-256-64-32-16 network, minibatches of 128, lambda = 1.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -40,6 +41,12 @@ PRESETS: dict[str, dict] = {
         "bn_eps": 1e-3,  # keras BatchNormalization(epsilon=1e-3)
     }
 }
+
+
+# The fields a collapse number depends on beyond the network and the loss: named with every such number
+# (``recipe``); the last four act on the conv net only.
+TRAINING_CHOICES = ("preset", "init", "adam_eps", "bce_clip", "bn_momentum", "bn_eps", "conv_relu", "conv_decoder")
+CONV_ONLY_CHOICES = ("bn_momentum", "bn_eps", "conv_relu", "conv_decoder")
 
 
 @dataclass(frozen=True)
@@ -254,6 +261,30 @@ class TrialConfig(BaseModel):
     @property
     def tolerances(self) -> Tolerances:
         return Tolerances(self.active_threshold, self.law_tol, self.mu_tol)
+
+
+def recipe(values: Mapping[str, Any]) -> str:
+    """The training choices of a trial's config values (a dict or a table row), in words: 'init torch',
+    'preset keras2019', 'init keras, adam_eps 1e-07', 'preset keras2019, conv_relu every'. Names the init or
+    the preset, then every other choice that differs from its default (the preset's, under a preset); the
+    conv-only ones only for ``arch: conv``."""
+    fields = TrialConfig.model_fields
+    expected = {name: fields[name].default for name in TRAINING_CHOICES}
+    preset = values.get("preset")
+    if isinstance(preset, str):
+        expected.update(PRESETS[preset])
+        parts = [f"preset {preset}"]
+    else:
+        parts = [f"init {values.get('init') or expected['init']}"]
+    for name in TRAINING_CHOICES[1:]:
+        value = values.get(name)
+        if value is None or (isinstance(value, float) and value != value):  # absent (NaN in a table)
+            continue
+        if name in CONV_ONLY_CHOICES and values.get("arch", fields["arch"].default) != "conv":
+            continue
+        if value != expected[name] and not (name == "init" and not isinstance(preset, str)):
+            parts.append(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}")
+    return ", ".join(parts)
 
 
 def trial_fields() -> set[str]:
