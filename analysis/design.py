@@ -76,14 +76,19 @@ def span(values, spec: str = ".2g") -> str:
 
 
 def with_defaults(trials: pd.DataFrame) -> pd.DataFrame:
-    """The trials with every TrialConfig field as a column (defaults where the study did not set it),
-    list cells (``hidden``) as tuples so they can be grouped on."""
+    """The trials with every TrialConfig field as a column (defaults where the study did not set it, a preset's
+    values under a preset), list cells (``hidden``) as tuples so they can be grouped on."""
     df = trials.copy()
     for name, field in TrialConfig.model_fields.items():
         if name not in df:
             df[name] = [field.default] * len(df)
         elif df[name].map(lambda v: isinstance(v, (list, np.ndarray))).any():
             df[name] = df[name].map(lambda v: tuple(v) if isinstance(v, (list, np.ndarray)) else v)
+    for preset, fields in PRESETS.items():  # a preset's values where the trial did not give the field (TrialConfig)
+        rows = df["preset"] == preset
+        for name, value in fields.items():
+            given = trials[name].notna() if name in trials else pd.Series(False, index=df.index)
+            df.loc[rows & ~given, name] = value
     return df
 
 

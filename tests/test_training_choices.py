@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from vaesweep.config.trial import PRESETS, TrialConfig
+from analysis.design import with_defaults
+from vaesweep.config.trial import PRESETS, TrialConfig, recipe
 from vaesweep.engine.losses import reconstruction_error
 from vaesweep.engine.models import model_for
 from vaesweep.engine.packing import PackedRun
@@ -131,3 +133,23 @@ def test_conv_options_keep_fig4_encoder_and_train(small, relu, decoder):
     assert out.shape == (2, 1, 28, 28)
     result = train_vae({**small, "arch": "conv", "conv_width": 8, "conv_relu": relu, "conv_decoder": decoder})
     assert math.isfinite(result.summary["elbo"])
+
+
+def test_tables_read_a_presets_fields_where_the_trial_did_not_give_them():
+    """A trials table holds the fields a study set: under preset keras2019 the others are the preset's (as
+    TrialConfig resolves them), an explicit field wins, and each row's recipe says so."""
+    trials = pd.DataFrame(
+        {"trial_id": ["a", "b", "c"], "preset": [None, "keras2019", "keras2019"], "init": ["torch", None, "torch"]}
+    )
+    df = with_defaults(trials)
+    assert list(df["init"]) == ["torch", "keras", "torch"]
+    assert list(df["adam_eps"]) == [1e-8, 1e-7, 1e-7] and list(df["bn_momentum"]) == [0.1, 0.01, 0.01]
+    assert [recipe(r) for r in df.to_dict("records")] == [
+        "init torch",
+        "preset keras2019",
+        "preset keras2019, init torch",
+    ]
+    for row in df.to_dict("records"):  # the same values TrialConfig resolves from what the trial gave
+        given = {k: v for k, v in trials.set_index("trial_id").loc[row["trial_id"]].items() if pd.notna(v)}
+        resolved = TrialConfig(**given)
+        assert (row["init"], row["adam_eps"], row["bce_clip"]) == (resolved.init, resolved.adam_eps, resolved.bce_clip)
