@@ -36,6 +36,28 @@ STAR_STYLE = {
 }
 
 
+CELL = ["facet", "lam_level", "latent_dim"]
+MOST = 0.5  # a cell's KL term works when it works for more than this fraction of its seeds
+
+
+def with_facet(df: pd.DataFrame) -> pd.DataFrame:
+    """``frame(trials).trials`` with ``facet``: the panel, and the setting when the study varied one."""
+    return df.assign(facet=[p if not s else f"{p} · {s}" for p, s in zip(df["panel"], df["setting"])])
+
+
+def law_cells(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Per facet, lambda level and latent dimension (CELL): the mean variance-law residual and the fraction of
+    seeds whose KL term works (``working``; the cell works above MOST), over the settled trials only (a
+    residual still moving says nothing yet: Sec. 3, Fig. 2); the number of trials left out per cell; and
+    those trials. ``df``: ``with_facet(frame(trials).trials)``."""
+    counted, left = settled.split(df)
+    cells = (
+        counted.groupby(CELL, observed=True).agg(residual=(VALUE, "mean"), working=("kl_working", "mean")).reset_index()
+    )
+    n_left = left.groupby(CELL, observed=True).size().rename("left_out").reset_index()
+    return cells, n_left, left
+
+
 def law_heatmap(trials: pd.DataFrame, lambda_star: pd.DataFrame | None = None) -> Chart:
     """Heatmap of the variance-law residual per (lambda, latent_dim), a panel per arch and setting."""
     d = frame(trials)
@@ -49,16 +71,12 @@ def law_heatmap(trials: pd.DataFrame, lambda_star: pd.DataFrame | None = None) -
             "The study fixed both λ and the latent dimension, so there is no map to draw; "
             "the residual of each trial is in the trials table.",
         )
-    df = df.assign(facet=[p if not s else f"{p} · {s}" for p, s in zip(df["panel"], df["setting"])])
+    df = with_facet(df)
     facets = list(dict.fromkeys(df["facet"]))
-    counted, left = settled.split(df)  # a residual still moving says nothing yet (Sec. 3, Fig. 2)
-    if not len(counted):
+    cells, n_left, left = law_cells(df)
+    if not len(cells):
         return skip(KEY, TITLE, settled.none_settled(len(left), "variance-law residual"))
-    cell = ["facet", "lam_level", "latent_dim"]
-    cells = (
-        counted.groupby(cell, observed=True).agg(residual=(VALUE, "mean"), working=("kl_working", "mean")).reset_index()
-    )
-    n_left = left.groupby(cell, observed=True).size().rename("left_out").reset_index()
+    cell = CELL
     positive = cells["residual"][cells["residual"] > 0]
     norm = LogNorm(vmin=max(positive.min(), 1e-3), vmax=max(positive.max(), 1.0)) if len(positive) else None
     dims = sorted(df["latent_dim"].unique())
@@ -87,7 +105,7 @@ def law_heatmap(trials: pd.DataFrame, lambda_star: pd.DataFrame | None = None) -
         works = sub.pivot(index="lam_level", columns="latent_dim", values="working").reindex(
             index=levels[::-1], columns=dims
         )
-        for i, j in zip(*np.nonzero(works.fillna(0).to_numpy() > 0.5)):
+        for i, j in zip(*np.nonzero(works.fillna(0).to_numpy() > MOST)):
             ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="#00a0b0", linewidth=2.5))
         out = n_left[n_left["facet"] == facet].pivot(index="lam_level", columns="latent_dim", values="left_out")
         out = out.reindex(index=levels[::-1], columns=dims).fillna(0).to_numpy()
@@ -182,7 +200,7 @@ def _row_position(lam: np.ndarray, level_values: list[float]) -> np.ndarray:
 
 
 def _reading(cells: pd.DataFrame, dims: list, tol: float) -> str:
-    works = cells[cells["working"] > 0.5]
+    works = cells[cells["working"] > MOST]
     head = f"The KL term works (outlined) in {len(works)} of {len(cells)} cells"
     if not len(works):
         return (

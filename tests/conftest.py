@@ -109,6 +109,7 @@ class RealStudy:
     returncode: int
     printed: str  # stdout and the tail of stderr
     listening: set[tuple[str, str, int]]  # (process name, address, port) of every listening TCP socket seen
+    stdout: str  # what it printed into a file: progress lines, then the answers
 
 
 def listening_sockets(pid: int) -> set[tuple[str, str, int]]:
@@ -133,15 +134,16 @@ def listening_sockets(pid: int) -> set[tuple[str, str, int]]:
 
 @pytest.fixture(scope="session")
 def real_study(tmp_path_factory) -> RealStudy:
-    """One real study through ``python -m vaesweep run`` (its own process and local Ray), which writes
-    the report at its end. While it runs, the listening sockets of its processes are collected."""
+    """One real study through ``python -m vaesweep run`` (its own process and local Ray, its output into a
+    file), which writes the report at its end. While it runs, the listening sockets of its processes are
+    collected."""
     root = tmp_path_factory.mktemp("real")
     spec = root / "tiny.yaml"
     spec.write_text(REAL_STUDY)
     out, err = root / "stdout.txt", root / "stderr.txt"
     with out.open("w") as o, err.open("w") as e:
         driver = subprocess.Popen(
-            [sys.executable, "-m", "vaesweep", "run", str(spec), "--storage", str(root), "--quiet"],
+            [sys.executable, "-m", "vaesweep", "run", str(spec), "--storage", str(root)],
             cwd=ROOT,
             stdout=o,
             stderr=e,
@@ -155,4 +157,5 @@ def real_study(tmp_path_factory) -> RealStudy:
         if driver.poll() is None:
             driver.kill()
         driver.wait()
-    return RealStudy(root / "tiny", driver.returncode, out.read_text() + err.read_text()[-3000:], listening)
+    printed = out.read_text()
+    return RealStudy(root / "tiny", driver.returncode, printed + err.read_text()[-3000:], listening, printed)

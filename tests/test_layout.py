@@ -19,7 +19,8 @@ FORBIDDEN = {
     "vaesweep.study": ("vaesweep.cli", "analysis"),
     "analysis": ("vaesweep.cli",),
 }
-REPORT_WRITERS = {"vaesweep.cli.report", "vaesweep.cli.study"}  # `report`, and `run` (cli/study.py) at its end
+# `report`, `run` (cli/study.py) at its end, and the answers `run` and `status` print with the report's rules
+REPORT_WRITERS = {"vaesweep.cli.report", "vaesweep.cli.study", "vaesweep.cli.answers"}
 
 
 def module_name(path) -> str:

@@ -44,10 +44,13 @@ def study_args(sub) -> None:
     run.add_argument("study", help="study YAML, e.g. studies/smoke.yaml")
     run.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     run.add_argument("--storage", help="results root (default: the spec's storage, 'runs')")
-    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--quiet", action="store_true", help="no progress display or lines")
+    run.add_argument(
+        "--verbose", action="store_true", help="Ray's own banners too (its experiment box, results path, token notice)"
+    )
     run.set_defaults(cmd="run")
 
-    status = sub.add_parser("status", help="what is done, running, failed; the best trials")
+    status = sub.add_parser("status", help="done, running, failed, settled; the answers so far; the best trials")
     status.add_argument("results", help="a study's results folder, e.g. runs/smoke")
     status.set_defaults(cmd="status")
 

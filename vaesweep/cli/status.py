@@ -1,5 +1,6 @@
-"""The ``status runs/<name>`` command of the CLI: progress, failures and the best trials, from the tables alone
-(pandas; neither torch nor Ray)."""
+"""The ``status runs/<name>`` command of the CLI: a finished or running study's counts, failures and answers
+(vaesweep/cli/answers.py: what ``run`` prints at its end), its best trials and its report, from the tables alone
+(pandas and the report's rules; neither torch nor Ray)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from vaesweep.cli.answers import print_answers
 from vaesweep.config.errors import UsageError
-from vaesweep.study.tables import best_trials, load_trials, progress_line, read_spec_copy
+from vaesweep.study.tables import best_trials, load_trials, read_spec_copy
+
+REPORT = Path("report") / "index.html"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -20,17 +24,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def print_status(path: Path) -> int:
+    print_answers(path)
     spec = read_spec_copy(path)
     metric, mode = spec.get("metric", "elbo"), spec.get("mode", "max")
     trials = load_trials(path)
-    print(progress_line(spec.get("name", path.name), trials, len(trials), metric, mode))
-    failed = trials[trials["status"] == "failed"]
-    for _, row in failed.iterrows():
-        print(f"  failed {row['trial_id']}: {row['error']}")
-    if (path / "lambda_star.parquet").exists():
-        with pd.option_context("display.width", 160, "display.max_columns", 20):
-            print("minimal lambda with a working KL term (Sec. 6.1), per setting:")
-            print(pd.read_parquet(path / "lambda_star.parquet").to_string(index=False))
+    running = trials[trials["status"] == "running"]
+    if len(running):
+        print(f"running: {', '.join(running['trial_id'])}")
     best = best_trials(trials, metric, mode, 5)
     if len(best):
         cols = [
@@ -54,4 +54,6 @@ def print_status(path: Path) -> int:
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             print(f"best trials by {metric} ({mode}):")
             print(best[list(dict.fromkeys(cols))].to_string(index=False))
+    if (path / REPORT).exists():
+        print(f"report: {path / REPORT}")
     return 0

@@ -19,9 +19,9 @@ from ray import tune
 from vaesweep.config.metrics import epoch_row, family_of, latent_keys, trial_row
 from vaesweep.config.packing import PACK_KEY, packed_id
 from vaesweep.config.trial import trial_fields
+from vaesweep.study.progress import Progress
 from vaesweep.study.tables import (
     BLOCKS,
-    Progress,
     StudyTables,
     append_part,
     compact,
@@ -98,6 +98,13 @@ class Recorder(tune.Callback):
                 row["status"] = "done"
         self.flush(trials)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # failed with retries left (the spec's retries, Ray's FailureConfig): Ray restarts it from its last
+        # checkpoint; its row stays running
+        if self.progress is not None:
+            for tid in _row_ids(trial):
+                self.progress.note(f"{tid} failed ({_error_line(trial)}); retried from its last checkpoint")
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self._live.discard(trial.trial_id)
         for row in self._rows(trial):
@@ -112,7 +119,9 @@ class Recorder(tune.Callback):
                 for row in self._rows(t):
                     if row.get("status") != "failed":
                         row["status"] = "interrupted"
-        self.flush(trials)
+        summary = self.flush(trials)
+        if self.progress is not None:
+            self.progress.close(summary)
         compact(self.out)
 
     def forget_lost(self, trials) -> list[str]:
@@ -209,8 +218,8 @@ class Recorder(tune.Callback):
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush(trials)
 
-    def flush(self, trials=None) -> None:
-        """Append the rows not flushed yet, one part per table, and rewrite the trials table."""
+    def flush(self, trials=None) -> pd.DataFrame:
+        """Append the rows not flushed yet, one part per table, and rewrite the trials table (returned)."""
         self._sync_statuses(trials)
         self.out.mkdir(parents=True, exist_ok=True)
         for table, blocks in self.new.items():
@@ -223,6 +232,7 @@ class Recorder(tune.Callback):
         self._last_flush = time.monotonic()
         if self.progress is not None:
             self.progress.show(summary)
+        return summary
 
     def tables(self) -> StudyTables:
         """Flush, then read the study back (``load_study``)."""

@@ -18,6 +18,7 @@ foreign one) and the driver takes the folder's lock (vaesweep.study.lock: one dr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
@@ -29,7 +30,7 @@ import yaml
 from pydantic import ValidationError
 from ray import tune
 from ray._private import ray_constants
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from vaesweep.config.packing import PACK_KEY, grid_configs, make_packs, pack_size
@@ -38,15 +39,18 @@ from vaesweep.engine.checkpoints import RAY_FOLDER
 from vaesweep.engine.data import check_available
 from vaesweep.experiments import resolve
 from vaesweep.study.lock import driver_lock
+from vaesweep.study.progress import Progress
 from vaesweep.study.recorder import Recorder
 from vaesweep.study.recovery import CheckpointRepair
 from vaesweep.study.searcher import DB_FILE, lambda_star, settings_search
 from vaesweep.study.stopping import SettledStopper
-from vaesweep.study.tables import SPEC_COPY, Progress, check_study_folder, load_trials, read_spec_copy
+from vaesweep.study.tables import SPEC_COPY, check_study_folder, load_trials, read_spec_copy
 from vaesweep.study.tracking import check_extras, tracking_callbacks
 from vaesweep.study.trainables import CHECKPOINT_EVERY_KEY
 
 SEARCH_FOLDER = "search"  # the Ray experiment of a search: optuna study, under tune/
+# Ray's notice on every new local cluster ("Token authentication is enabled ..."), a warning by level only
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def study_dir(spec: StudySpec, storage: str | None = None) -> Path:
@@ -83,6 +87,16 @@ def param_space(spec: StudySpec) -> dict:
     return space
 
 
+def ray_output(verbose: bool) -> None:
+    """Ray's own banners (its token notice, the "Configuration for experiment" box, "View detailed results
+    here", its trial tables) only when ``verbose``; its other warnings and errors always. Ray Tune's new
+    output engine prints the box and the results path even at verbosity 0 (ray/tune/tune.py), its old one
+    with verbosity 0 nothing (RunConfig(verbose=0), build_tuner): RAY_AIR_NEW_OUTPUT chooses, read when
+    ``fit`` starts."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.NOTSET if verbose else logging.ERROR)
+
+
 def init_ray(address: str | None) -> None:
     """Join ``address`` (or $RAY_ADDRESS); else start a local Ray on 127.0.0.1, dashboard off."""
     if ray.is_initialized():
@@ -90,7 +104,8 @@ def init_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     # Every checkpoint forces an experiment snapshot (num_to_keep=1): that is what makes a killed
     # driver resumable without re-running finished trials, so Ray's warning about it is noise.
-    # Ray's JSON and CSV loggers stay (added in build_tuner); TensorBoard and MLflow are opt-in
+    # Ray's JSON logger stays (added in build_tuner: Ray's ResultGrid and the tests read its result.json;
+    # its CSV logger's progress.csv nothing reads, so it is left out); TensorBoard and MLflow are opt-in
     # (the spec's callbacks, vaesweep/study/tracking.py: scalars only, no per-latent lists).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # a diverged trial's last report
@@ -218,7 +233,8 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | N
             restart_errored=False,
             param_space=space,
         )
-    progress = None if quiet else Progress(spec.name, spec.n_grid_points(), spec.metric, spec.mode)
+    fields = [*spec.space, *(["seed"] if len(spec.seed_list()) > 1 else [])]  # what tells trials apart
+    progress = None if quiet else Progress(spec.name, spec.n_grid_points(), fields)
     scheduler = None
     if spec.scheduler is not None:
         s = spec.scheduler
@@ -251,7 +267,6 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | N
                 CheckpointRepair(),  # a killed driver's snapshot may name a checkpoint already replaced
                 Recorder(out, progress=progress),
                 JsonLoggerCallback(),
-                CSVLoggerCallback(),
                 *tracking_callbacks(spec, out),
                 *callbacks,
             ],
@@ -259,14 +274,18 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | N
     )
 
 
-def run_study(spec: StudySpec, address: str | None = None, storage: str | None = None, quiet: bool = False) -> Path:
-    """Run (or continue) a study; returns its results folder."""
+def run_study(
+    spec: StudySpec, address: str | None = None, storage: str | None = None, quiet: bool = False, verbose: bool = False
+) -> Path:
+    """Run (or continue) a study; returns its results folder. ``quiet``: no progress; ``verbose``: Ray's own
+    banners and trial tables too (ray_output)."""
     out = study_dir(spec, storage)
     check_extras(spec)
     check_study_folder(out)  # a corrupt or foreign folder: refused before Ray starts
     if not (address or os.environ.get("RAY_ADDRESS")):  # a cluster's nodes may hold data this one lacks
         check_data(spec)
     with driver_lock(out):  # one driver per study folder
+        ray_output(verbose)
         return _run_locked(spec, out, address, quiet)
 
 

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from vaesweep.config.errors import StudyFolderError
+from vaesweep.study.progress import Progress  # noqa: F401  (older experiment snapshots pickled the Recorder's here)
 
 TABLES = ("trials", "epochs", "latents", "latent_history", "trace")
 # the block a later report replaces whole, per appended table
@@ -232,34 +233,6 @@ def _foreign(file: Path, study: Path, what: str, why: str) -> StudyFolderError:
         f"{file} {what} ({why}); delete {study} to start the study afresh, "
         f"or give the folder of a vaesweep study (e.g. runs/smoke)"
     )
-
-
-@dataclass
-class Progress:
-    """One line per flush: trials done / running / failed, and the best so far."""
-
-    name: str
-    total: int
-    metric: str = "elbo"
-    mode: str = "max"
-
-    def show(self, trials: pd.DataFrame) -> None:
-        print(progress_line(self.name, trials, self.total, self.metric, self.mode), flush=True)
-
-
-def progress_line(name: str, trials: pd.DataFrame, total: int, metric: str, mode: str) -> str:
-    """``[name] 3/8 done, 1 running, 0 failed; best ...``: done out of ``total``, or only the count where the
-    table holds more trials than that (a method study's round, whose folder keeps every phase's trials)."""
-    counts = trials["status"].value_counts() if len(trials) else pd.Series(dtype=int)
-    done = f"{counts.get('done', 0)}/{total}" if total >= len(trials) else f"{counts.get('done', 0)}"
-    line = f"[{name}] {done} done, {counts.get('running', 0)} running, {counts.get('failed', 0)} failed"
-    if counts.get("interrupted", 0):
-        line += f", {counts['interrupted']} interrupted"
-    best = best_trials(trials, metric, mode, 1)
-    if len(best):
-        b = best.iloc[0]
-        line += f"; best {metric} {b[metric]:.4g} ({b['trial_id']}: {describe(b)})"
-    return line
 
 
 def best_trials(trials: pd.DataFrame, metric: str, mode: str, n: int = 5) -> pd.DataFrame:
