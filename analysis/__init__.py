@@ -11,13 +11,15 @@ figure, its reading saying why. ``python -m vaesweep report runs/<name>`` puts t
     table1(t.latents, chosen)                       # Table 1 for chosen trials (rows of t.trials)
     var_mu_history(chosen, t.latent_history, t.epochs, t.trace, t.latents)   # Fig. 2
     fid_chart(t.trials)                             # FID-proxy against lambda and latent_dim
-    sample_grids("runs/capacity", chosen, t.latents)   # Fig. 3, from the trials' checkpoints
+    analysis.samples.sample_grids("runs/capacity", chosen, t.latents)   # Fig. 3, from the trials' checkpoints
     gain_vs_kl(t.latents, t.trials)                 # Sec. 5
     paper_chart(t.trials, t.latents, t.epochs)      # the paper's numbers beside the study's (latent 16, λ 1)
     settled.split(t.trials)                         # (settled trials, unsettled ones): vaesweep/engine/settle.py
 
 Only trials whose collapse had settled count for the onset of sparsity, the law heatmap and
-lambda*; every chart marks the others.
+lambda*; every chart marks the others. ``analysis.samples`` (Fig. 3) loads the trials' checkpoints, so it
+needs torch and is imported by name; the rest reads tables only, so ``status`` prints a study's answers
+(``analysis.answers``) without torch.
 """
 
 from . import settled
@@ -27,7 +29,6 @@ from .fid import fid_chart
 from .latents import gain_vs_kl, table1, var_mu_history
 from .law import law_heatmap
 from .paper import paper_chart
-from .samples import sample_grids
 
 __all__ = [
     "Chart",
@@ -37,7 +38,6 @@ __all__ = [
     "table1",
     "var_mu_history",
     "fid_chart",
-    "sample_grids",
     "gain_vs_kl",
     "paper_chart",
     "settled",

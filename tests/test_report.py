@@ -385,7 +385,8 @@ def test_run_survives_a_failing_report(tmp_path, monkeypatch, capsys):
     assert main(["run", str(spec)]) == 0
     out = capsys.readouterr().out
     assert "report: not written (RuntimeError: disk full)" in out
-    assert "1/2 done, 0 running, 1 failed" in out and "syn_00000" in out  # the status still printed
+    assert "1/2 done, 0 running, 1 failed" in out and "failed syn_failed: loss became nan" in out  # the answers
+    assert "  dense λ=2: works at d=4" in out  # still printed
 
 
 # --- a report from a real (tiny) Ray study --------------------------------------------------------

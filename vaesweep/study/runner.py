@@ -89,10 +89,9 @@ def param_space(spec: StudySpec) -> dict:
 
 def ray_output(verbose: bool) -> None:
     """Ray's own banners (its token notice, the "Configuration for experiment" box, "View detailed results
-    here", its trial tables) only when ``verbose``; its other warnings and errors always. Ray Tune's new
-    output engine prints the box and the results path even at verbosity 0 (ray/tune/tune.py), its old one
-    with verbosity 0 nothing (RunConfig(verbose=0), build_tuner): RAY_AIR_NEW_OUTPUT chooses, read when
-    ``fit`` starts."""
+    here") only when ``verbose``; its other warnings and errors always. Ray Tune's new output engine prints
+    the box and the results path even at verbosity 0 (ray/tune/tune.py), its old one with verbosity 0
+    nothing (RunConfig(verbose=0), build_tuner): RAY_AIR_NEW_OUTPUT chooses, read when ``fit`` starts."""
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
     logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.NOTSET if verbose else logging.ERROR)
 
