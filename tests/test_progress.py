@@ -2,6 +2,7 @@
 terminal, and the answers at the end (onset of sparsity, where the KL term works, which trials settled)."""
 
 import io
+import logging
 from collections import Counter
 
 import pandas as pd
@@ -22,7 +23,7 @@ def test_run_into_a_file_prints_changes_and_the_answers(real_study):
     progress = [line for line in lines if line.startswith("[tiny ")]
     trials = pd.read_parquet(real_study.study / "trials.parquet")
     for tid in trials["trial_id"]:  # each trial: a line when it starts, one when it stops and why
-        mine = [line for line in progress if f"] {tid} " in line]
+        mine = [line for line in progress if f"] {tid} " in line]  # (arch: one value, not named)
         assert any(line.endswith(" started") for line in mine), progress
         assert any(" stopped (settled) at epoch 2: " in line for line in mine), progress
     index = lines.index("active variables at each latent dimension d (settled trials, mean over seeds):")
@@ -76,3 +77,17 @@ def test_a_file_gets_one_line_per_change_and_a_terminal_one_display(monkeypatch)
     assert "s: 0/2 trials" in drawn and "1 running, 0 failed, 0 settled" in drawn
     assert "t0 latent_dim=8  epoch 2: 5 active, law residual 0.30, not settled" in drawn
     assert "started" not in drawn  # the display, not the log's lines
+
+
+def test_ray_says_it_is_slow_once_unless_verbose(caplog):
+    from vaesweep.study.runner import SLOW_LOGGERS, ray_output
+
+    slow = "The `process_trial_result` operation took 0.689 s, which may be a performance bottleneck."
+    for verbose, expected in ((False, 1), (True, 3)):
+        ray_output(verbose)
+        caplog.clear()
+        for name in (*SLOW_LOGGERS, SLOW_LOGGERS[0]):
+            logging.getLogger(name).warning(slow)
+        logging.getLogger(SLOW_LOGGERS[0]).warning("Trial t0 errored")  # other warnings: always
+        assert [r.getMessage() for r in caplog.records] == [slow] * expected + ["Trial t0 errored"]
+    ray_output(False)

@@ -64,6 +64,9 @@ def label(row, fields: tuple[str, ...]) -> str:
 
 def state(row) -> str:
     """'epoch 45: 6 active, law residual 0.31, not settled' from a trial's latest report."""
+    epoch = _num(row, "epochs_done")
+    if epoch is None:
+        return "no epoch yet"
     bits = []
     if (n := _num(row, "n_active")) is not None:
         bits.append(f"{int(n)} active")
@@ -73,9 +76,7 @@ def state(row) -> str:
         bits.append("KL term works" if bool(row["kl_working"]) else "KL term fails")
     if "settled" in row:
         bits.append("settled" if _settled(row) else "not settled")
-    epoch = _num(row, "epochs_done")
-    head = f"epoch {int(epoch)}" if epoch is not None else "no epoch yet"
-    return f"{head}: {', '.join(bits)}" if bits else head
+    return f"epoch {int(epoch)}: {', '.join(bits)}" if bits else f"epoch {int(epoch)}"
 
 
 class Progress:

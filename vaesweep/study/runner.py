@@ -51,6 +51,23 @@ from vaesweep.study.trainables import CHECKPOINT_EVERY_KEY
 SEARCH_FOLDER = "search"  # the Ray experiment of a search: optuna study, under tune/
 # Ray's notice on every new local cluster ("Token authentication is enabled ..."), a warning by level only
 TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+# Ray Tune's "The `X` operation took 0.6 s, which may be a performance bottleneck" (ray.tune.utils.util.warn_if_slow,
+# at 0.5 s): on a busy machine one every few seconds; the first one is shown, every one with --verbose
+SLOW_LOGGERS = ("ray.tune.utils.util", "ray.tune.execution.tune_controller")
+
+
+class FirstSlowWarning(logging.Filter):
+    """Lets through the first of Ray Tune's slow-operation warnings and every other record."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "may be a performance bottleneck" not in record.getMessage():
+            return True
+        first, self.seen = not self.seen, True
+        return first
 
 
 def study_dir(spec: StudySpec, storage: str | None = None) -> Path:
@@ -91,9 +108,17 @@ def ray_output(verbose: bool) -> None:
     """Ray's own banners (its token notice, the "Configuration for experiment" box, "View detailed results
     here") only when ``verbose``; its other warnings and errors always. Ray Tune's new output engine prints
     the box and the results path even at verbosity 0 (ray/tune/tune.py), its old one with verbosity 0
-    nothing (RunConfig(verbose=0), build_tuner): RAY_AIR_NEW_OUTPUT chooses, read when ``fit`` starts."""
+    nothing (RunConfig(verbose=0), build_tuner): RAY_AIR_NEW_OUTPUT chooses, read when ``fit`` starts. Of Ray
+    Tune's slow-operation warnings only the first (FirstSlowWarning) unless ``verbose``."""
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
     logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.NOTSET if verbose else logging.ERROR)
+    once = FirstSlowWarning()
+    for name in SLOW_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, FirstSlowWarning)]:
+            logger.removeFilter(old)
+        if not verbose:
+            logger.addFilter(once)
 
 
 def init_ray(address: str | None) -> None:
@@ -232,7 +257,8 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | N
             restart_errored=False,
             param_space=space,
         )
-    fields = [*spec.space, *(["seed"] if len(spec.seed_list()) > 1 else [])]  # what tells trials apart
+    fields = [k for k, d in spec.space.items() if not (isinstance(d, Grid) and len(d.grid) == 1)]
+    fields += ["seed"] if len(spec.seed_list()) > 1 else []  # what tells the trials apart in the progress lines
     progress = None if quiet else Progress(spec.name, spec.n_grid_points(), fields)
     scheduler = None
     if spec.scheduler is not None:
