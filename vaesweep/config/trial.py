@@ -136,6 +136,12 @@ class TrialConfig(BaseModel):
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's own)")
+    memory_format: Literal["auto", "channels_last", "contiguous"] = Field(
+        "auto",
+        description="layout of the conv net's weights and activations; the same numbers to float rounding. auto: "
+        "channels_last for the conv net on a CPU (its step 1.4x faster, benchmarks/results/conv_step.md), "
+        "contiguous otherwise",
+    )
     # metrics
     eval_every: int | Literal["auto"] = Field(
         "auto",

@@ -214,3 +214,22 @@ def model_for(cfg: TrialConfig, in_shape: tuple[int, int, int], latent_dim: int 
     latent = cfg.latent_dim if latent_dim is None else latent_dim
     model = build_model(cfg.arch, in_shape, latent, cfg.hidden, cfg.conv_width, cfg.conv_relu, cfg.conv_decoder, bn)
     return initialise(model, cfg.init)
+
+
+def memory_format(setting: str, arch: str, device: torch.device) -> torch.memory_format:
+    """``TrialConfig.memory_format`` resolved: ``auto`` is channels_last for the conv net on a CPU (oneDNN's
+    NHWC kernels; benchmarks/results/conv_step.md) and contiguous otherwise (a dense net has no layout; on a
+    GPU float32 convolutions were not measured faster in it)."""
+    if setting == "auto":
+        return torch.channels_last if arch == "conv" and device.type == "cpu" else torch.contiguous_format
+    return torch.channels_last if setting == "channels_last" else torch.contiguous_format
+
+
+def for_speed(model: nn.Module, layout: torch.memory_format = torch.contiguous_format) -> nn.Module:
+    """The same model, faster to train and evaluate, the same numbers to float rounding: every ReLU in place
+    (it overwrites its input, which the backward of the layer before it, Linear, convolution or BatchNorm,
+    does not keep) and weights, hence activations, in ``layout`` (``memory_format``)."""
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = True
+    return model.to(memory_format=layout)

@@ -48,7 +48,7 @@ from vaesweep.config.packing import check_packable
 from vaesweep.config.trial import TrialConfig
 from vaesweep.engine.data import load_dataset
 from vaesweep.engine.losses import KLSchedules, kl_weight, packed_loss
-from vaesweep.engine.models import model_for, reparameterize
+from vaesweep.engine.models import for_speed, memory_format, model_for, reparameterize
 from vaesweep.engine.trial import EpochLoop, FidHook, TrialRecord, TrialResult, batch_starts, resolve_device
 
 
@@ -120,7 +120,7 @@ class PackedRun(EpochLoop):
         with torch.random.fork_rng(devices=[]):  # as TrialRun: weights from the seed, global RNG untouched
             torch.manual_seed(seed)
             model = model_for(cfg, self.data.shape, latent_dim)
-        return model.to(self.device)
+        return for_speed(model.to(self.device), memory_format(cfg.memory_format, cfg.arch, self.device))
 
     def _adam(self) -> torch.optim.Adam:
         """One Adam over the stacked parameters (fused: one kernel per tensor), as each TrialRun's."""

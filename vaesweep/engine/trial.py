@@ -33,7 +33,7 @@ from vaesweep.engine.data import ImageData, load_dataset
 from vaesweep.engine.fid import trial_scores
 from vaesweep.engine.latents import evaluate
 from vaesweep.engine.losses import KLSchedules, kl_weight, vae_loss
-from vaesweep.engine.models import model_for, reparameterize
+from vaesweep.engine.models import for_speed, memory_format, model_for, reparameterize
 from vaesweep.engine.settle import SettleTracker, active_indices
 from vaesweep.engine.two_stage import fit_two_stage, settings_for, two_stage_scores
 
@@ -262,7 +262,7 @@ class TrialRun(EpochLoop):
         with torch.random.fork_rng(devices=[]):  # weights from the trial seed, global RNG untouched
             torch.manual_seed(cfg.seed)
             self.model = model_for(cfg, data.shape)
-        self.model.to(self.device)
+        self.model = for_speed(self.model.to(self.device), memory_format(cfg.memory_format, cfg.arch, self.device))
         # fused: one kernel per tensor (PackedRun's too); the same Adam as the default loop to float rounding
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
