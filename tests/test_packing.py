@@ -246,6 +246,7 @@ def test_study_packs_compatible_grid_configurations():
             "name": "p",
             "base": {"epochs": 2},
             "pack": 4,
+            "resources": {"gpu": 0.5},  # conv trials pack on a GPU only
             "seeds": 2,
             "space": {
                 "arch": {"grid": ["dense", "conv"]},
@@ -283,6 +284,14 @@ def test_pack_setting_of_a_study():
         spec_from_dict({**grid, "pack": 4, "scheduler": {"type": "asha"}})
     with pytest.raises(SpecError, match="pack: give auto, off"):
         spec_from_dict({**grid, "pack": "many"})
+    conv = {**grid, "base": {"arch": "conv"}, "pack": 4}  # packed conv trials are slower on a CPU
+    with pytest.raises(SpecError, match=r"pack: conv trials on a CPU train slower packed .* set pack: off"):
+        spec_from_dict(conv)
+    with pytest.raises(SpecError, match="pack: conv trials on a CPU"):
+        spec_from_dict({**conv, "base": {"arch": "conv", "device": "cpu"}, "resources": {"gpu": 1}})
+    assert pack_size(spec_from_dict({**conv, "resources": {"gpu": 0.5}})) == 4
+    assert pack_size(spec_from_dict({**conv, "pack": "auto", "resources": {"gpu": 0.5}})) == 16
+    assert pack_size(spec_from_dict({**conv, "pack": "auto"})) == 1
 
 
 @pytest.mark.slow

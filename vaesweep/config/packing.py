@@ -3,7 +3,7 @@
 A pack is K configurations of one architecture trained in one set of batched kernels; they may
 differ only in ``PACK_VARIES``. ``pack: auto | K | off`` in a study: auto packs 16 when trials
 get a GPU and the study can pack (grid search, no scheduler, a packable experiment kind such as train,
-no two-stage).
+no two-stage, no conv trials on a CPU).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ PACK_KEY = "_pack"  # param_space key of a packed trial: the list of its configu
 
 
 GPU_PACK = 16  # pack: auto on a GPU
+CONV_PACK_SLOWDOWN = "1.8-2.2x"  # packed conv trials on one CPU thread against TrialRun's channels_last loop
 
 
 def check_packable(cfgs: list[TrialConfig]) -> None:
@@ -97,10 +98,22 @@ def pack_problem(spec) -> str | None:
         )
     if spec.scheduler is not None:
         return "pack: a scheduler stops trials one by one, a pack stops together; remove scheduler or set pack: off"
+    if "conv" in spec.trial_values("arch") and _on_cpu(spec):
+        return (
+            "pack: conv trials on a CPU train slower packed (vmap makes their convolutions grouped ones: "
+            f"{CONV_PACK_SLOWDOWN} the time of one trial after another, benchmarks/results/throughput_conv.md); "
+            "set pack: off, or give trials a GPU (resources.gpu)"
+        )
     two_stage = spec.space.get("two_stage")
     if spec.trial_base().get("two_stage") or (two_stage is not None and True in getattr(two_stage, "grid", [])):
         return "pack: packed trials do not train the two-stage VAE (two_stage: true); set pack: off"
     return None
+
+
+def _on_cpu(spec) -> bool:
+    """Whether the study's trials surely train on a CPU (gpu: auto is settled only when the study runs)."""
+    gpu = spec.resources.gpu
+    return spec.trial_base().get("device", "auto") == "cpu" or (gpu != "auto" and gpu == 0)
 
 
 def grid_configs(spec) -> list[dict]:
