@@ -12,10 +12,16 @@
 (c) ``packed``: ``vaesweep.engine.packing.PackedRun``, all configurations in one set of batched kernels,
     with the same per-configuration metrics as (b);
 (d) ``trial_loop``: (b)'s training loop alone (``TrialRun.train_epoch``; data loaded, no metrics): the
-    plain-equivalent loop of vaesweep.
+    plain-equivalent loop of vaesweep;
+(e) ``--arch conv`` only, ``trial_loop_contiguous``: (d) with ``memory_format: contiguous``, the conv layout
+    before issue 24 (``auto`` is channels_last on a CPU), timed in the same run.
 
-Each method's ``peak_share`` is its training arithmetic (images/s x the dense VAE's FLOPs per image,
-forward + backward, counted from the layer widths) over this machine's sgemm peak at the same thread
+``--arch conv`` runs the same on the conv net of Fig. 4 (``vaesweep.engine.models.ConvVAE``); its plain loop
+is (a)'s loop around that model (Bernoulli logits, ``binary_cross_entropy_with_logits``), as built.
+
+Each method's ``peak_share`` is its training arithmetic (images/s x the VAE's FLOPs per image, forward +
+backward: dense counted from the layer widths, conv by ``torch.utils.flop_counter.FlopCounterMode`` over one
+training step of the model's own layers) over this machine's sgemm peak at the same thread
 count (a timed 2048^3 ``torch.mm``, best of 5): what share of the arithmetic limit each reaches.
 
 Prints images/second (training images through forward and backward), trial-epochs/second and
@@ -37,8 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from vaesweep import TrialConfig, load_dataset, train_vae
+from vaesweep.engine.models import build_model
 from vaesweep.engine.packing import train_packed
 from vaesweep.engine.trial import TrialRun
 
@@ -78,8 +86,27 @@ class VAE(nn.Module):
         return self.decode(z), mu, logvar
 
 
-def loss_function(recon_x, x, mu, logvar, beta):
+def dense_loss_function(recon_x, x, mu, logvar, beta):
     bce = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + beta * kld
+
+
+class ConvExample(nn.Module):
+    """(a)'s interface around vaesweep's Fig. 4 conv net, as built: forward gives logits, mu, logvar."""
+
+    def __init__(self, cfg: TrialConfig, shape: tuple[int, int, int]):
+        super().__init__()
+        self.net = build_model("conv", shape, cfg.latent_dim, conv_width=cfg.conv_width)
+
+    def forward(self, x):
+        mu, logvar = self.net.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.net.decode(z), mu, logvar
+
+
+def conv_loss_function(logits, x, mu, logvar, beta):
+    bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
     kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
     return bce + beta * kld
 
@@ -88,7 +115,9 @@ def plain_run(cfg: TrialConfig, x_train: torch.Tensor, x_test: torch.Tensor, dev
     torch.manual_seed(cfg.seed)
     train_loader = DataLoader(TensorDataset(x_train), batch_size=cfg.batch_size, shuffle=True)
     test_loader = DataLoader(TensorDataset(x_test), batch_size=cfg.batch_size, shuffle=False)
-    model = VAE(cfg.hidden, cfg.latent_dim).to(device)
+    conv = cfg.arch == "conv"
+    model = (ConvExample(cfg, tuple(x_train.shape[1:])) if conv else VAE(cfg.hidden, cfg.latent_dim)).to(device)
+    loss_function = conv_loss_function if conv else dense_loss_function
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     for _epoch in range(cfg.epochs):
         model.train()
@@ -112,11 +141,11 @@ def plain_run(cfg: TrialConfig, x_train: torch.Tensor, x_test: torch.Tensor, dev
 
 # --- the three methods, timed ------------------------------------------------------------------
 def configs(n: int, epochs: int, device: str, args) -> list[TrialConfig]:
-    """n lambdas, log-spaced over [0.25, 4], of the dense latent-16 network (seeds 0..n-1)."""
+    """n lambdas, log-spaced over [0.25, 4], of the latent-16 ``--arch`` network (seeds 0..n-1)."""
     lams = torch.logspace(-2, 2, n, base=2.0).tolist() if n > 1 else [1.0]
     return [
         TrialConfig(
-            arch="dense",
+            arch=args.arch,
             latent_dim=args.latent_dim,
             lam=lam,
             seed=i,
@@ -163,6 +192,17 @@ def dense_flops_per_image(cfg: TrialConfig, pixels: int = 784) -> int:
     return 3 * 2 * (encoder + decoder)
 
 
+def conv_flops_per_image(cfg: TrialConfig, shape: tuple[int, int, int]) -> float:
+    """FLOPs of one training image through the conv VAE, forward + backward, counted by torch's FlopCounterMode
+    over one training step (a minibatch of ``batch_size``) of the model's own layers."""
+    x = torch.rand(cfg.batch_size, *shape)
+    model = build_model("conv", shape, cfg.latent_dim, conv_width=cfg.conv_width)
+    with FlopCounterMode(display=False) as counter:
+        mu, logvar = model.encode(x)
+        conv_loss_function(model.decode(mu + logvar.exp()), x, mu, logvar, cfg.lam).backward()
+    return counter.get_total_flops() / cfg.batch_size
+
+
 def run_method(method: str, cfgs: list[TrialConfig], device: torch.device) -> None:
     if method == "plain":
         data = load_dataset(cfgs[0].dataset)  # on the host: the DataLoader's side of the copy
@@ -180,6 +220,8 @@ def timed(method: str, cfgs: list[TrialConfig], device: torch.device) -> float:
     """Wall seconds of one method; (d) ``trial_loop`` times its training epochs only."""
     if method == "trial_loop":
         return timed_loops(cfgs, device)
+    if method == "trial_loop_contiguous":
+        return timed_loops([c.model_copy(update={"memory_format": "contiguous"}) for c in cfgs], device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = clock()
@@ -210,7 +252,7 @@ def benchmark(device_name: str, args) -> list[dict]:
     cfgs = configs(args.configs, args.epochs, device_name, args)
     n_train = min(args.max_train or 10**9, len(load_dataset(cfgs[0].dataset).train))
     warm = [c.model_copy(update={"epochs": 1, "max_train": 256, "max_eval": 128}) for c in cfgs[:2]]
-    methods = ("plain", "trial", "packed", "trial_loop")
+    methods = ("plain", "trial", "packed", "trial_loop") + (("trial_loop_contiguous",) if args.arch == "conv" else ())
     for method in methods:
         timed(method, warm, device)  # one-time costs (allocator, kernels, CUDA context) out of the timing
     best = {m: float("inf") for m in methods}
@@ -220,14 +262,16 @@ def benchmark(device_name: str, args) -> list[dict]:
             best[method] = min(best[method], seconds)
             print(f"  {device_name} {method:7s} run {r + 1}: {seconds:8.2f} s", flush=True)
     peak = sgemm_gflops(device)
-    flops = dense_flops_per_image(cfgs[0])
-    print(f"  {device_name} sgemm peak {peak:.1f} GFLOP/s; dense VAE {flops / 1e6:.2f} MFLOP per training image")
+    shape = load_dataset(cfgs[0].dataset).shape
+    flops = dense_flops_per_image(cfgs[0]) if args.arch == "dense" else conv_flops_per_image(cfgs[0], shape)
+    print(f"  {device_name} sgemm peak {peak:.1f} GFLOP/s; {args.arch} VAE {flops / 1e6:.2f} MFLOP per training image")
     rows, trial_epochs = [], len(cfgs) * args.epochs
     for method, seconds in best.items():
         images_per_s = trial_epochs * n_train / seconds
         rows.append(
             {
                 "device": device_name,
+                "arch": args.arch,
                 "method": method,
                 "configs": len(cfgs),
                 "epochs": args.epochs,
@@ -256,6 +300,7 @@ def markdown(table: pd.DataFrame) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="all", help="cpu, cuda, or all (cpu, and cuda when present)")
+    p.add_argument("--arch", choices=["dense", "conv"], default="dense", help="the network every method trains")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--configs", type=int, default=8, help="configurations (lambdas) trained each way")
     p.add_argument("--latent-dim", type=int, default=16)
