@@ -11,9 +11,12 @@ from vaesweep import TrialRun
 from vaesweep.engine.models import ConvVAE, for_speed, memory_format
 
 
-def test_for_speed_gives_the_same_outputs_and_gradients():
+@pytest.mark.parametrize(("relu", "decoder"), [("pairs", "bn"), ("every", "mirror")])
+def test_for_speed_gives_the_same_outputs_and_gradients(relu, decoder):
+    """Each ReLU placement and decoder of the conv net: in-place ReLUs are safe (autograd would raise on a
+    tensor its backward needs) and channels_last changes only rounding."""
     torch.manual_seed(0)
-    plain = ConvVAE((1, 28, 28), 8, width=8)
+    plain = ConvVAE((1, 28, 28), 8, width=8, relu=relu, decoder=decoder)
     fast = for_speed(copy.deepcopy(plain), torch.channels_last)
     assert all(m.inplace for m in fast.modules() if isinstance(m, nn.ReLU))
     assert fast.encoder[3].weight.is_contiguous(memory_format=torch.channels_last)
