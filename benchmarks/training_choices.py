@@ -11,7 +11,7 @@ of the issue per setting:
 
 - dense keeps 8 ± 1 (Table 1): the settled seeds' mean n_active within 7..9;
 - conv keeps more than dense (Sec. 3.1): every settled conv seed of the recipe above the highest settled dense
-  seed of the same init/numerics (dense rows of the same recipe without the conv-only choices);
+  seed of the same init and numerics (init, adam_eps, bce_clip, a preset's resolved), trained as long;
 - the fine values (Table 1, at 50 epochs): every inactive Var[mu] < 5e-4 and every law within 0.05 of 1.
 """
 
@@ -26,10 +26,12 @@ import pandas as pd
 from analysis import settled
 from analysis.design import with_defaults
 from analysis.report import to_markdown
-from vaesweep.config.trial import CONV_ONLY_CHOICES, recipe
+from vaesweep.config.trial import CONV_ONLY_CHOICES, TRAINING_CHOICES, recipe
 from vaesweep.study.tables import load_study
 
 PAPER = {"dense": 8, "conv": 13}
+DENSE_CHOICES = [f for f in TRAINING_CHOICES if f != "preset" and f not in CONV_ONLY_CHOICES]  # act on both nets
+LONG = 50  # epochs: the fine-values runs
 FINE_VAR_MU, FINE_LAW = 5e-4, 0.05
 
 
@@ -43,8 +45,7 @@ def trials_of(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         df = df[df["status"] == "done"].copy()
         df["study"] = folder.name
         df["recipe"] = [recipe(r) for r in df.to_dict("records")]
-        dense_like = [{**r, "arch": "dense"} for r in df.to_dict("records")]
-        df["dense_recipe"] = [recipe({k: v for k, v in r.items() if k not in CONV_ONLY_CHOICES}) for r in dense_like]
+        df["dense_key"] = [tuple(r[f] for f in DENSE_CHOICES) for r in df.to_dict("records")]  # preset resolved
         df["minibatches"] = df["trial_id"].map(t.epochs.groupby("trial_id")["step"].max())
         df["epochs_trained"] = df["trial_id"].map(t.epochs.groupby("trial_id")["epoch"].max())
         rows.append(df)
@@ -68,7 +69,7 @@ def summarise(trials: pd.DataFrame, latents: pd.DataFrame) -> pd.DataFrame:
             {
                 "arch": arch,
                 "training choices": rec,
-                "dense_recipe": g["dense_recipe"].iloc[0],
+                "dense_key": g["dense_key"].iloc[0],
                 "budget epochs": int(epochs_budget),
                 "seeds": ", ".join(str(int(s)) for s in sorted(g["seed"])),
                 "settled trials": f"{len(used)}/{len(g)}",
@@ -92,7 +93,7 @@ def summarise(trials: pd.DataFrame, latents: pd.DataFrame) -> pd.DataFrame:
     ]
     table["conv keeps more"] = [_conv_more(r, table) for r in table.to_dict("records")]
     table["fine values (50 ep.)"] = [
-        ("yes" if v < FINE_VAR_MU and law <= FINE_LAW else "no") if b >= 50 else ""
+        ("yes" if v < FINE_VAR_MU and law <= FINE_LAW else "no") if b >= LONG else ""
         for v, law, b in zip(table["inactive var_mu max"], table["max abs(law - 1)"], table["budget epochs"])
     ]
     return table
@@ -101,10 +102,11 @@ def summarise(trials: pd.DataFrame, latents: pd.DataFrame) -> pd.DataFrame:
 def _conv_more(row: dict, table: pd.DataFrame) -> str:
     if row["arch"] != "conv":
         return ""
-    dense = table[(table["arch"] == "dense") & (table["training choices"] == row["dense_recipe"])]
-    dense = dense[dense["budget epochs"] < 50]
+    """Above every dense seed of the same init and numerics, trained as long (settled stop, or 50 epochs)?"""
+    dense = table[(table["arch"] == "dense") & (table["dense_key"] == row["dense_key"])]
+    dense = dense[(dense["budget epochs"] >= LONG) == (row["budget epochs"] >= LONG)]
     if not len(dense) or np.isnan(row["min"]):
-        return "no dense trials of its recipe"
+        return "no dense trials of its init and numerics"
     top = dense["max"].max()
     verdict = "yes" if row["min"] > top else "no"
     return f"{verdict} ({int(row['min'])}..{int(row['max'])} vs dense {int(dense['min'].min())}..{int(top)})"
@@ -116,7 +118,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/training_choices"))
     args = p.parse_args()
     trials, latents = trials_of(args.folders)
-    table = summarise(trials, latents).drop(columns="dense_recipe")
+    table = summarise(trials, latents).drop(columns="dense_key")
     per_trial = trials[
         ["study", "arch", "recipe", "seed", "n_active", "elbo", "law_residual_max", "kl_working", "settled"]
         + ["stopped_reason", "minibatches", "epochs_trained"]
