@@ -7,6 +7,8 @@ Public API:
     TrialConfig                                      the validated trial configuration
     load_dataset(name, root=None, download=False)    the data registry
     load_study(path) -> StudyTables                  a study's results tables (pandas only)
+    diagnose(model, images) -> Diagnosis             Table 1, the Sec. 4 laws, MI, IW-NLL of anyone's VAE
+    CollapseTracker()                                in any training loop: has the collapse settled?
 
 The layers, imports flowing one way: ``config`` and ``experiments`` (pydantic, yaml) -> ``engine``
 (torch) -> ``study`` (Ray Tune) -> ``cli`` (README: "How the code is laid out"). Names load on
@@ -26,6 +28,9 @@ _PUBLIC = {
     "trainable": "vaesweep.study.trainables",
     "SettledStopper": "vaesweep.study.stopping",
     "load_study": "vaesweep.study.tables",
+    "diagnose": "vaesweep.engine.diagnose",
+    "Diagnosis": "vaesweep.engine.diagnose",
+    "CollapseTracker": "vaesweep.engine.diagnose",
 }
 __all__ = list(_PUBLIC)
 __version__ = "0.1.0"

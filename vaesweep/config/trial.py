@@ -198,6 +198,17 @@ class TrialConfig(BaseModel):
     two_stage_active_only: bool = Field(
         True, description="model only the active variables (inactive ones decode as 0); false: all"
     )
+    # diagnostics beside the posterior-collapse literature: vaesweep/engine/information.py
+    mi_images: int = Field(
+        1000,
+        ge=0,
+        description="mutual information I_q(x; z) (mi, and mi_i per variable) at every evaluation on the first N eval "
+        "images (0: off); the estimator never exceeds log N",
+    )
+    iw_samples: int = Field(
+        100, ge=0, description="importance-weighted NLL (nll_iw, Burda et al.) at the final epoch: K samples (0: off)"
+    )
+    iw_images: int = Field(1000, ge=1, description="nll_iw averages over the first N eval images")
 
     @model_validator(mode="before")
     @classmethod

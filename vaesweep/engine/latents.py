@@ -9,20 +9,28 @@ Per latent variable i, over the eval split with the model in eval mode:
 - ``kl`` = E_X[KL_i]                   (eq. (3), per variable)
 - ``recon_gain`` = recon error with z_i = 0 minus recon error with all variables, decoding
   the means (Sec. 5 "reconstruction gain")
+- ``mi_i`` = I_q(x; z_i)                 (the variable's mutual information with the image, on the first
+  ``mi_images`` eval images: vaesweep/engine/information.py, He et al. 2019; at most log N; with the
+  reconstruction gains, NaN on the evaluations without them)
 - ``active`` = var_mu > threshold      (Burda et al.'s active-unit criterion, default 0.01)
+
+and per trial ``mi`` = I_q(x; z) over all variables jointly, with its ceiling ``mi_log_n`` = log N.
 
 Inactive variables (Table 1, red rows): var_mu ~ 0 and mean_sigma2 ~ 1.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from vaesweep.config.trial import Tolerances
+from vaesweep.engine.information import mutual_information
 from vaesweep.engine.losses import kl_per_variable, reconstruction_error
 from vaesweep.engine.models import eval_mode, reparameterize
 
-PER_VARIABLE = ("mean_mu", "var_mu", "mean_sigma2", "law", "kl", "recon_gain", "active")
+PER_VARIABLE = ("mean_mu", "var_mu", "mean_sigma2", "law", "kl", "recon_gain", "mi_i", "active")
 
 
 @torch.no_grad()
@@ -69,10 +77,17 @@ def reconstruction_gain(
 
 @torch.no_grad()
 def evaluate(
-    model, x: torch.Tensor, recon_kind: str, tol: Tolerances, generator: torch.Generator, with_gain: bool = True
+    model,
+    x: torch.Tensor,
+    recon_kind: str,
+    tol: Tolerances,
+    generator: torch.Generator,
+    with_gain: bool = True,
+    mi_images: int = 1000,
 ) -> dict:
     """All collapse metrics of a model on images ``x``: per-variable tensors and a summary.
-    ``generator`` fixes the eval sampling noise."""
+    ``generator`` fixes the eval sampling noise; the mutual information uses the first ``mi_images`` images
+    and their codes z (0: not measured, NaN), per variable only ``with_gain``."""
     with eval_mode(model):
         mu, logvar = encode_all(model, x)
         per_var = moment_stats(mu, logvar)
@@ -88,15 +103,27 @@ def evaluate(
             per_var["recon_gain"] = reconstruction_gain(model, x, mu, recon_kind)
         else:
             per_var["recon_gain"] = torch.full_like(per_var["kl"], float("nan"))
-    return summarize(per_var, recon, tol)
+        mi, mi_n = None, min(mi_images, len(x))
+        if mi_n >= 2:  # jointly every time (4-7 % of an evaluation); per variable with the gains (N^2 L exps)
+            mi, mi_i = mutual_information(mu[:mi_n], logvar[:mi_n], z[:mi_n], per_variable=with_gain)
+            if mi_i is not None:
+                per_var["mi_i"] = mi_i
+    return summarize(per_var, recon, tol, mi, mi_n)
 
 
-def summarize(per_var: dict[str, torch.Tensor], recon: torch.Tensor, tol: Tolerances) -> dict:
-    """Per-trial numbers (host floats) from per-variable tensors: one device->host copy."""
-    stacked = torch.stack([per_var[k] for k in PER_VARIABLE[:-1]] + [recon.expand_as(per_var["kl"])])
+def summarize(
+    per_var: dict[str, torch.Tensor], recon: torch.Tensor, tol: Tolerances, mi: torch.Tensor | None = None, mi_n: int = 0
+) -> dict:
+    """Per-trial numbers (host floats) from per-variable tensors: one device->host copy. ``mi``: I_q(x; z)
+    estimated on ``mi_n`` images (per variable ``per_var["mi_i"]``, NaN when absent)."""
+    nan = torch.full_like(per_var["kl"], float("nan"))
+    per_var = {**per_var, "mi_i": per_var.get("mi_i", nan)}
+    mi = nan if mi is None else mi.expand_as(nan)
+    stacked = torch.stack([per_var[k] for k in PER_VARIABLE[:-1]] + [recon.expand_as(nan), mi])
     host = stacked.double().cpu().numpy()
     cols = {k: host[j] for j, k in enumerate(PER_VARIABLE[:-1])}
-    recon_value = float(host[-1][0]) if host.shape[1] else float("nan")
+    recon_value = float(host[-2][0]) if host.shape[1] else float("nan")
+    mi_value = float(host[-1][0]) if host.shape[1] else float("nan")
     active = cols["var_mu"] > tol.active_threshold
     residual = abs(cols["law"] - 1.0)
     kl_total = float(cols["kl"].sum())
@@ -116,6 +143,9 @@ def summarize(per_var: dict[str, torch.Tensor], recon: torch.Tensor, tol: Tolera
         # the same two laws as constraint values, <= 0 when satisfied (for constrained search)
         "law_excess": law_residual_max - tol.law_tol,
         "mu_excess": mean_mu_abs_max - tol.mu_tol,
+        # He et al. 2019: I_q(x; z) on the first mi_n eval images; the estimator never exceeds log mi_n
+        "mi": mi_value,
+        "mi_log_n": math.log(mi_n) if mi_n >= 2 else float("nan"),
     }
     latents = [
         {"latent": i, **{k: float(cols[k][i]) for k in cols}, "active": bool(active[i])} for i in range(len(active))

@@ -73,6 +73,11 @@ class SettleTracker:
         verdicts = {w for *_, w in self.evals if w is not None}
         return self.settled and len(verdicts) <= 1
 
+    def stops(self, step: int, min_steps: int = 0) -> bool:
+        """The rule of ``stop: {when: settled}``: settled, with the same Sec. 4 verdict over the settle window
+        (``verdict_steady``), after at least ``min_steps`` minibatches (a TrialConfig's stop_min_steps)."""
+        return self.verdict_steady and step >= min_steps
+
     def observe(self, step: int, active: Iterable[int], residual: float, working: bool | None = None) -> dict:
         """Add evaluation (step, active indices, law_residual_max, kl_working); returns ``status()`` after it."""
         verdict = None if working is None else bool(working)

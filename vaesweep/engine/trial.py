@@ -31,6 +31,7 @@ from vaesweep.config.metrics import trial_row
 from vaesweep.config.trial import TrialConfig
 from vaesweep.engine.data import ImageData, load_dataset
 from vaesweep.engine.fid import trial_scores
+from vaesweep.engine.information import importance_weighted_nll
 from vaesweep.engine.latents import evaluate
 from vaesweep.engine.losses import KLSchedules, kl_weight, vae_loss
 from vaesweep.engine.models import for_speed, memory_format, model_for, reparameterize
@@ -84,6 +85,19 @@ class FidHook:
         return scores
 
 
+class LikelihoodHook:
+    """End of trial: the importance-weighted NLL (vaesweep/engine/information.py, Burda et al. 2015) with
+    ``iw_samples`` codes per image on the first ``iw_images`` eval images, its noise fixed by the seed:
+    ``nll_iw`` and ``nll_iw_seconds``."""
+
+    def __call__(self, record: TrialRecord, epoch: int) -> dict:
+        t0, cfg = time.perf_counter(), record.cfg
+        gen = torch.Generator(record.x_eval.device).manual_seed(cfg.seed + 2)
+        x = record.x_eval[: cfg.iw_images]
+        nll = importance_weighted_nll(record.model(), x, cfg.recon_loss, cfg.iw_samples, gen)
+        return {"nll_iw": nll, "nll_iw_seconds": time.perf_counter() - t0}
+
+
 class TwoStageHook:
     """End of trial: the two-stage VAE (vaesweep/engine/two_stage.py, Dai & Wipf 2019) fitted to the
     configuration's codes; its ``two_stage_*`` numbers, ``fid_two_stage`` when the FID-proxy is on, and
@@ -122,16 +136,20 @@ class TrialRecord:
         self.second_stage = None  # set by TwoStageHook
 
     def add_standard_hooks(self, x_train: torch.Tensor, fid: FidHook) -> None:
-        """The configuration's hooks: the FID-proxy when ``fid`` is on, the two-stage VAE when ``two_stage``."""
+        """The configuration's hooks: the FID-proxy when ``fid`` is on, the importance-weighted NLL when
+        ``iw_samples`` > 0, the two-stage VAE when ``two_stage``."""
         if self.cfg.fid:
             self.on_epoch.append(fid)
+        if self.cfg.iw_samples:
+            self.on_trial_end.append(LikelihoodHook())
         if self.cfg.two_stage:
             self.on_trial_end.append(TwoStageHook(x_train, fid if self.cfg.fid else None))
 
     def evaluate(self, with_gain: bool = True) -> dict:
         """Collapse metrics on the eval split, with fixed sampling noise (same numbers every call)."""
         gen = torch.Generator(self.x_eval.device).manual_seed(self.cfg.seed + 1)
-        return evaluate(self.model(), self.x_eval, self.cfg.recon_loss, self.cfg.tolerances, gen, with_gain)
+        cfg = self.cfg
+        return evaluate(self.model(), self.x_eval, cfg.recon_loss, cfg.tolerances, gen, with_gain, cfg.mi_images)
 
     def active(self) -> list[bool]:
         return [r["active"] for r in self.last_eval["latents"]]
@@ -159,8 +177,8 @@ class TrialRecord:
                 step, active_indices(self.last_eval["latents"]), summary["law_residual_max"], summary["kl_working"]
             )
         # settled and its Sec. 4 verdict the same over the settle window (vaesweep/engine/settle.py)
-        settled = self.cfg.stop_when == "settled" and evaluated and self.settle.verdict_steady
-        if budget or (settled and step >= self.cfg.stop_min_steps):
+        settled = self.cfg.stop_when == "settled" and evaluated and self.settle.stops(step, self.cfg.stop_min_steps)
+        if budget or settled:
             self.stopped_reason, self.stopped_step = "budget" if budget else "settled", step
             if not with_gain:  # settled on an epoch without gains: the same evaluation, with them
                 self.last_eval = self.evaluate(with_gain=True)
