@@ -43,6 +43,9 @@ NOT_SETTINGS = {
     "settle_patience",
     "settle_min_steps",
     "settle_law_tol",
+    "mi_images",
+    "iw_samples",
+    "iw_images",
 }
 MAX_LAM_LEVELS = 8
 

@@ -28,7 +28,7 @@ from . import settled
 from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, new_figure, skip
 from .design import fmt, frame, span, with_defaults
 
-TABLE1_COLUMNS = ["latent", "var_mu", "mean_sigma2", "law", "mean_mu", "kl", "recon_gain", "active"]
+TABLE1_COLUMNS = ["latent", "var_mu", "mean_sigma2", "law", "mean_mu", "kl", "recon_gain", "mi_i", "active"]
 
 
 def describe_trial(row) -> str:

@@ -7,7 +7,7 @@
 - ``<table>.csv`` and ``<table>.md``: the tables (trials, onset of sparsity, Table 1, ...).
 
 Charts the study cannot support (it did not vary latent_dim, has no FID-proxy, no checkpoints)
-appear as a one-line note. The per-trial charts (Table 1, Fig. 2, Fig. 3) are drawn for the
+appear as a one-line note. The per-trial charts (Table 1, Fig. 2, Fig. 3, latent traversals) are drawn for the
 *chosen trials*: one representative per architecture (see ``choose_trials``), or the ids given.
 Trials whose collapse had not settled (vaesweep/engine/settle.py) are marked everywhere; when some or all
 did not settle, or the study predates the ``settled`` column, the page's first line says so.
@@ -24,11 +24,13 @@ from analysis.capacity import active_vs_latent_dim
 from analysis.chart import Chart
 from analysis.design import frame, panel_fields, varied_fields, with_defaults
 from analysis.fid import fid_chart
+from analysis.information import mi_chart
 from analysis.latents import describe_trial, gain_vs_kl, table1, var_mu_history
 from analysis.law import law_heatmap
 from analysis.method import load_method, method_chart
 from analysis.paper import paper_chart, paper_trials
 from analysis.samples import sample_grids
+from analysis.traversals import traversal_grids
 from analysis.settled import flag, headline, unsettled
 from analysis.two_stage import two_stage_chart
 from vaesweep.config.metrics import trial_keys
@@ -83,12 +85,14 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
     lam_star = pd.read_parquet(study_dir / LAMBDA_STAR) if (study_dir / LAMBDA_STAR).exists() else None
     charts = [
         active_vs_latent_dim(t.trials),
+        mi_chart(t.trials, t.latents),
         law_heatmap(t.trials, lam_star),
         table1(t.latents, chosen),
         var_mu_history(chosen, t.latent_history, t.epochs, t.trace, t.latents),
         fid_chart(t.trials),
         *([two_stage_chart(t.trials)] if _asks_two_stage(t.trials) else []),
         sample_grids(study_dir, chosen, t.latents),
+        traversal_grids(study_dir, chosen, t.latents),
         gain_vs_kl(t.latents, t.trials),
     ]
     charts[:0] = [resolve(path)(t) for path in kind(spec.get("experiment", "train")).charts]  # e.g. Fig. 7

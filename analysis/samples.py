@@ -58,31 +58,46 @@ def image_grid(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
     return grid[..., 0] if c == 1 else grid
 
 
+class ChosenModels:
+    """The trained models of the chosen trials, from their checkpoints, each data set loaded once:
+    ``load(chosen, latents)`` gives [(trial row, model in eval mode, its latents rows sorted by variable, its
+    TrialConfig)] and
+    the trials it could not load, with why (no checkpoint, data set not on this machine, another version)."""
+
+    def __init__(self, study_dir: str | Path):
+        self.study_dir, self.datasets = Path(study_dir), {}
+
+    def data(self, cfg: TrialConfig):
+        key = (cfg.dataset, cfg.data_root)
+        if key not in self.datasets:
+            self.datasets[key] = load_dataset(cfg.dataset, cfg.data_root)
+        return self.datasets[key]
+
+    def load(self, chosen: pd.DataFrame, latents: pd.DataFrame) -> tuple[list[tuple], list[str]]:
+        loaded, missing = [], []
+        for _, row in with_defaults(chosen).iterrows():
+            path = find_checkpoint(self.study_dir, row["trial_id"])
+            t = latents[latents["trial_id"] == row["trial_id"]].sort_values("latent") if len(latents) else latents
+            if path is None or not len(t):
+                missing.append(str(row["trial_id"]))
+                continue
+            try:
+                model, cfg = load_trial_model(path, lambda cfg: self.data(cfg).shape)
+            except (DataError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as err:
+                # data set not on this machine, a checkpoint of another version or kind
+                missing.append(f"{row['trial_id']} ({str(err).splitlines()[0]})")
+                continue
+            loaded.append((row, model, t, cfg))
+        return loaded, missing
+
+
 def sample_grids(
     study_dir: str | Path, chosen: pd.DataFrame, latents: pd.DataFrame, n: int = 12, seed: int = 0
 ) -> Chart:
     """Fig. 3 for every chosen trial that has a checkpoint; skipped with a note when none has."""
-    shapes: dict[tuple, tuple] = {}
-
-    def shape_of(cfg: TrialConfig) -> tuple:  # load each data set once
-        key = (cfg.dataset, cfg.data_root)
-        if key not in shapes:
-            shapes[key] = dataset_shape(cfg)
-        return shapes[key]
-
-    panels, missing = [], []
-    for _, row in with_defaults(chosen).iterrows():
-        path = find_checkpoint(study_dir, row["trial_id"])
-        t = latents[latents["trial_id"] == row["trial_id"]].sort_values("latent") if len(latents) else latents
-        if path is None or not len(t):
-            missing.append(str(row["trial_id"]))
-            continue
-        try:
-            model, _ = load_trial_model(path, shape_of)
-        except (DataError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as err:
-            # data set not on this machine, a checkpoint of another version or kind
-            missing.append(f"{row['trial_id']} ({str(err).splitlines()[0]})")
-            continue
+    loaded, missing = ChosenModels(study_dir).load(chosen, latents)
+    panels = []
+    for row, model, t, _ in loaded:
         active = t["active"].astype(bool).tolist()
         prior, zeroed = fig3_images(model, active, n, seed)
         grid = image_grid(torch.stack([prior, zeroed]))

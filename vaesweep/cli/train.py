@@ -27,11 +27,11 @@ def _trial_config(args: argparse.Namespace) -> TrialConfig:
 
 def _print_table(latents: list[dict], summary: dict) -> None:
     """Table 1 view: one row per latent variable, then the summary."""
-    print(f"{'no.':>4} {'var_mu':>12} {'mean_sigma2':>12} {'law':>8} {'kl':>8} {'recon_gain':>11}  active")
+    print(f"{'no.':>4} {'var_mu':>12} {'mean_sigma2':>12} {'law':>8} {'kl':>8} {'recon_gain':>11} {'mi_i':>7}  active")
     for r in latents:
         print(
             f"{r['latent']:>4} {r['var_mu']:>12.6g} {r['mean_sigma2']:>12.6g} {r['law']:>8.4f} "
-            f"{r['kl']:>8.4f} {r['recon_gain']:>11.4f}  {'yes' if r['active'] else 'NO'}"
+            f"{r['kl']:>8.4f} {r['recon_gain']:>11.4f} {r.get('mi_i', float('nan')):>7.3f}  {'yes' if r['active'] else 'NO'}"
         )
     print()
     for k, v in summary.items():

@@ -74,19 +74,19 @@ CATALOGUE: tuple[Family, ...] = (
         source="engine/latents.py: Table 1 and the Sec. 4 laws on the eval split",
     ),
     Family(
-        "information",
-        "trial",
-        ("mi", "mi_log_n"),
-        source="engine/information.py: I_q(x; z) on the first mi_images eval images (He et al. 2019) and its "
-        "ceiling log N",
-    ),
-    Family(
         "likelihood",
         "trial",
         ("nll_iw",),
         timings=("nll_iw_seconds",),
         source="engine/information.py: importance-weighted -log p(x) (Burda et al. 2015), K = iw_samples, on the "
         "first iw_images eval images, at the final epoch",
+    ),
+    Family(
+        "information",
+        "trial",
+        ("mi", "mi_log_n"),
+        source="engine/information.py: I_q(x; z) on the first mi_images eval images (He et al. 2019) and its "
+        "ceiling log N",
     ),
     Family(
         "fid",
