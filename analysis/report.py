@@ -30,8 +30,8 @@ from analysis.law import law_heatmap
 from analysis.method import load_method, method_chart
 from analysis.paper import paper_chart, paper_trials
 from analysis.samples import sample_grids
-from analysis.traversals import traversal_grids
 from analysis.settled import flag, headline, unsettled
+from analysis.traversals import traversal_grids
 from analysis.two_stage import two_stage_chart
 from vaesweep.config.metrics import trial_keys
 from vaesweep.config.trial import TRAINING_CHOICES

@@ -67,7 +67,7 @@ def measure(latent: int, epochs: int, reps: int, draws: int) -> list[str]:
         for _ in range(reps if not gain else max(1, reps // 3)):
             for n in (0, 1000):
                 gen = torch.Generator().manual_seed(1)
-                times[n].append(cpu_seconds(lambda n=n: evaluate(model, x, "bce", tol, gen, gain, n)))
+                times[n].append(cpu_seconds(lambda n=n, g=gen, w=gain: evaluate(model, x, "bce", tol, g, w, n)))
         a, b = min(times[0]), min(times[1000])
         what = "with reconstruction gains (every gain_every epochs, final)" if gain else "every evaluation"
         lines.append(f"| {what} | {a:.3f} | {b:.3f} | {b / a:.3f} |")
@@ -109,7 +109,7 @@ def measure(latent: int, epochs: int, reps: int, draws: int) -> list[str]:
     for k in (1, 10, 100, 1000):
         gen = torch.Generator().manual_seed(2)
         out = {}
-        sec = cpu_seconds(lambda k=k, g=gen: out.update(v=importance_weighted_nll(model, x[:1000], "bce", k, g)))
+        sec = cpu_seconds(lambda k=k, g=gen, o=out: o.update(v=importance_weighted_nll(model, x[:1000], "bce", k, g)))
         lines.append(f"| {k} | {out['v']:.3f} | {sec:.2f} |")
     return lines + [""]
 

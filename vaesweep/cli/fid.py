@@ -73,7 +73,8 @@ def _trial_scores(cfg, weights, data, n: int, seed: int, cache: str | None) -> d
     """The three per-trial scores, computed exactly as at the end of the trial (vaesweep/engine/trial.py)."""
     model = build_trained(cfg, weights, data.shape)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    final = evaluate(model, data.eval[: cfg.max_eval], cfg.recon_loss, cfg.tolerances, gen, with_gain=False, mi_images=0)
+    x = data.eval[: cfg.max_eval]
+    final = evaluate(model, x, cfg.recon_loss, cfg.tolerances, gen, with_gain=False, mi_images=0)
     scorer, trained = scorer_for(data, n, cache)
     active = [r["active"] for r in final["latents"]]
     return {

@@ -31,7 +31,8 @@ def _print_table(latents: list[dict], summary: dict) -> None:
     for r in latents:
         print(
             f"{r['latent']:>4} {r['var_mu']:>12.6g} {r['mean_sigma2']:>12.6g} {r['law']:>8.4f} "
-            f"{r['kl']:>8.4f} {r['recon_gain']:>11.4f} {r.get('mi_i', float('nan')):>7.3f}  {'yes' if r['active'] else 'NO'}"
+            f"{r['kl']:>8.4f} {r['recon_gain']:>11.4f} {r.get('mi_i', float('nan')):>7.3f}  "
+            f"{'yes' if r['active'] else 'NO'}"
         )
     print()
     for k, v in summary.items():

@@ -112,7 +112,11 @@ def evaluate(
 
 
 def summarize(
-    per_var: dict[str, torch.Tensor], recon: torch.Tensor, tol: Tolerances, mi: torch.Tensor | None = None, mi_n: int = 0
+    per_var: dict[str, torch.Tensor],
+    recon: torch.Tensor,
+    tol: Tolerances,
+    mi: torch.Tensor | None = None,
+    mi_n: int = 0,
 ) -> dict:
     """Per-trial numbers (host floats) from per-variable tensors: one device->host copy. ``mi``: I_q(x; z)
     estimated on ``mi_n`` images (per variable ``per_var["mi_i"]``, NaN when absent)."""
