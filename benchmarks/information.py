@@ -36,6 +36,10 @@ from vaesweep.engine.trial import TrialRun
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _floats(values, digits: int) -> str:
+    return ", ".join(f"{float(v):.{digits}f}" for v in values)
+
+
 def cpu_seconds(fn) -> float:
     t0 = time.process_time()
     fn()
@@ -92,14 +96,14 @@ def measure(latent: int, epochs: int, reps: int, draws: int) -> list[str]:
         f"{np.std(joint, ddof=1):.4f}; {len(subsets_j)} disjoint 1,000-image subsets: mean {np.mean(subsets_j):.3f}, "
         f"sd {np.std(subsets_j, ddof=1):.4f}.",
         "",
-        f"mi_i, active variables ({active.sum()}): values {np.round(np.mean(subsets_p[:, active], 0), 2).tolist()}; "
+        f"mi_i, active variables ({active.sum()}): values {_floats(np.mean(subsets_p[:, active], 0), 2)}; "
         f"sd over draws (median over variables) {np.median(np.std(per_var[:, active], 0, ddof=1)):.4f}, "
         f"over subsets {np.median(np.std(subsets_p[:, active], 0, ddof=1)):.4f}.",
     ]
     if (~active).any():
         lines.append(
             f"mi_i, inactive variables ({(~active).sum()}): max |mi_i| {np.abs(subsets_p[:, ~active]).max():.4f} "
-            f"over the subsets; their KL {np.round([r['kl'] for r in run.result().latents if not r['active']], 4)}."
+            f"over the subsets; their KL {_floats([r['kl'] for r in run.result().latents if not r['active']], 4)}."
         )
     lines += ["", "| N images | joint mi | log N |", "| --- | --- | --- |"]
     for n in (500, 1000, 2000, 5000, 10000):

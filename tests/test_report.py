@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import math
 import os
 import shutil
 import tempfile
@@ -24,7 +25,18 @@ from analysis.report import build_report, choose_trials, study_charts, to_markdo
 from vaesweep.cli.main import main
 from vaesweep.study.tables import load_study
 
-ALL_CHARTS = ("capacity", "law_heatmap", "table1", "fig2_var_mu", "fid", "fig3_samples", "gain_vs_kl")
+ALL_CHARTS = (
+    "capacity",
+    "information",
+    "law_heatmap",
+    "table1",
+    "fig2_var_mu",
+    "fid",
+    "fig3_samples",
+    "traversals",
+    "gain_vs_kl",
+)
+NEEDS_CHECKPOINTS = ("fig3_samples", "traversals")
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -93,6 +105,9 @@ def synthetic_study(
             "recon": 100.0 - n_active,
             "kl": 2.0 * n_active,
             "elbo": -100 - n_active,
+            "nll_iw": 99 + n_active,
+            "mi": min(1.5 * n_active, math.log(1000)),
+            "mi_log_n": math.log(1000),
             "kl_working": lam == 2.0,
             "epochs_done": 3,
             "time_total": 1.0,
@@ -116,6 +131,7 @@ def synthetic_study(
                     "mean_sigma2": 0.05 if active else 0.98,
                     "kl": 2.0 if active else 0.001,
                     "recon_gain": 5.0 + j if active else 0.0,
+                    "mi_i": 1.5 if active else 0.0,
                     "active": active,
                 }
                 r["law"] = r["var_mu"] + r["mean_sigma2"]
@@ -189,9 +205,10 @@ def test_synthetic_report_has_every_chart_but_samples(synthetic_report):
     assert index == study / "report" / "index.html"
     refs = assert_refs_exist(index)
     for key in ALL_CHARTS:
-        if key == "fig3_samples":  # no checkpoints in a synthetic study: a note, not an error
+        if key in NEEDS_CHECKPOINTS:  # no checkpoints in a synthetic study: a note, not an error
             assert not (index.parent / f"{key}.png").exists()
             assert "Sample grids need the trained models: no usable checkpoint under" in index.read_text()
+            assert "Latent traversals need the trained models: no usable checkpoint for" in index.read_text()
         else:
             assert f"{key}.png" in refs
     page = index.read_text()
