@@ -261,7 +261,7 @@ def test_second_driver_refused_and_a_tracked_study(tmp_path):
     assert sorted(int(r.data.params["latent_dim"]) for r in runs) == [2, 4]
     assert {r.data.params["lam"] for r in runs} == {"1.0"}
     for run in runs:
-        for metric in ("n_active", "law_residual_max", "elbo"):
+        for metric in ("n_active", "law_residual_max", "elbo", "mi"):
             history = client.get_metric_history(run.info.run_id, metric)
             assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, epochs + 1))
     final = {int(r.data.params["latent_dim"]): r.data.metrics for r in runs}
@@ -269,9 +269,11 @@ def test_second_driver_refused_and_a_tracked_study(tmp_path):
     for dim in (2, 4):
         assert final[dim]["n_active"] == rows.loc[dim, "n_active"]
         assert final[dim]["elbo"] == pytest.approx(rows.loc[dim, "elbo"])
+        assert final[dim]["nll_iw"] == pytest.approx(rows.loc[dim, "nll_iw"])  # the final epoch's (issue 26)
 
     # TensorBoard: event files inside the study folder, the same scalars per epoch
     scalars = _event_scalars(study / "tune")
-    for metric in ("n_active", "law_residual_max", "elbo"):
+    for metric in ("n_active", "law_residual_max", "elbo", "mi"):
         assert len(scalars[f"ray/tune/{metric}"]) == 2 * epochs, sorted(scalars)
+    assert len(scalars["ray/tune/nll_iw"]) == 2  # once per trial, at its final epoch
     assert not any("latents" in tag for tag in scalars)
