@@ -42,9 +42,12 @@ def mi_chart(trials: pd.DataFrame, latents: pd.DataFrame) -> Chart:
                 )
             if y == "mi" and "mi_log_n" in sub and sub["mi_log_n"].notna().any():
                 ax.axhline(float(sub["mi_log_n"].max()), color="0.5", ls="--", lw=1, label="ceiling log N")
-                ax.legend(fontsize=8)
+                ax.legend(fontsize=8, title=hue)
             if x == "lam":
                 ax.set_xscale("log")
+            ticks = sorted(df[x].unique())
+            ax.set_xticks(ticks, [fmt(t) for t in ticks])
+            ax.minorticks_off()
             ax.set(title=f"arch = {panel}", xlabel="λ" if x == "lam" else "latent dimension", ylabel=label)
     fig.suptitle(TITLE)
     keys = ["panel", "lam", "latent_dim"]
