@@ -28,7 +28,7 @@ def test_train_prints_table1_view():
     res = vaesweep_cli("train", "--latent-dim", "3", *TINY)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0].split() == ["no.", "var_mu", "mean_sigma2", "law", "kl", "recon_gain", "active"]
+    assert lines[0].split() == ["no.", "var_mu", "mean_sigma2", "law", "kl", "recon_gain", "mi_i", "active"]
     assert len([line for line in lines[1:4] if line.split()[0].isdigit()]) == 3
     assert any("kl_working" in line for line in lines)
 
