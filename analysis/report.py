@@ -186,7 +186,9 @@ def _table_block(name: str, df: pd.DataFrame, out: Path, max_rows: int = 200) ->
     more = f"<p>The first {max_rows} of {len(df)} rows; all are in the CSV.</p>" if len(df) > max_rows else ""
     df = df.head(max_rows)
     floats = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
-    styler = df.style.hide(axis="index").format("{:.4g}", subset=floats, na_rep="—")
+    # every cell and header as text: a spec's data_root or an error line may hold markup (reports get shared)
+    styler = df.style.hide(axis="index").format(escape="html").format_index(escape="html", axis=1)
+    styler = styler.format("{:.4g}", subset=floats, na_rep="—")
     if "active" in df:
         styler = styler.apply(lambda r: ["background: #f9d3d3" if not r["active"] else ""] * len(r), axis=1)
     if "settled" in df:  # unsettled trials greyed: their collapse numbers were still moving

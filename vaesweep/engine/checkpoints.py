@@ -9,10 +9,16 @@
 
 Every one of them holds ``"config"`` and ``"model"``: ``load_trained`` reads any, ``build_trained``
 makes the model again.
+
+Nothing in them runs as code: each is read with ``torch.load(..., weights_only=True)``, which unpickles
+tensors and plain types only (a run's state is made of those: weights and Adam state as tensors, the
+generator state a uint8 tensor, the config and history as dicts, lists, numbers and strings). A crafted
+``trial.pt`` in someone else's study folder is refused (``CheckpointError``), never executed.
 """
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -24,6 +30,7 @@ from vaesweep.engine.models import model_for
 from vaesweep.engine.packing import PackedRun
 
 __all__ = [
+    "CheckpointError",
     "CHECKPOINT_FILE",
     "MODEL_FILE",
     "RAY_FOLDER",
@@ -55,6 +62,22 @@ def _member_file(i: int | None) -> str:
     return CHECKPOINT_FILE if i is None else f"p{i}/{CHECKPOINT_FILE}"
 
 
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint vaesweep wrote (or that asks to run code when loaded)."""
+
+
+def _load(path: Path, **kwargs):
+    """``torch.load(path, weights_only=True)``: tensors and plain types only; CheckpointError for anything else."""
+    try:
+        return torch.load(path, weights_only=True, **kwargs)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        why = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        raise CheckpointError(
+            f"'{path}' is not a vaesweep trial checkpoint ({why[:200]}); give a {MODEL_FILE} from train --out "
+            f"or a checkpoint_*/{CHECKPOINT_FILE} of a study"
+        ) from None
+
+
 def save_run(run, folder: Path) -> None:
     """Write ``run``'s state into a (new, empty) checkpoint folder."""
     if isinstance(run, PackedRun):
@@ -68,9 +91,9 @@ def save_run(run, folder: Path) -> None:
 def load_run(run, folder: Path) -> None:
     """Restore ``run`` from the checkpoint folder ``save_run`` wrote."""
     if isinstance(run, PackedRun):
-        run.load_state_dicts([torch.load(folder / _member_file(i), weights_only=False) for i in range(run.k)])
+        run.load_state_dicts([_load(folder / _member_file(i)) for i in range(run.k)])
     else:
-        run.load_state_dict(torch.load(folder / CHECKPOINT_FILE, weights_only=False))
+        run.load_state_dict(_load(folder / CHECKPOINT_FILE))
 
 
 def find_checkpoint(study_dir: str | Path, trial_id: str) -> Path | None:
@@ -106,11 +129,11 @@ def save_model(folder: Path, cfg: TrialConfig, model: torch.nn.Module) -> Path:
 
 def load_trained(path: str | Path) -> tuple[TrialConfig, dict]:
     """(config, model weights) of a trained trial: ``train --out``'s model.pt or a study's
-    ``checkpoint_*/trial.pt``. Raises ValueError for any other file."""
+    ``checkpoint_*/trial.pt``. Raises CheckpointError (a ValueError) for any other file."""
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _load(Path(path), map_location="cpu")
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise ValueError(
+        raise CheckpointError(
             f"'{path}' is not a vaesweep trial checkpoint; give a {MODEL_FILE} from train --out "
             f"or a checkpoint_*/{CHECKPOINT_FILE} of a study"
         )

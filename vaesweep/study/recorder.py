@@ -20,6 +20,7 @@ from vaesweep.config.metrics import epoch_row, family_of, latent_keys, trial_row
 from vaesweep.config.packing import PACK_KEY, packed_id
 from vaesweep.config.trial import trial_fields
 from vaesweep.study.progress import Progress
+from vaesweep.study.relocation import study_folder
 from vaesweep.study.tables import (
     BLOCKS,
     StudyTables,
@@ -56,12 +57,14 @@ class Recorder(tune.Callback):
                 self.final[row["trial_id"]] = {k: row[k] for k in row if k in final}
 
     # Ray pickles its callbacks into the experiment state and unpickles them on Tuner.restore:
-    # keep only the settings, and reload the trials from disk, so a resumed study loses nothing.
+    # keep only the settings, and reload the trials from disk, so a resumed study loses nothing. The
+    # folder is the one the driver runs now (a moved or copied study), not the pickled path
+    # (vaesweep/study/relocation.py).
     def __getstate__(self):
         return {"out": self.out, "flush_every_s": self.flush_every_s, "progress": self.progress}
 
     def __setstate__(self, state):
-        self.__init__(**state)
+        self.__init__(**{**state, "out": study_folder(state["out"])})
 
     # --- Ray Tune callback hooks ---------------------------------------------------------------
     def on_step_begin(self, iteration, trials, **info):

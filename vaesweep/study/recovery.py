@@ -13,16 +13,27 @@ whose checkpoint is gone gets the next one on disk, with the metrics Ray reporte
 trial's ``result.json``), registered through Ray's own ``Trial.on_checkpoint`` — the state the snapshot
 would have held had it been written a moment later. The trial then resumes from that checkpoint (its
 later epochs trained again to the same numbers; the recorder keeps the later rows).
+
+``relocate_search_state`` lets a moved or copied study create its trials where it now is. ``Tuner.restore``
+moves the trials it restores to the new path (``Trial.set_storage``), but the trials its search algorithm
+has not created yet would get the storage its saved state names (``basic-variant-state-*.json``,
+``search_gen_state-*.json``: pickles holding the experiment spec's ``StorageContext``), the folder the study
+was started in: they are pointed at the experiment's folder as it is now, before the Tuner restores.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
+import ray.cloudpickle as cloudpickle  # what Ray writes its search algorithm's state with (Ray 2.60)
 from ray import tune
 from ray.train._internal.session import _TrainingResult  # what Trial.on_checkpoint takes (Ray 2.60)
+from ray.train._internal.storage import StorageContext
+
+SEARCH_STATES = ("basic-variant-state-*.json", "search_gen_state-*.json")  # Ray's search algorithm's state
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"  # Ray's JsonLoggerCallback: one reported result per line, in the trial folder
@@ -91,3 +102,43 @@ class CheckpointRepair(tune.Callback):
         self._checked = True  # restored trials are all loaded before the first step; new ones never need it
         for trial in trials:
             repair(trial)
+
+
+def relocate_search_state(experiment: Path) -> int:
+    """Point every storage in the experiment's saved search-algorithm state at ``experiment`` (its folder as it
+    is now); returns how many files were rewritten (0 where the study has not moved)."""
+    rewritten = 0
+    for file in sorted(p for pattern in SEARCH_STATES for p in experiment.glob(pattern)):
+        with file.open("rb") as f:
+            state = cloudpickle.load(f)
+        moved = [
+            s
+            for s in _storages(state, set())
+            if Path(s.storage_fs_path) != experiment.parent or s.experiment_dir_name != experiment.name
+        ]
+        if not moved:
+            continue
+        for storage in moved:
+            storage.storage_fs_path, storage.experiment_dir_name = str(experiment.parent), experiment.name
+        tmp = file.with_name(f".{file.name}.tmp")
+        with tmp.open("wb") as f:
+            cloudpickle.dump(state, f)
+        os.replace(tmp, file)
+        rewritten += 1
+    return rewritten
+
+
+def _storages(obj, seen: set) -> list[StorageContext]:
+    """The StorageContext objects reachable from ``obj`` through dicts, lists, tuples and attributes."""
+    if id(obj) in seen or isinstance(obj, (str, bytes, int, float, type(None))):
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, StorageContext):
+        return [obj]
+    if isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, (list, tuple, set)):
+        children = list(obj)
+    else:
+        children = list(getattr(obj, "__dict__", {}).values())
+    return [s for child in children for s in _storages(child, seen)]

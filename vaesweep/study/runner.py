@@ -33,6 +33,7 @@ from ray._private import ray_constants
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from vaesweep.config.errors import StudyFolderError
 from vaesweep.config.packing import PACK_KEY, grid_configs, make_packs, pack_size
 from vaesweep.config.spec import Choice, Grid, LogUniform, RandInt, SpecError, StudySpec, Uniform
 from vaesweep.engine.checkpoints import RAY_FOLDER
@@ -41,7 +42,8 @@ from vaesweep.experiments import resolve
 from vaesweep.study.lock import driver_lock
 from vaesweep.study.progress import Progress
 from vaesweep.study.recorder import Recorder
-from vaesweep.study.recovery import CheckpointRepair
+from vaesweep.study.recovery import CheckpointRepair, relocate_search_state
+from vaesweep.study.relocation import running_in, study_folder
 from vaesweep.study.searcher import DB_FILE, lambda_star, settings_search
 from vaesweep.study.stopping import SettledStopper
 from vaesweep.study.tables import SPEC_COPY, check_study_folder, load_trials, read_spec_copy
@@ -249,6 +251,7 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | N
         side_by_side = len(settings) * (spec.search.max_concurrent_per_setting or spec.search.num_samples)
         max_concurrent = min(max_concurrent or side_by_side, side_by_side)
     if tune.Tuner.can_restore(str(experiment)):
+        relocate_search_state(experiment)  # a moved or copied study: its new trials where it is now
         return tune.Tuner.restore(
             str(experiment),
             runnable,
@@ -307,11 +310,24 @@ def run_study(
     out = study_dir(spec, storage)
     check_extras(spec)
     check_study_folder(out)  # a corrupt or foreign folder: refused before Ray starts
+    check_experiment_kept(out)
     if not (address or os.environ.get("RAY_ADDRESS")):  # a cluster's nodes may hold data this one lacks
         check_data(spec)
-    with driver_lock(out):  # one driver per study folder
+    with driver_lock(out), running_in(out):  # one driver per study folder; what Ray unpickles writes here
         ray_output(verbose)
         return _run_locked(spec, out, address, quiet)
+
+
+def check_experiment_kept(out: Path) -> None:
+    """A folder whose tables record trials but whose Ray experiment (``tune/``) is gone would train every
+    trial again beside the recorded ones: refused, naming the loss and the fix."""
+    if (out / "trials.parquet").exists() and not (out / RAY_FOLDER).is_dir():
+        n = len(load_trials(out))
+        if n:
+            raise StudyFolderError(
+                f"{out / RAY_FOLDER} is missing: the Ray experiment of the {n} trials recorded in {out} is gone, "
+                "so they cannot resume; put that folder back, or move the study folder aside to start afresh"
+            )
 
 
 def _run_locked(spec: StudySpec, out: Path, address: str | None, quiet: bool) -> Path:
@@ -363,6 +379,9 @@ class LambdaStarWriter(tune.Callback):
 
     def __init__(self, spec: StudySpec, out: Path):
         self.spec, self.out = spec, out
+
+    def __setstate__(self, state):  # unpickled by Tuner.restore: the study folder the driver runs now
+        self.__dict__.update({**state, "out": study_folder(state["out"])})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         write_lambda_star(self.spec, self.out, finished_only=True)

@@ -39,6 +39,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from vaesweep.config.search import Objective, Sampler
 from vaesweep.config.spec import Search
+from vaesweep.study.relocation import study_folder
 
 CONSTRAINTS = ("law_excess", "mu_excess")  # reported by every trial; <= 0 means satisfied
 DB_FILE = "optuna.db"
@@ -148,7 +149,7 @@ def make_search(
     """Ray Tune's OptunaSearch over an SQLite-backed Optuna study, storing constraint values."""
     metrics = [o.metric for o in objectives]
     modes = [o.mode for o in objectives]
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    storage = StudyDB(f"sqlite:///{db}")
     return ConstrainedOptunaSearch(
         constrained,
         metric=metrics[0] if len(metrics) == 1 else metrics,
@@ -158,6 +159,16 @@ def make_search(
         storage=storage,
         points_to_evaluate=start_points or None,
     )
+
+
+class StudyDB(optuna.storages.RDBStorage):
+    """The study's Optuna database, ``<study>/optuna.db``. Pickled with the searcher (Ray's tuner.pkl and
+    searcher state), it opens the database of the folder the driver runs now when unpickled, never the
+    path it was started from (a moved or copied study, vaesweep/study/relocation.py)."""
+
+    def __setstate__(self, state):
+        saved = Path(state["url"].removeprefix("sqlite:///"))
+        super().__setstate__({**state, "url": f"sqlite:///{study_folder(saved.parent) / saved.name}"})
 
 
 class SettingsSearch(Searcher):

@@ -23,6 +23,7 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.logger import TBXLoggerCallback
 
 from vaesweep.config.spec import SpecError, StudySpec
+from vaesweep.study.relocation import study_folder
 
 MLFLOW_DB, MLFLOW_ARTIFACTS = "mlflow.db", "mlruns"
 NEEDS = {"tensorboard": "tensorboardX", "mlflow": "mlflow"}  # callback -> the module its extra installs
@@ -60,6 +61,19 @@ class MLflowCallback(MLflowLoggerCallback):
     def log_trial_result(self, iteration, trial, result):
         super().log_trial_result(iteration, trial, scalar_metrics(result))
 
+    def __setstate__(self, state):
+        # Unpickled by Tuner.restore: the study's own store is the one in the folder the driver runs now
+        # (a moved or copied study, vaesweep/study/relocation.py); a $MLFLOW_TRACKING_URI store stays.
+        self.__dict__.update(state)
+        if self.tracking_uri == _own_store(self.artifacts.parent):
+            out = study_folder(self.artifacts.parent)
+            self.tracking_uri, self.artifacts = _own_store(out), (out / MLFLOW_ARTIFACTS).absolute()
+
+
+def _own_store(out: Path) -> str:
+    """The tracking URI of the study's own MLflow store, ``<study>/mlflow.db``."""
+    return f"sqlite:///{(out / MLFLOW_DB).absolute()}"
+
 
 def check_extras(spec: StudySpec) -> None:
     """Refuse a tracking callback whose package is not installed, before anything starts."""
@@ -74,6 +88,6 @@ def tracking_callbacks(spec: StudySpec, out: Path) -> list:
     if "tensorboard" in spec.callbacks:
         callbacks.append(TensorBoardCallback())
     if "mlflow" in spec.callbacks:
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / MLFLOW_DB).absolute()}"
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or _own_store(out)
         callbacks.append(MLflowCallback(uri, spec.name, (out / MLFLOW_ARTIFACTS).absolute()))
     return callbacks

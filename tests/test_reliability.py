@@ -1,0 +1,129 @@
+"""A study folder you can move, hand over, interrupt and open safely (README: Reliability).
+
+One small Ray study per case that needs Ray (a killed driver, then its folder copied and moved); the rest at
+unit level: the Recorder and tables without Ray, the spec validator, the report's escaping, checkpoints."""
+
+import html
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import epoch_rows, killed_driver, vaesweep_cli
+from test_report import synthetic_study
+from test_study import KILL_AT_FIRST_COMPLETION, write_study
+from test_study_folder import one_error_line
+
+from analysis.report import build_report
+from vaesweep.cli.main import main
+from vaesweep.engine.checkpoints import CHECKPOINT_FILE, CheckpointError, load_run, save_run
+from vaesweep.engine.trial import TrialRun
+from vaesweep.study.tables import load_study
+
+SMALL = {
+    "base": {"epochs": 3, "max_train": 256, "max_eval": 128, "hidden": [32], "fid": False},
+    "space": {"latent_dim": {"grid": [2, 4, 8]}, "lam": {"grid": [1.0]}},
+    "max_concurrent": 1,
+}
+
+
+def files(folder) -> dict:
+    """Every file under ``folder`` with its bytes and modification time."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_copied_then_moved_study_resumes_where_it_is_and_never_writes_to_its_old_path(tmp_path):
+    path = write_study(tmp_path, "moved", **SMALL)
+    first, copy, moved = (tmp_path / d / "runs" for d in ("first", "copy", "moved"))
+    killed_driver(KILL_AT_FIRST_COMPLETION, path, first)
+    before = load_study(first / "moved")
+    finished = set(before.trials.loc[before.trials["status"] == "done", "trial_id"])
+    assert finished and len(finished) < 3  # killed mid-study
+
+    shutil.copytree(first, copy)
+    original = files(first)
+    res = vaesweep_cli("run", path, "--storage", copy)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert files(first) == original  # the original study is not touched: a copy is a separate study
+    after = load_study(copy / "moved")
+    assert len(after.trials) == 3 and (after.trials["status"] == "done").all()
+    assert len(after.epochs) == 3 * 3 and not after.epochs.duplicated(["trial_id", "epoch"]).any()
+    pd.testing.assert_frame_equal(epoch_rows(before, finished), epoch_rows(after, finished))
+
+    shutil.move(copy, moved)  # a finished study moved: nothing trained again, the old path not recreated
+    res = vaesweep_cli("run", path, "--storage", moved)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not copy.exists()
+    pd.testing.assert_frame_equal(load_study(moved / "moved").epochs, after.epochs)
+    assert f"results: {moved / 'moved'}" in res.stdout
+
+
+# --- the report escapes every string from a spec, a path or an error ------------------------------
+
+SCRIPT, IMG, BOLD = "<script>alert(1)</script>", "npz:/x/<img src=x onerror=alert(2)>.npz", "<b>boom</b>"
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_report_escapes_spec_path_and_error_strings(tmp_path):
+    study = synthetic_study(tmp_path / "x", archs=("dense",), dims=(2, 16), seeds=(0,))
+    trials = pd.read_parquet(study / "trials.parquet")
+    trials["data_root"] = SCRIPT
+    trials["dataset"] = [IMG if i % 2 else "mnist5k" for i in range(len(trials))]  # varied: a trials-table column
+    trials.loc[trials["status"] == "failed", "error"] = BOLD
+    trials.to_parquet(study / "trials.parquet", index=False)
+    (study / "study.yaml").write_text(yaml.safe_dump({"name": "x", "data_root": SCRIPT, "dataset": IMG}))
+    page = build_report(study).read_text()
+    parser = _Tags()
+    parser.feed(page)
+    assert not [t for t, _ in parser.tags if t in ("script", "b")]
+    assert not [a for _, a in parser.tags if "onerror" in a]
+    assert {a["src"] for t, a in parser.tags if t == "img"} <= {p.name for p in study.glob("report/*.png")}
+    assert html.escape(IMG) in page and html.escape(BOLD) in page
+
+
+# --- nothing from a file runs as code -------------------------------------------------------------
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # what a crafted pickle does when loaded without weights_only
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_crafted_checkpoint_is_refused_not_run(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    folder = tmp_path / "checkpoint_000001"
+    folder.mkdir()
+    torch.save({"config": {}, "model": _RunsCode(marker)}, folder / CHECKPOINT_FILE)
+    run = TrialRun({"epochs": 2, "max_train": 128, "max_eval": 64, "hidden": [16], "latent_dim": 2, "fid": False})
+    with pytest.raises(CheckpointError, match="is not a vaesweep trial checkpoint"):
+        load_run(run, folder)
+    assert main(["fid", str(folder / CHECKPOINT_FILE)]) == 2  # the fid command: one line, exit 2
+    assert one_error_line(capsys).endswith(f"or a checkpoint_*/{CHECKPOINT_FILE} of a study")
+    assert not marker.exists()
+
+
+def test_a_real_checkpoint_loads_with_weights_only(tmp_path):
+    cfg = {"epochs": 2, "max_train": 128, "max_eval": 64, "hidden": [16], "latent_dim": 2, "fid": False}
+    run = TrialRun(cfg)
+    next(run.epochs())
+    save_run(run, tmp_path)
+    again = TrialRun(cfg)
+    load_run(again, tmp_path)  # weights_only=True: the state is tensors and plain types only
+    assert again.epoch == 1 and torch.equal(again.gen.get_state(), run.gen.get_state())
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[k], v)
