@@ -4,6 +4,7 @@ One small Ray study per case that needs Ray (a killed driver, then its folder co
 unit level: the Recorder and tables without Ray, the spec validator, the report's escaping, checkpoints."""
 
 import html
+import pickle
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,12 +17,15 @@ from conftest import epoch_rows, killed_driver, vaesweep_cli
 from test_report import synthetic_study
 from test_study import KILL_AT_FIRST_COMPLETION, write_study
 from test_study_folder import one_error_line
+from test_tables import run_trial, trial
 
 from analysis.report import build_report
 from vaesweep.cli.main import main
+from vaesweep.config.spec import load_spec
 from vaesweep.engine.checkpoints import CHECKPOINT_FILE, CheckpointError, load_run, save_run
 from vaesweep.engine.trial import TrialRun
-from vaesweep.study.tables import load_study
+from vaesweep.study.recorder import Recorder
+from vaesweep.study.tables import compact, load_study
 
 SMALL = {
     "base": {"epochs": 3, "max_train": 256, "max_eval": 128, "hidden": [32], "fid": False},
@@ -127,3 +131,76 @@ def test_a_real_checkpoint_loads_with_weights_only(tmp_path):
     assert again.epoch == 1 and torch.equal(again.gen.get_state(), run.gen.get_state())
     for k, v in run.model.state_dict().items():
         assert torch.equal(again.model.state_dict()[k], v)
+
+
+# --- self-healing tables --------------------------------------------------------------------------
+
+
+def test_temporary_files_a_killed_driver_left_are_removed_when_the_study_resumes(tmp_path):
+    rec = Recorder(tmp_path, flush_every_s=0)
+    t = trial("t_00000")
+    run_trial(rec, t, range(1, 3))
+    strays = [tmp_path / "trace.parts" / "000007.parquet.tmp", tmp_path / "epochs.parquet.tmp"]
+    for stray in strays:
+        stray.write_bytes(b"half a parquet file")
+    before = load_study(tmp_path)
+    resumed = pickle.loads(pickle.dumps(rec))  # Tuner.restore: the Recorder compacts the parts
+    assert not any(stray.exists() for stray in strays)
+    assert not any(p.name.endswith(".parts") for p in tmp_path.iterdir())
+    resumed.on_experiment_end([t])  # and again at the end of the study
+    pd.testing.assert_frame_equal(load_study(tmp_path).epochs, before.epochs)
+
+
+def test_a_reader_racing_the_compaction_reads_the_merged_table(tmp_path, monkeypatch):
+    rec = Recorder(tmp_path, flush_every_s=0)
+    run_trial(rec, trial("t_00000"), range(1, 4))
+    expected = load_study(tmp_path)
+    real, raced = pd.read_parquet, []
+
+    def read_parquet(path, *args, **kwargs):  # the driver compacts between the reader's listing and reading
+        if not raced and ".parts" in str(path):
+            raced.append(path)
+            monkeypatch.setattr(pd, "read_parquet", real)
+            compact(tmp_path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_parquet", read_parquet)
+    got = load_study(tmp_path)
+    assert raced and not (tmp_path / "epochs.parts").exists()
+    for name in ("epochs", "latents", "trace"):
+        pd.testing.assert_frame_equal(getattr(got, name), getattr(expected, name))
+
+
+def test_a_study_whose_tune_folder_is_gone_is_refused_not_trained_twice(tmp_path, capsys):
+    path = write_study(tmp_path, "lost", **SMALL)
+    study = tmp_path / "runs" / "lost"
+    rec = Recorder(study, flush_every_s=0)
+    run_trial(rec, trial("t_00000"), (1,))
+    (study / "study.yaml").write_text(yaml.safe_dump(load_spec(path).model_dump(mode="json")))
+    assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2
+    assert one_error_line(capsys) == (
+        f"vaesweep: error: {study / 'tune'} is missing: the Ray experiment of the 1 trials recorded in {study} is "
+        "gone, so they cannot resume; put that folder back, or move the study folder aside to start afresh"
+    )
+
+
+def test_a_trial_ended_by_ctrl_c_before_its_first_epoch_is_not_done(tmp_path):
+    rec = Recorder(tmp_path, flush_every_s=0)
+    started, waiting = trial("t_00000"), trial("t_00001", status="PENDING")
+    rec.flush([started, waiting])
+    started.status = waiting.status = "TERMINATED"  # Ray's cleanup after Ctrl+C, no epoch reported
+    rec.on_experiment_end([started, waiting])
+    assert set(load_study(tmp_path).trials["status"]) == {"interrupted"}
+
+
+def test_a_retried_trial_that_finishes_keeps_no_old_error(tmp_path):
+    rec = Recorder(tmp_path, flush_every_s=0)
+    t = trial("t_00000", status="ERROR")
+    rec.flush([t])  # Ray marks it ERROR, then retries it (FailureConfig)
+    assert load_study(tmp_path).trials["status"].tolist() == ["failed"]
+    t.status = "RUNNING"
+    run_trial(rec, t, (1, 2))
+    t.status = "TERMINATED"
+    rec.on_trial_complete(0, [t], t)
+    row = load_study(tmp_path).trials.iloc[0]
+    assert row["status"] == "done" and row["error"] is None

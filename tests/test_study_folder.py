@@ -61,15 +61,6 @@ def _foreign_epochs(study):
     return study / "epochs.parquet", "is not a vaesweep results table (Parquet file size is 0 bytes)"
 
 
-def _garbage_part(study):
-    pd.DataFrame({"trial_id": ["t1"], "status": ["done"]}).to_parquet(study / "trials.parquet")
-    (study / "trace.parts").mkdir()
-    (study / "trace.parts" / "000000.parquet").write_bytes(os.urandom(2000))
-    return study / "trace.parts" / "000000.parquet", (
-        "is not a vaesweep results table (Parquet magic bytes not found in footer)"
-    )
-
-
 def _foreign_spec(study):
     pd.DataFrame({"trial_id": ["t1"], "status": ["done"]}).to_parquet(study / "trials.parquet")
     (study / "study.yaml").write_text("- just\n- a list\n")
@@ -82,9 +73,7 @@ def _not_yaml_spec(study):
     return study / "study.yaml", "is not a vaesweep study spec (not YAML: ParserError)"
 
 
-@pytest.mark.parametrize(
-    "spoil", [_garbage_table, _foreign_table, _foreign_epochs, _garbage_part, _foreign_spec, _not_yaml_spec]
-)
+@pytest.mark.parametrize("spoil", [_garbage_table, _foreign_table, _foreign_epochs, _foreign_spec, _not_yaml_spec])
 def test_corrupt_or_foreign_folder_one_line_exit_2(tmp_path, capsys, spoil):
     import ray
 

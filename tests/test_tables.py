@@ -4,11 +4,9 @@ import pickle
 from types import SimpleNamespace
 
 import pandas as pd
-import pytest
 
 from analysis.report import _trials_table
 from vaesweep.config import metrics
-from vaesweep.config.errors import StudyFolderError
 from vaesweep.study.recorder import Recorder
 from vaesweep.study.tables import TABLES, compact, load_study
 
@@ -139,16 +137,29 @@ def test_a_resumed_trial_reports_again_without_doubled_rows(tmp_path):
         pd.testing.assert_frame_equal(getattr(compacted, name), getattr(s, name))
 
 
-def test_a_corrupt_part_is_refused_naming_it(tmp_path):
+def test_a_damaged_part_is_left_out_with_a_warning_then_moved_aside_not_a_reason_to_delete_the_study(tmp_path, capsys):
     rec = Recorder(tmp_path, flush_every_s=1e9)
     run_trial(rec, trial("t_00000"), (1,))
     rec.flush()
+    run_trial(rec, trial("t_00001"), (1, 2))
+    rec.flush()
+    good = load_study(tmp_path)
+    capsys.readouterr()
     bad = tmp_path / "trace.parts" / "000001.parquet"
     bad.write_bytes(b"not parquet at all")
-    with pytest.raises(StudyFolderError, match=f"^{bad} is not a vaesweep results table .*; delete {tmp_path} "):
-        load_study(tmp_path)
-    with pytest.raises(StudyFolderError, match=f"^{bad} is not a vaesweep results table"):
-        compact(tmp_path)
+    s = load_study(tmp_path)  # a reader: the part's rows left out, one line says so
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"vaesweep: warning: {bad} is damaged (Parquet magic bytes not found in footer); its rows are left out"
+    )
+    assert set(s.trace["trial_id"]) == {"t_00000"} and len(s.epochs) == len(good.epochs)
+    compact(tmp_path)  # the driver (when the study runs): moved aside, the rest merged
+    aside = tmp_path / "damaged" / "trace-000001.parquet"
+    assert aside.read_bytes() == b"not parquet at all" and not (tmp_path / "trace.parts").exists()
+    assert capsys.readouterr().err.startswith(f"vaesweep: warning: {bad} was damaged (")
+    after = load_study(tmp_path)
+    pd.testing.assert_frame_equal(after.epochs, good.epochs)
+    assert capsys.readouterr().err == ""
 
 
 def test_a_resumed_study_forgets_the_unfinished_trials_ray_lost_with_the_killed_driver(tmp_path):

@@ -75,7 +75,7 @@ class Recorder(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._live.add(trial.trial_id)
         for row in self._rows(trial):
-            row["status"] = "running"
+            row.update(status="running", error=None)  # a retried trial's earlier error is not its answer
         self._maybe_flush(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -210,12 +210,12 @@ class Recorder(tune.Callback):
             for row in self._rows(t):
                 self._sync_status(t, row)
 
-    @staticmethod
-    def _sync_status(t, row: dict) -> None:
+    def _sync_status(self, t, row: dict) -> None:
         if t.status == "ERROR" and row.get("status") != "failed":
             row.update(status="failed", error=_error_line(t))
-        elif t.status == "TERMINATED" and row.get("status") not in ("failed", "interrupted"):
-            row["status"] = "done"
+        elif t.status == "TERMINATED" and row.get("status") not in ("failed", "interrupted", "done"):
+            # ended by Ray without completing (Ctrl+C before its first epoch): done only with an epoch to show
+            row["status"] = "done" if self.final.get(row["trial_id"], {}).get("epochs_done") else "interrupted"
 
     def _maybe_flush(self, trials) -> None:
         if time.monotonic() - self._last_flush >= self.flush_every_s:

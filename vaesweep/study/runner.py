@@ -309,7 +309,7 @@ def run_study(
     banners and trial tables too (ray_output)."""
     out = study_dir(spec, storage)
     check_extras(spec)
-    check_study_folder(out)  # a corrupt or foreign folder: refused before Ray starts
+    check_study_folder(out, warn=False)  # a corrupt or foreign folder: refused before Ray starts
     check_experiment_kept(out)
     if not (address or os.environ.get("RAY_ADDRESS")):  # a cluster's nodes may hold data this one lacks
         check_data(spec)

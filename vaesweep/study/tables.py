@@ -26,6 +26,8 @@ not vaesweep's (garbage bytes, another tool's Parquet) raises ``StudyFolderError
 from __future__ import annotations
 
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,8 @@ class StudyTables:
     trace: pd.DataFrame
 
 
+TMP_SUFFIX = ".parquet.tmp"  # a table or part being written, renamed into place when whole
+DAMAGED = "damaged"  # where a damaged part is moved aside (quarantine)
 SPEC_COPY = "study.yaml"  # the spec a study folder was run with (written by vaesweep.study.runner)
 REQUIRED_COLUMNS = {"trials": ("trial_id", "status")}  # the other tables: trial_id
 
@@ -65,7 +69,19 @@ REQUIRED_COLUMNS = {"trials": ("trial_id", "status")}  # the other tables: trial
 def load_study(path: str | Path) -> StudyTables:
     """The DataFrames of a study directory (``runs/<name>``); missing tables are empty."""
     path = _study_folder(path)
-    return StudyTables(**{t: read_table(path, t) for t in TABLES})
+    return StudyTables(**{t: _consistent(read_table, path, t) for t in TABLES})
+
+
+def _consistent(read, *args, attempts: int = 50):
+    """``read(*args)``, read again while a file vanishes under it: a driver compacting the study renames the
+    merged table into place, then removes its parts, so a reader that raced it finds the merged file next time
+    (never a half-merged table: every file is renamed into place whole)."""
+    for _ in range(attempts - 1):
+        try:
+            return read(*args)
+        except FileNotFoundError:
+            time.sleep(0.1)
+    return read(*args)
 
 
 def load_trials(path: str | Path) -> pd.DataFrame:
@@ -73,8 +89,8 @@ def load_trials(path: str | Path) -> pd.DataFrame:
     driver: the epochs, latent and trace tables grow with the study, the trials table with its trials only).
     Every table's footers are still checked, so a foreign or corrupt folder is refused as load_study refuses it."""
     path = _study_folder(path)
-    check_study_folder(path)
-    return read_table(path, "trials")
+    _consistent(check_study_folder, path)
+    return _consistent(read_table, path, "trials")
 
 
 def _study_folder(path: str | Path) -> Path:
@@ -86,19 +102,23 @@ def _study_folder(path: str | Path) -> Path:
     return path
 
 
-def check_study_folder(path: Path) -> None:
+def check_study_folder(path: Path, warn: bool = True) -> None:
     """Raise ``StudyFolderError`` unless the vaesweep files already in ``path`` are readable and vaesweep's.
-    Reads each table's footers only (the Recorder reads the rows themselves when the study resumes)."""
+    Reads each table's footers only (the Recorder reads the rows themselves when the study resumes). A damaged
+    part is not a reason to refuse the folder (``warn``: say it here; the driver says it when it moves it aside)."""
     read_spec_copy(path)
     if (path / "trials.parquet").exists():  # the tables load_study would read
         for table in TABLES:
-            _files(path, table)
+            _files(path, table, warn)
 
 
 def compact(path: Path) -> None:
     """Merge each table's parts into ``<table>.parquet`` (what ``load_study`` reads), then remove the parts.
     The large tables (trace, latent_history) stream through one file at a time, so the driver never holds
-    them whole."""
+    them whole. For the driver only (it holds the study's lock): first the temporary files a killed driver
+    left are removed and damaged parts moved aside (``quarantine``)."""
+    remove_temporaries(path)
+    quarantine(path)
     for table, key in BLOCKS.items():
         parts = _parts(path, table)
         if not parts:
@@ -109,7 +129,41 @@ def compact(path: Path) -> None:
             _stream(_files(path, table), list(key), path / f"{table}.parquet")
         for part in parts:
             part.unlink()
-        parts[0].parent.rmdir()
+        try:
+            parts[0].parent.rmdir()
+        except OSError:  # something else landed in the folder: harmless, its parts are merged
+            pass
+
+
+def remove_temporaries(path: Path) -> list[Path]:
+    """Remove the ``*.parquet.tmp`` files a driver killed mid-write left (a table's or a part's); returns them.
+    Every write goes to such a file first and is renamed into place (``write_table``), so none holds rows
+    that a table lacks."""
+    found = [*path.glob(f"*{TMP_SUFFIX}"), *path.glob(f"*.parts/*{TMP_SUFFIX}")]
+    for tmp in found:
+        tmp.unlink(missing_ok=True)
+    return found
+
+
+def quarantine(path: Path) -> list[Path]:
+    """Move every damaged part (unreadable, or not vaesweep's) to ``<study>/damaged/`` with a one-line warning
+    naming it; the study goes on without its rows. Returns where they went."""
+    moved = []
+    for table in BLOCKS:
+        for part in _parts(path, table):
+            if _problem(table, part) is None:
+                continue
+            aside = path / DAMAGED / f"{table}-{part.name}"
+            aside.parent.mkdir(exist_ok=True)
+            os.replace(part, aside)
+            print(
+                f"vaesweep: warning: {part} was damaged ({_problem(table, aside)}); moved to {aside}, its rows are "
+                "not in the tables (a resumed trial reports its later epochs again)",
+                file=sys.stderr,
+                flush=True,
+            )
+            moved.append(aside)
+    return moved
 
 
 def drop_trials(path: Path, trial_ids: set[str]) -> None:
@@ -121,7 +175,7 @@ def drop_trials(path: Path, trial_ids: set[str]) -> None:
         if not file.exists():
             continue
         source = pq.ParquetFile(file)
-        tmp = file.with_suffix(".parquet.tmp")
+        tmp = file.with_suffix(TMP_SUFFIX)
         with pq.ParquetWriter(tmp, source.schema_arrow) as writer:
             for batch in source.iter_batches(batch_size=1 << 20):
                 rows = pa.Table.from_batches([batch])
@@ -140,7 +194,7 @@ def _stream(files: list[Path], key: list[str], out: Path) -> None:
     )
     owner = owner.groupby(key)["_file"].max()  # the last part that wrote each block
     schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive").remove_metadata()
-    tmp = out.with_suffix(".parquet.tmp")
+    tmp = out.with_suffix(TMP_SUFFIX)
     with pq.ParquetWriter(tmp, schema) as writer:
         for i, f in enumerate(files):
             for batch in pq.ParquetFile(f).iter_batches(batch_size=1 << 20):
@@ -169,7 +223,7 @@ def append_part(df: pd.DataFrame, path: Path, table: str, seq: int) -> None:
 
 def write_table(df: pd.DataFrame, file: Path) -> None:
     """Write atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = file.with_suffix(".parquet.tmp")
+    tmp = file.with_suffix(TMP_SUFFIX)
     df.to_parquet(tmp, index=False)
     os.replace(tmp, file)
 
@@ -195,10 +249,19 @@ def _parts(path: Path, table: str) -> list[Path]:
     return sorted(folder.glob("*.parquet"), key=lambda p: int(p.stem)) if folder.is_dir() else []
 
 
-def _files(path: Path, table: str) -> list[Path]:
-    """The table's files in the order they were written (compacted file, then parts), each checked."""
-    files = [path / f"{table}.parquet"] if (path / f"{table}.parquet").exists() else []
-    return [_check_table(path, table, f) for f in files + _parts(path, table)]
+def _files(path: Path, table: str, warn: bool = True) -> list[Path]:
+    """The table's files in the order they were written (compacted file, then parts), each checked. A damaged
+    part is left out with a one-line warning (the driver moves it aside when the study runs: ``quarantine``);
+    a damaged compacted table is refused (StudyFolderError)."""
+    main = [_check_table(path, table, path / f"{table}.parquet")] if (path / f"{table}.parquet").exists() else []
+    parts = []
+    for part in _parts(path, table):
+        problem = _problem(table, part)
+        if problem is None:
+            parts.append(part)
+        elif warn and part.exists():  # not a part merged away meanwhile (a reader racing compact)
+            print(f"vaesweep: warning: {part} is damaged ({problem}); its rows are left out", file=sys.stderr)
+    return main + parts
 
 
 def read_table(path: Path, table: str) -> pd.DataFrame:
@@ -216,16 +279,27 @@ def read_table(path: Path, table: str) -> pd.DataFrame:
 
 def _check_table(path: Path, table: str, file: Path) -> Path:
     """The file, once its Parquet footer reads and names vaesweep's key columns."""
+    problem = _problem(table, file)
+    if problem is not None:
+        raise _foreign(file, path, "is not a vaesweep results table", problem)
+    return file
+
+
+def _problem(table: str, file: Path) -> str | None:
+    """Why ``file`` is not a readable vaesweep table of ``table`` (None: it is). A file removed meanwhile
+    raises FileNotFoundError (a reader that raced the driver's compaction reads again: ``_consistent``)."""
     try:
         columns = pq.read_schema(file).names
+    except FileNotFoundError:
+        raise
     except (pa.ArrowException, OSError) as err:
-        why = str(err).split("': ", 1)[-1].split(". ")[0].rstrip(".")  # drop pyarrow's own path and advice
-        raise _foreign(file, path, "is not a vaesweep results table", why) from None
+        if not file.exists():
+            raise FileNotFoundError(file) from None
+        return str(err).split("': ", 1)[-1].split(". ")[0].rstrip(".")  # drop pyarrow's own path and advice
     missing = [c for c in REQUIRED_COLUMNS.get(table, ("trial_id",)) if c not in columns]
     if columns and missing:  # an empty table (no trials yet) has no columns
-        why = f"no {', '.join(missing)} column" + "s" * (len(missing) > 1)
-        raise _foreign(file, path, "is not a vaesweep results table", why)
-    return file
+        return f"no {', '.join(missing)} column" + "s" * (len(missing) > 1)
+    return None
 
 
 def _foreign(file: Path, study: Path, what: str, why: str) -> StudyFolderError:
