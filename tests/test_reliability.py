@@ -204,3 +204,63 @@ def test_a_retried_trial_that_finishes_keeps_no_old_error(tmp_path):
     rec.on_trial_complete(0, [t], t)
     row = load_study(tmp_path).trials.iloc[0]
     assert row["status"] == "done" and row["error"] is None
+
+
+# --- every field validated before Ray starts ------------------------------------------------------
+
+OPTUNA = {"space": {"latent_dim": {"grid": [4]}, "lam": {"loguniform": [0.1, 4.0]}}, "search": {"type": "optuna"}}
+UNCAUGHT_SPECS = [
+    ({**OPTUNA, "search": {"type": "optuna", "start": [{"lam": "abc"}]}}, "search.start.0.lam: 'abc' is not a number"),
+    ({**OPTUNA, "search": {"type": "optuna", "start": [{"lam": 9.0}]}}, "search.start.0.lam: 9.0 is outside its range"),
+    ({"space": {"lam": {"loguniform": [0.1, float("inf")]}}}, "space.lam.loguniform.1: Input should be a finite"),
+    ({"base": {"batch_size": 1e21}}, "base: batch_size: 1e+21 is not a whole number"),
+    ({"base": {"batch_size": 10**21}}, "base: batch_size: 1000000000000000000000 is larger than"),
+    ({"base": {"epochs": True}}, "base: epochs: True is not a number"),
+    ({"base": {"lam": float("inf")}}, "base: lam: inf is not a finite number"),
+    ({"space": {"lr": {"grid": [1e-3, float("inf")]}}}, "space.lr: lr: inf is not a finite number"),
+    ({"seeds": [1, 1]}, "seed 1 is listed twice"),
+    ({"seeds": True}, "seeds"),
+    ({"retries": True}, "retries"),
+    (
+        {"space": {"latent_dim": {"grid": list(range(1, 1001))}, "lam": {"grid": [0.5 + i for i in range(1000)]}}},
+        "max_trials: the study has 1,000,000 trials (grid 1000 x 1000 x 1 seeds x num_samples 1), over the limit "
+        "of 100,000; shrink the grid, or raise the limit with max_trials: 1000000",
+    ),
+]
+
+
+@pytest.mark.parametrize("change,needle", UNCAUGHT_SPECS)
+def test_fields_that_escaped_validation_are_refused_before_anything_starts(tmp_path, capsys, change, needle):
+    path = write_study(tmp_path, "bad", **change)
+    assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2
+    assert needle in one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+ALIAS_BOMB = "name: bomb\nbase: {epochs: 1}\na: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [*{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+)
+BAD_FILES = [
+    (
+        "dup.yaml",
+        "name: dup\nbase: {epochs: 1}\nbase: {epochs: 2}\n",
+        "line 3 is not valid YAML (key 'base' is given twice",
+    ),
+    ("bomb.yaml", ALIAS_BOMB, "expands to more than 100,000 values through its aliases"),
+    ("latin1.yaml", "name: caf\xe9\n".encode("latin-1"), "not UTF-8 text (byte 9); save the study YAML as UTF-8"),
+    ("folder.yaml", None, "is a folder; give the path of a study YAML file"),
+]
+
+
+@pytest.mark.parametrize("name,content,needle", BAD_FILES)
+def test_spec_files_that_are_not_plain_yaml_are_refused_in_one_line(tmp_path, capsys, name, content, needle):
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2
+    assert needle in one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()

@@ -29,16 +29,20 @@ a TrialConfig field, so a negative lambda or an unknown dataset is caught in the
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
+    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
     SerializeAsAny,
+    Strict,
+    StrictInt,
     ValidationError,
     field_validator,
     model_serializer,
@@ -57,6 +61,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A number as YAML writes one: ``true`` is not 1, ``1e21`` is not a whole number, ``.inf`` is not a bound.
+Number = Annotated[float, Strict(), AllowInfNan(False)]
+MAX_INT = 2**31 - 1  # the largest size, count or step a trial field takes (a seed may be larger)
+MAX_YAML_VALUES = 100_000  # a spec whose YAML expands (through aliases) to more values is refused
+
+
 class Grid(_Strict):
     grid: list[Any] = Field(min_length=1)
 
@@ -66,11 +76,11 @@ class Choice(_Strict):
 
 
 class Uniform(_Strict):
-    uniform: tuple[float, float]
+    uniform: tuple[Number, Number]
 
 
 class LogUniform(_Strict):
-    loguniform: tuple[float, float]
+    loguniform: tuple[Number, Number]
 
     @field_validator("loguniform")
     @classmethod
@@ -81,7 +91,7 @@ class LogUniform(_Strict):
 
 
 class RandInt(_Strict):
-    randint: tuple[int, int]
+    randint: tuple[StrictInt, StrictInt]
 
 
 Domain = Grid | Choice | Uniform | LogUniform | RandInt
@@ -92,12 +102,12 @@ class Search(_Strict):
     (every combination of the grid fields and seeds), over the space's range fields, all settings at once."""
 
     type: Literal["grid", "random", "optuna"] = "grid"
-    num_samples: int = Field(1, ge=1, description="random draws per grid point; optuna: trials per setting")
+    num_samples: StrictInt = Field(1, ge=1, description="random draws per grid point; optuna: trials per setting")
     objective: Objective | list[Objective] = Field(Objective(), description="optuna: default minimise lam")
     constrained: bool = Field(True, description="optuna: subject to the Sec. 4 laws (law_excess, mu_excess <= 0)")
     sampler: Sampler = Sampler()
     start: list[dict[str, Any]] = Field(default_factory=list, description="optuna: points to evaluate first")
-    max_concurrent_per_setting: int | None = Field(
+    max_concurrent_per_setting: StrictInt | None = Field(
         1,
         ge=1,
         description="optuna: trials of one setting running at once (1: each suggestion sees every trial "
@@ -112,8 +122,8 @@ class Scheduler(_Strict):
     type: Literal["asha"] = "asha"
     metric: str = "elbo"
     mode: Literal["min", "max"] = "max"
-    grace_period: int = Field(5, ge=1)
-    reduction_factor: float = Field(3.0, gt=1)
+    grace_period: StrictInt = Field(5, ge=1)
+    reduction_factor: Number = Field(3.0, gt=1)
 
 
 class Stop(_Strict):
@@ -125,15 +135,17 @@ class Stop(_Strict):
         description="budget: every epoch; settled: the first evaluation whose collapse has settled, its Sec. 4 "
         "verdict the same over the settle window",
     )
-    min_steps: int = Field(0, ge=0, description="minibatches a trial trains at least before settling may end it")
+    min_steps: StrictInt = Field(
+        0, ge=0, le=MAX_INT, description="minibatches a trial trains at least before settling may end it"
+    )
 
     def trial_fields(self) -> dict[str, Any]:
         return {"stop_when": self.when, "stop_min_steps": self.min_steps}
 
 
 class Resources(_Strict):
-    cpu: float = Field(1.0, gt=0)
-    gpu: float | Literal["auto"] = Field(
+    cpu: Number = Field(1.0, gt=0, le=MAX_INT)
+    gpu: Number | Literal["auto"] = Field(
         0.0, description="per trial: 0.25 lets 4 trials share a GPU; auto: 0.25 where the cluster has GPUs, else 0"
     )
 
@@ -157,17 +169,26 @@ class StudySpec(_Strict):
     data_root: str | None = None
     base: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Domain] = Field(default_factory=dict)
-    seeds: int | list[int] = Field(1)
+    seeds: StrictInt | list[StrictInt] = Field(1)
     search: Search = Search()
     scheduler: Scheduler | None = None
     stop: Stop = Stop()
     metric: str = Field("elbo", description="what 'best trial' means in progress and status")
     mode: Literal["min", "max"] = "max"
     resources: Resources = Resources()
-    max_concurrent: int | None = Field(None, ge=1)
-    retries: int = Field(2, ge=0, description="Ray FailureConfig.max_failures per trial")
-    checkpoint_every: int = Field(
-        1, ge=1, description="a checkpoint every N epochs and at the last; a retried trial resumes from the last one"
+    max_concurrent: StrictInt | None = Field(None, ge=1, le=MAX_INT)
+    retries: StrictInt = Field(2, ge=0, le=1000, description="Ray FailureConfig.max_failures per trial")
+    max_trials: StrictInt = Field(
+        100_000,
+        ge=1,
+        description="the most trials a study may have (grid points x seeds x num_samples); a larger one is "
+        "refused before anything starts, with its size: raise this to run it",
+    )
+    checkpoint_every: StrictInt = Field(
+        1,
+        ge=1,
+        le=MAX_INT,
+        description="a checkpoint every N epochs and at the last; a retried trial resumes from the last one",
     )
     storage: str = "runs"
     experiment: str = Field(
@@ -201,6 +222,11 @@ class StudySpec(_Strict):
             raise ValueError("seeds is a count >= 1 or a non-empty list of seeds")
         if isinstance(v, list) and not v:
             raise ValueError("seeds is a count >= 1 or a non-empty list of seeds")
+        if isinstance(v, list) and len(set(v)) < len(v):
+            twice = sorted({s for s in v if v.count(s) > 1})
+            raise ValueError(f"seed {twice[0]} is listed twice; give each seed once (e.g. [0, 1, 2])")
+        if isinstance(v, int) and v > MAX_INT:
+            raise ValueError(f"seeds: {v} repeats is more than any study runs; give a count such as 3")
         return v
 
     @model_validator(mode="before")
@@ -238,6 +264,18 @@ class StudySpec(_Strict):
         if settings is not None:
             data[self.experiment] = settings
         return data
+
+    @model_validator(mode="after")
+    def _size_limit(self) -> StudySpec:
+        n = self.n_grid_points()
+        if n > self.max_trials:
+            grid = " x ".join(str(len(d.grid)) for d in self.space.values() if isinstance(d, Grid)) or "1"
+            raise ValueError(
+                f"max_trials: the study has {n:,} trials (grid {grid} x {len(self.seed_list())} seeds x "
+                f"num_samples {self.search.num_samples}), over the limit of {self.max_trials:,}; shrink the grid, "
+                f"or raise the limit with max_trials: {n}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _stop_once(self) -> StudySpec:
@@ -278,9 +316,12 @@ class StudySpec(_Strict):
                 )
             if self.scheduler is not None:
                 raise ValueError("scheduler: not with search: optuna (each trial must finish to test the laws)")
-            for p in self.search.start:
+            for i, p in enumerate(self.search.start):
                 if set(p) - set(ranged):
                     raise ValueError(f"search.start: {sorted(set(p) - set(ranged))} are not range fields of space")
+                for key, value in p.items():
+                    _check_start(self.space[key], value, f"search.start.{i}.{key}")
+                    _check_trial({**self.trial_base(), key: value}, f"search.start.{i}")
         return self
 
     @model_validator(mode="after")
@@ -339,8 +380,13 @@ class StudySpec(_Strict):
         return [{**c, "seed": s} for c in combos for s in self.seed_list()]
 
     def n_grid_points(self) -> int:
-        """Trials the study runs: every setting, num_samples times (optuna: trials per setting)."""
-        return len(self.settings()) * self.search.num_samples
+        """Trials the study runs: every setting, num_samples times (optuna: trials per setting). Counted, not
+        listed, so a huge grid is measured (and refused by max_trials) at once."""
+        return (
+            math.prod(len(d.grid) for d in self.space.values() if isinstance(d, Grid))
+            * (len(self.seed_list()) if isinstance(self.seeds, list) else self.seeds)
+            * self.search.num_samples
+        )
 
 
 def _domain_points(dom: Domain, where: str) -> list[Any]:
@@ -364,22 +410,146 @@ def _kind_settings(kind: Kind, given: Any) -> BaseModel:
         raise ValueError(one_line(err, prefix=where)) from None
 
 
+def _check_start(dom: Domain, value: Any, where: str) -> None:
+    """A start point's value lies in its field's domain (a listed choice, or within the range's bounds)."""
+    if isinstance(dom, Choice):
+        if value not in dom.choice:
+            raise ValueError(f"{where}: {value!r} is not one of the choices {dom.choice}; give one of them")
+        return
+    low, high = (
+        dom.uniform if isinstance(dom, Uniform) else dom.loguniform if isinstance(dom, LogUniform) else dom.randint
+    )
+    whole = isinstance(dom, RandInt)
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or (whole and value != int(value)):
+        raise ValueError(f"{where}: {value!r} is not a {'whole ' * whole}number; give one in [{low}, {high}]")
+    if not low <= value <= high:
+        raise ValueError(f"{where}: {value} is outside its range [{low}, {high}]; give one in the range")
+
+
+def _plain(values: dict[str, Any], where: str) -> None:
+    """Each trial field's value is of the kind YAML writes for it: no ``true`` for a number, no ``1e21`` for a
+    whole number, no ``.inf`` or ``.nan``, no number as text, no size beyond MAX_INT (pydantic would convert)."""
+    for key, value in values.items():
+        field = TrialConfig.model_fields.get(key)
+        if field is None:
+            continue
+        kinds = _kinds(field.annotation)
+        items = value if isinstance(value, list | tuple) and "sequence" in kinds else [value]
+        for v in items:
+            problem = _plain_problem(key, v, kinds)
+            if problem is not None:
+                raise ValueError(f"{where}: {key}: {problem}")
+
+
+def _kinds(annotation) -> set[str]:
+    """What a TrialConfig field takes: 'int', 'float', 'bool', 'str' (a Literal counts as str), 'sequence'."""
+    out = set()
+    for a in get_args(annotation) or (annotation,):
+        origin = get_origin(a)
+        if origin is Literal:
+            out.add("str")
+        elif origin in (tuple, list):
+            out |= {"sequence"} | _kinds(get_args(a)[0])
+        elif a in (int, float, bool, str):
+            out.add(a.__name__)
+    return out
+
+
+def _plain_problem(key: str, v: Any, kinds: set[str]) -> str | None:
+    numeric = kinds & {"int", "float"}
+    if isinstance(v, bool):
+        return None if "bool" in kinds else f"{v!r} is not a number; give a number" if numeric else None
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return f"{v} is not a finite number; give a finite one"
+        if "float" not in kinds and "int" in kinds:
+            return f"{v:g} is not a whole number; give one such as 128"
+    if isinstance(v, int) and "int" in kinds and key != "seed" and abs(v) > MAX_INT:
+        return f"{v} is larger than any size or count a trial takes ({MAX_INT}); give a smaller one"
+    if isinstance(v, str) and numeric and "str" not in kinds:
+        return f"{v!r} is text, not a number; write the number without quotes"
+    return None
+
+
 def _check_trial(values: dict[str, Any], where: str) -> None:
+    _plain(values, where)
     try:
         TrialConfig(**values)
     except ValidationError as err:
         raise ValueError(one_line(err, prefix=f"{where}: ")) from None
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (the YAML spec says keys are unique;
+    PyYAML would keep the last one silently)."""
+
+
+def _unique_keys(loader: _SpecLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' is given twice; keep one", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
+
+
+def load_yaml(text: str) -> Any:
+    """A study YAML as Python data (safe: plain types only), refusing duplicate keys and a document whose
+    aliases expand to more than MAX_YAML_VALUES values (an alias bomb), before anything is built from it."""
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded(node, {}) > MAX_YAML_VALUES:
+            raise yaml.YAMLError(
+                f"it expands to more than {MAX_YAML_VALUES:,} values through its aliases (*name); write the "
+                "values out, or use fewer aliases"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded(node: yaml.Node, memo: dict) -> int:
+    """How many values ``node`` stands for once every alias is expanded (a recursive one: too many)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = MAX_YAML_VALUES + 1  # while counting: an alias back to here never ends
+    if isinstance(node, yaml.MappingNode):
+        n = 1 + sum(_expanded(k, memo) + _expanded(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        n = 1 + sum(_expanded(v, memo) for v in node.value)
+    else:
+        n = 1
+    memo[id(node)] = n = min(n, MAX_YAML_VALUES + 1)
+    return n
+
+
 def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study YAML; raises SpecError with one line naming the field."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpecError(
             f"study file '{path}' not found; give the path of a study YAML such as studies/smoke.yaml"
         ) from None
+    except IsADirectoryError:
+        raise SpecError(
+            f"'{path}' is a folder; give the path of a study YAML file such as studies/smoke.yaml"
+        ) from None
+    except PermissionError:
+        raise SpecError(f"'{path}' cannot be read (permission denied); give a study YAML you can read") from None
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte {err.start}); save the study YAML as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

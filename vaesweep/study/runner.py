@@ -200,7 +200,8 @@ def _claim_dir(spec: StudySpec, out: Path) -> None:
     """Write the spec copy and versions; refuse to mix two different specs in one folder."""
     copy = out / SPEC_COPY
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    if copy.exists() and not _same_study(read_spec_copy(out), spec):
+    ran = (out / "trials.parquet").exists()  # a spec copy with no trial recorded yet is replaced
+    if copy.exists() and ran and not _same_study(read_spec_copy(out), spec):
         raise SpecError(
             f"'{out}' holds results of a different '{spec.name}' study; give the changed study a new "
             "name, or remove that folder to start over"
