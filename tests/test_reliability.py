@@ -9,6 +9,7 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -20,11 +21,14 @@ from test_study_folder import one_error_line
 from test_tables import run_trial, trial
 
 from analysis.report import build_report
+from vaesweep.cli import study as cli_study
 from vaesweep.cli.main import main
 from vaesweep.config.spec import load_spec
 from vaesweep.engine.checkpoints import CHECKPOINT_FILE, CheckpointError, load_run, save_run
 from vaesweep.engine.trial import TrialRun
+from vaesweep.study import runner, trainables
 from vaesweep.study.recorder import Recorder
+from vaesweep.study.runner import interrupted
 from vaesweep.study.tables import compact, load_study
 
 SMALL = {
@@ -264,3 +268,96 @@ def test_spec_files_that_are_not_plain_yaml_are_refused_in_one_line(tmp_path, ca
     assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2
     assert needle in one_error_line(capsys)
     assert not (tmp_path / "runs").exists()
+
+
+# --- one line, exit 2, for data a user gives ------------------------------------------------------
+
+
+def _images(n=300, dtype=np.uint8):
+    return np.random.default_rng(0).integers(0, 255, (n, 28, 28)).astype(dtype)
+
+
+def _bad_npz(folder: Path, kind: str) -> Path:
+    path = folder / f"{kind}.npz"
+    if kind == "garbage":
+        path.write_bytes(b"these are not the pixels you are looking for" * 10)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        np.savez(path, x=_images())
+        path.write_bytes(path.read_bytes()[:5000])
+    elif kind == "npy":
+        np.save(folder / "x.npy", _images())
+        (folder / "x.npy").rename(path)
+    elif kind == "string_labels":
+        np.savez(path, x=_images(), y=np.array(["cat"] * 300))
+    elif kind == "uint16":
+        np.savez(path, x=_images(dtype=np.uint16))
+    return path
+
+
+BAD_NPZ = {
+    "garbage": "is not a readable .npz (",
+    "empty": "is not a readable .npz (",
+    "truncated": "is not a readable .npz (",
+    "npy": "is a single .npy array, not an .npz",
+    "string_labels": "dataset npz labels are <U3 of shape (300,); save one whole-number class label per image",
+    "uint16": "dataset npz array 'x' is uint16; save uint8 pixels (0..255) or float pixels in [0, 1]",
+}
+
+
+@pytest.mark.parametrize("kind", BAD_NPZ)
+def test_a_bad_npz_is_one_line_exit_2_before_ray_starts(tmp_path, capsys, kind):
+    data = _bad_npz(tmp_path, kind)
+    path = write_study(tmp_path, "npz", dataset=f"npz:{data}")
+    assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2
+    assert BAD_NPZ[kind] in one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+    assert main(["fid", str(data), "--n", "10"]) == 2  # the fid command reads it the same way
+    assert BAD_NPZ[kind] in one_error_line(capsys)
+
+
+def test_a_trial_whose_data_cannot_load_fails_once_not_retried(tmp_path, monkeypatch):
+    reports = []
+    monkeypatch.setattr(trainables.tune, "report", lambda metrics, **kw: reports.append(metrics))
+    data = _bad_npz(tmp_path, "garbage")
+    trainables.trainable({"dataset": f"npz:{data}", "epochs": 1})  # on a cluster node: no traceback for Ray to retry
+    assert len(reports) == 1 and reports[0]["diverged"].startswith(f"DataError: dataset npz file '{data}' is not")
+
+
+def test_a_study_whose_every_trial_failed_exits_1_with_the_first_error(tmp_path, capsys, monkeypatch):
+    path = write_study(tmp_path, "failing", **SMALL)
+    study = tmp_path / "runs" / "failing"
+    rec = Recorder(study, flush_every_s=0)
+    for i in range(3):
+        t = trial(f"t_0000{i}", status="ERROR")
+        t.config["latent_dim"] = [2, 4, 8][i]
+        rec.on_trial_start(0, [t], t)
+        rec.on_trial_result(0, [t], t, {"diverged": f"loss became nan at step {i}"})
+    rec.on_experiment_end([])
+    (study / "study.yaml").write_text(yaml.safe_dump({"name": "failing"}))
+    monkeypatch.setattr(cli_study, "run_study", lambda spec, **kw: study)  # the study ran: every trial failed
+    monkeypatch.setattr(cli_study, "report_lines", lambda out: [])
+    assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "vaesweep: error: every trial of the study failed; the first, t_00000: loss became nan at step 0"
+    )
+
+
+def test_a_study_ray_stopped_on_ctrl_c_is_interrupted_exit_130(tmp_path, capsys, monkeypatch):
+    path = write_study(tmp_path, "stopped", **SMALL)
+    study = tmp_path / "runs" / "stopped"
+    rec = Recorder(study, flush_every_s=0)
+    done, cut = trial("t_00000"), trial("t_00001")
+    run_trial(rec, done, (1, 2, 3))
+    done.status = "TERMINATED"
+    rec.on_trial_complete(0, [done], done)
+    run_trial(rec, cut, (1,))
+    cut.status = "TERMINATED"  # Ray ended it on Ctrl+C: fit() returned
+    rec.on_experiment_end([done, cut])
+    (study / "tune").mkdir()
+    spec = load_spec(path)
+    assert interrupted(spec, study)
+    monkeypatch.setattr(runner, "_run_locked", lambda *args: study)
+    assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 130
+    assert capsys.readouterr().err.strip() == "vaesweep: interrupted: run the same command again to resume"

@@ -3,7 +3,8 @@
 The arguments of every command are declared in vaesweep/cli/args.py, which imports neither torch nor Ray;
 each command runs in its own module (COMMANDS), imported only when that command runs, so ``status`` and
 ``--help`` start fast. Every error a user can cause ends with one line on stderr,
-``vaesweep: error: <what> (<fix>)``, and exit status 2.
+``vaesweep: error: <what> (<fix>)``, and exit status 2. A study whose every trial failed exits 1 with the first
+trial's error; Ctrl+C exits 130 with "interrupted: run the same command again to resume".
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from importlib import import_module
 
 from vaesweep.cli import args as cli_args
-from vaesweep.config.errors import USER_ERRORS, UsageError
+from vaesweep.config.errors import USER_ERRORS, StudyFailed, UsageError
 
 COMMANDS = {  # command -> "module:function" that runs it
     "train": "vaesweep.cli.train:cmd_train",
@@ -56,6 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"vaesweep: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("vaesweep: interrupted; run the same command again to continue", file=sys.stderr)
+    except PermissionError as err:  # e.g. a study folder of another user, read-only for this one
+        print(
+            f"vaesweep: error: {err.filename or err}: permission denied; run as a user who may write there, "
+            "or copy the study folder to one you own",
+            file=sys.stderr,
+        )
+        return 2
+    except StudyFailed as err:
+        print(f"vaesweep: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl+C anywhere, and a study that Ray stopped on Ctrl+C (StudyInterrupted)
+        print("vaesweep: interrupted: run the same command again to resume", file=sys.stderr)
         return 130

@@ -14,6 +14,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.results)
     if not (path / "trials.parquet").exists():
         raise UsageError(f"'{path}' holds no study results; give a results folder such as runs/smoke")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out}: a file, not a folder; give a folder for the report (created if absent)")
     if args.trial:
         known = set(load_trials(path)["trial_id"])
         unknown = [t for t in args.trial if t not in known]

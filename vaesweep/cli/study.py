@@ -7,8 +7,9 @@ import argparse
 
 from analysis.report import report_lines
 from vaesweep.cli.answers import print_answers
+from vaesweep.config.errors import StudyFailed
 from vaesweep.config.spec import StudySpec
-from vaesweep.study.runner import run_study
+from vaesweep.study.runner import all_failed, run_study
 
 
 def run_spec(spec: StudySpec, args: argparse.Namespace) -> int:
@@ -22,4 +23,7 @@ def run_spec(spec: StudySpec, args: argparse.Namespace) -> int:
             f"report: not written ({type(err).__name__}: {err}); the results are safe, "
             f"retry with: python -m vaesweep report {out}"
         )
+    failed = all_failed(out)
+    if failed is not None:
+        raise StudyFailed(failed)
     return 0

@@ -29,4 +29,12 @@ class StudyFolderError(ValueError):
     """A study folder with files vaesweep did not write; the message is one line naming the file and the fix."""
 
 
+class StudyFailed(RuntimeError):
+    """Every trial of a study failed; the message names the first one and its error."""
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """A study stopped by Ctrl+C (Ray ends its trials and returns): run the same command again to resume."""
+
+
 USER_ERRORS = (UsageError, SpecError, PackError, DataError, TrainingDiverged, StudyFolderError)

@@ -213,6 +213,8 @@ class StudySpec(_Strict):
             raise ValueError(
                 "a study name is one folder name: letters, digits, '_', '-', '.' but not '.' or '..' (e.g. capacity_v2)"
             )
+        if len(v) > 255:
+            raise ValueError(f"a study name is one folder name of at most 255 characters; this one has {len(v)}")
         return v
 
     @field_validator("seeds")

@@ -136,8 +136,8 @@ def _load_cached(name: str, root: str | None, download: bool, device: str, cache
 
 def check_available(name: str, root: str | None = None, cache: str | Path | None = None) -> None:
     """Cheap check, before a study starts, that a data set's files are there (DataError if not)."""
-    if name.startswith("npz:") and not Path(name[4:]).is_file():
-        raise DataError(f"dataset npz file '{name[4:]}' not found; give an existing .npz path as npz:PATH")
+    if name.startswith("npz:"):  # read whole: a file that is not a usable npz is refused before a trial starts
+        _split(name, *_npz(Path(name[4:])))
     if name == "mnist" and root is None and not (data_dir(cache) / MNIST_FILE).is_file():
         raise DataError(f"dataset 'mnist' is not in the cache {data_dir(cache)}; fetch it once: {FETCH_MNIST}")
 
@@ -164,13 +164,37 @@ def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if not path.is_file():
         raise DataError(f"dataset npz file '{path}' not found; give an existing .npz path as npz:PATH")
-    with np.load(path) as arrays:
-        keys = list(arrays.keys())
-        key = next((k for k in ("x", "images", "X", "arr_0") if k in keys), keys[0] if keys else None)
-        if key is None:
-            raise DataError(f"dataset npz file '{path}' holds no arrays; save the images as key 'x'")
-        images = arrays[key]
-        labels = next((arrays[k] for k in ("y", "labels") if k in keys), None)
+    try:
+        loaded = np.load(path, allow_pickle=False)  # nothing in a data file runs as code
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(
+                f"dataset npz file '{path}' is a single .npy array, not an .npz; "
+                "save it with numpy.savez(path, x=images)"
+            )
+        with loaded as arrays:
+            keys = list(arrays.keys())
+            key = next((k for k in ("x", "images", "X", "arr_0") if k in keys), keys[0] if keys else None)
+            if key is None:
+                raise DataError(f"dataset npz file '{path}' holds no arrays; save the images as key 'x'")
+            images = arrays[key]
+            labels = next((arrays[k] for k in ("y", "labels") if k in keys), None)
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        why = (str(err).splitlines() or [type(err).__name__])[0][:160] or type(err).__name__
+        raise DataError(
+            f"dataset npz file '{path}' is not a readable .npz ({why}); "
+            "save the images with numpy.savez(path, x=images)"
+        ) from None
+    if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+        raise DataError(
+            f"dataset npz array '{key}' is {images.dtype}; save uint8 pixels (0..255) or float pixels in [0, 1]"
+        )
+    if labels is not None and not (np.issubdtype(labels.dtype, np.integer) and labels.shape == images.shape[:1]):
+        raise DataError(
+            f"dataset npz labels are {labels.dtype} of shape {labels.shape}; save one whole-number class label "
+            f"per image ({len(images)}) as key 'y', or leave the labels out"
+        )
     if images.ndim == 3:
         images = images[:, None]
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[2:] not in ((28, 28), (32, 32)):

@@ -17,10 +17,13 @@ foreign one) and the driver takes the folder's lock (vaesweep.study.lock: one dr
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import platform
+import shutil
+import socket
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -30,10 +33,11 @@ import yaml
 from pydantic import ValidationError
 from ray import tune
 from ray._private import ray_constants
+from ray._private import worker as ray_worker  # the local node's session folder (Ray 2.60)
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from vaesweep.config.errors import StudyFolderError
+from vaesweep.config.errors import StudyFolderError, StudyInterrupted
 from vaesweep.config.packing import PACK_KEY, grid_configs, make_packs, pack_size
 from vaesweep.config.spec import Choice, Grid, LogUniform, RandInt, SpecError, StudySpec, Uniform
 from vaesweep.engine.checkpoints import RAY_FOLDER
@@ -79,7 +83,11 @@ def study_dir(spec: StudySpec, storage: str | None = None) -> Path:
             f"storage '{root}': cloud URIs are not supported; on a cluster give a shared filesystem "
             "mounted at the same path on every node (e.g. --storage /mnt/efs/runs)"
         )
-    return (Path(root) / spec.name).absolute()
+    out = (Path(root) / spec.name).absolute()
+    there = next(p for p in (out, *out.parents) if p.exists())
+    if not there.is_dir():
+        raise SpecError(f"storage '{root}': {there} is a file, not a folder; give a folder for the results (--storage)")
+    return out
 
 
 def param_space(spec: StudySpec) -> dict:
@@ -159,6 +167,31 @@ def init_ray(address: str | None) -> None:
         )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = multi_node
+    # The local Ray's session folder (/tmp/ray/session_*: its logs and sockets, ~1.5 MB a run) goes when this
+    # driver exits; a trial's error and logs stay in the study folder (tune/).
+    atexit.register(_remove_session, ray_worker._global_node.get_session_dir_path())
+
+
+def _remove_session(session: str) -> None:
+    """Stop the local Ray this driver started, then remove its session folder."""
+    ray.shutdown()
+    shutil.rmtree(session, ignore_errors=True)
+
+
+def check_address(address: str | None, timeout_s: float = 10.0) -> None:
+    """A cluster address (host:port of its head) that nothing answers is refused within ``timeout_s``, naming it
+    (``ray.init`` would retry it for minutes without a word). ``auto``, ``local`` and ``ray://`` addresses are
+    Ray's to resolve."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":") if ":" in address else (address, "", "6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as err:
+        raise SpecError(
+            f"--address {address}: no Ray cluster answers there ({err}); start one with `ray start --head` "
+            "or give the address its head printed"
+        ) from None
 
 
 def check_resources(spec: StudySpec) -> None:
@@ -311,12 +344,45 @@ def run_study(
     out = study_dir(spec, storage)
     check_extras(spec)
     check_study_folder(out, warn=False)  # a corrupt or foreign folder: refused before Ray starts
+    check_address(address or os.environ.get("RAY_ADDRESS"))
     check_experiment_kept(out)
     if not (address or os.environ.get("RAY_ADDRESS")):  # a cluster's nodes may hold data this one lacks
         check_data(spec)
     with driver_lock(out), running_in(out):  # one driver per study folder; what Ray unpickles writes here
         ray_output(verbose)
-        return _run_locked(spec, out, address, quiet)
+        _run_locked(spec, out, address, quiet)
+    if interrupted(spec, out):
+        raise StudyInterrupted(f"{spec.name}: interrupted: run the same command again to resume")
+    return out
+
+
+def interrupted(spec: StudySpec, out: Path) -> bool:
+    """Whether the study ended before all its trials did: Ray Tune stops on Ctrl+C (and SIGUSR1) by ending its
+    trials and returning from ``fit``, so the tables tell: a trial neither done nor failed, or (a study of one
+    Tuner) fewer trials than the spec has."""
+    trials = load_trials(out) if (out / "trials.parquet").exists() else pd.DataFrame({"status": []})
+    short = spec.kind.driver is None and len(trials) < spec.n_grid_points()
+    return short or bool((~trials["status"].isin(["done", "failed"])).any())
+
+
+def all_failed(out: Path) -> str | None:
+    """The first trial's error line when every trial of the study failed (None otherwise)."""
+    trials = load_trials(out)
+    if not len(trials) or not (trials["status"] == "failed").all():
+        return None
+    first = trials.iloc[0]
+    return f"every trial of the study failed; the first, {first['trial_id']}: {first['error']}"
+
+
+class _NoRayResumeHint(logging.Filter):
+    """Ray Tune's own advice after Ctrl+C names its Python API (Tuner.restore); the vaesweep command says
+    "run the same command again to resume" instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has been interrupted" not in record.getMessage()
+
+
+logging.getLogger("ray.tune.tune").addFilter(_NoRayResumeHint())
 
 
 def check_experiment_kept(out: Path) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from vaesweep.config.errors import TrainingDiverged
-from vaesweep.config.packing import pack_configs
+from vaesweep.config.errors import DataError, TrainingDiverged
+from vaesweep.config.packing import PACK_KEY, pack_configs
 from vaesweep.engine.checkpoints import load_run, save_run
 from vaesweep.engine.noise import NoiseExperiment
 from vaesweep.engine.packing import PackedRun
@@ -35,7 +35,9 @@ def trainable(config: dict) -> None:
     ``checkpoint_every`` epochs and at the last, and resumes from ``tune.get_checkpoint()`` after a
     failure or a restored study.
     """
-    run_under_ray(TrialRun({k: v for k, v in config.items() if not k.startswith("_")}), _every(config))
+    run = _started(lambda: TrialRun({k: v for k, v in config.items() if not k.startswith("_")}), config)
+    if run is not None:
+        run_under_ray(run, _every(config))
 
 
 def packed_trainable(config: dict) -> None:
@@ -44,7 +46,9 @@ def packed_trainable(config: dict) -> None:
     Reports ``{"epoch": e, "packed": [metrics_0, ..., metrics_K-1]}`` each epoch (the study's
     recorder splits it into one trial per configuration), checkpointed and resumed as every trial.
     """
-    run_under_ray(PackedRun(pack_configs(config)), _every(config))
+    run = _started(lambda: PackedRun(pack_configs(config)), config)
+    if run is not None:
+        run_under_ray(run, _every(config))
 
 
 def noise_trainable(config: dict) -> None:
@@ -53,10 +57,25 @@ def noise_trainable(config: dict) -> None:
     Driven like ``vaesweep.trainable``: a checkpoint of the trial and the phase state every
     ``checkpoint_every`` epochs and at the last, resumed from ``tune.get_checkpoint()``.
     """
-    run_under_ray(
-        NoiseExperiment({k: v for k, v in config.items() if not k.startswith("_")}, config.get(NOISE_KEY) or {}),
-        _every(config),
+    run = _started(
+        lambda: NoiseExperiment(
+            {k: v for k, v in config.items() if not k.startswith("_")}, config.get(NOISE_KEY) or {}
+        ),
+        config,
     )
+    if run is not None:
+        run_under_ray(run, _every(config))
+
+
+def _started(make, config: dict):
+    """``make()``, the trial's run (its data loaded); None once a data set that cannot load has ended the trial
+    as failed with its reason: the same data would fail every retry, so Ray is not asked for one."""
+    try:
+        return make()
+    except DataError as err:
+        failed = {"diverged": f"DataError: {err}"}
+        tune.report({"packed": [failed] * len(config[PACK_KEY])} if PACK_KEY in config else failed)
+        return None
 
 
 def _every(config: dict) -> int:
@@ -111,7 +130,7 @@ def run_under_ray(run, checkpoint_every: int = 1) -> None:
             # Restored from its final checkpoint (the driver died around the last report):
             # report the final epoch again so the study's tables surely hold it.
             tune.report(ray_report(run, final))
-    except TrainingDiverged as err:
+    except (TrainingDiverged, DataError) as err:
         # Deterministic: a retry from the last checkpoint would diverge again. End the trial and
         # let the study record it as failed with its reason.
         tune.report({"diverged": str(err)})
