@@ -6,6 +6,11 @@ unit level: the Recorder and tables without Ray, the spec validator, the report'
 import html
 import pickle
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import epoch_rows, killed_driver, vaesweep_cli
+from conftest import ROOT, epoch_rows, killed_driver, vaesweep_cli
 from test_report import synthetic_study
 from test_study import KILL_AT_FIRST_COMPLETION, write_study
 from test_study_folder import one_error_line
@@ -26,7 +31,7 @@ from vaesweep.cli.main import main
 from vaesweep.config.spec import load_spec
 from vaesweep.engine.checkpoints import CHECKPOINT_FILE, CheckpointError, load_run, save_run
 from vaesweep.engine.trial import TrialRun
-from vaesweep.study import runner, trainables
+from vaesweep.study import lock, runner, trainables
 from vaesweep.study.recorder import Recorder
 from vaesweep.study.runner import interrupted
 from vaesweep.study.tables import compact, load_study
@@ -361,3 +366,85 @@ def test_a_study_ray_stopped_on_ctrl_c_is_interrupted_exit_130(tmp_path, capsys,
     monkeypatch.setattr(runner, "_run_locked", lambda *args: study)
     assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 130
     assert capsys.readouterr().err.strip() == "vaesweep: interrupted: run the same command again to resume"
+
+
+def test_storage_that_is_a_file_and_a_name_too_long_are_one_line_exit_2(tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    path = write_study(tmp_path, "x", **SMALL)
+    assert main(["run", str(path), "--storage", str(tmp_path / "afile")]) == 2
+    assert f"storage '{tmp_path / 'afile'}': {tmp_path / 'afile'} is a file, not a folder" in one_error_line(capsys)
+    long = write_study(tmp_path, "long", **SMALL)
+    long.write_text(long.read_text().replace("name: long", f"name: {'n' * 256}"))
+    assert main(["run", str(long), "--storage", str(tmp_path / "runs")]) == 2
+    assert "at most 255 characters; this one has 256" in one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_report_out_that_is_a_file_is_one_line_exit_2(tmp_path, capsys):
+    study = synthetic_study(tmp_path / "x", archs=("dense",), dims=(2,), seeds=(0,))
+    (tmp_path / "afile").write_text("")
+    assert main(["report", str(study), "--out", str(tmp_path / "afile")]) == 2
+    assert "--out " in one_error_line(capsys)
+
+
+def test_a_study_folder_this_user_may_not_write_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    path = write_study(tmp_path, "x", **SMALL)
+    denied = tmp_path / "runs" / "x" / "driver.lock"
+
+    def acquire(self, *args, **kwargs):  # as for a non-root user in another user's read-only folder
+        raise PermissionError(13, "Permission denied", str(denied))
+
+    monkeypatch.setattr(lock.FileLock, "acquire", acquire)
+    assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2
+    assert one_error_line(capsys) == (
+        f"vaesweep: error: {denied}: permission denied; run as a user who may write there, "
+        "or copy the study folder to one you own"
+    )
+
+
+def test_an_address_nothing_answers_is_refused_naming_it(tmp_path, capsys):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = write_study(tmp_path, "x", **SMALL)
+    assert main(["run", str(path), "--storage", str(tmp_path / "runs"), "--address", f"127.0.0.1:{port}"]) == 2
+    assert f"--address 127.0.0.1:{port}: no Ray cluster answers there (" in one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_the_local_ray_session_folder_is_removed_when_the_driver_exits():
+    script = (
+        "import ray; from vaesweep.study.runner import init_ray; init_ray(None); "
+        "print(ray._private.worker._global_node.get_session_dir_path())"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    session = Path(res.stdout.strip().splitlines()[-1])
+    assert session.name.startswith("session_") and not session.exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_study_exits_130_and_no_trial_without_an_epoch_is_done(tmp_path):
+    path = write_study(tmp_path, "ctrlc", **{**SMALL, "base": {**SMALL["base"], "epochs": 50}})
+    study = tmp_path / "runs" / "ctrlc"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "vaesweep", "run", str(path), "--storage", str(tmp_path / "runs"), "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while driver.poll() is None and not (study / "epochs.parts").exists():  # training: an epoch recorded
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == "vaesweep: interrupted: run the same command again to resume"
+    assert "Tuner.restore" not in err + out
+    trials = load_study(study).trials
+    assert "done" not in set(trials["status"]) and "interrupted" in set(trials["status"])
