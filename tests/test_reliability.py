@@ -28,13 +28,17 @@ from test_tables import run_trial, trial
 from analysis.report import build_report
 from vaesweep.cli import study as cli_study
 from vaesweep.cli.main import main
-from vaesweep.config.spec import load_spec
+from vaesweep.config.search import Objective, Sampler
+from vaesweep.config.spec import load_spec, spec_from_dict
 from vaesweep.engine.checkpoints import CHECKPOINT_FILE, CheckpointError, load_run, save_run
 from vaesweep.engine.trial import TrialRun
 from vaesweep.study import lock, runner, trainables
 from vaesweep.study.recorder import Recorder
-from vaesweep.study.runner import interrupted
+from vaesweep.study.relocation import running_in
+from vaesweep.study.runner import LambdaStarWriter, interrupted
+from vaesweep.study.searcher import DB_FILE, make_search
 from vaesweep.study.tables import compact, load_study
+from vaesweep.study.tracking import tracking_callbacks
 
 SMALL = {
     "base": {"epochs": 3, "max_train": 256, "max_eval": 128, "hidden": [32], "fid": False},
@@ -439,7 +443,7 @@ def test_ctrl_c_during_a_study_exits_130_and_no_trial_without_an_epoch_is_done(t
         while driver.poll() is None and not (study / "epochs.parts").exists():  # training: an epoch recorded
             time.sleep(0.2)
         driver.send_signal(signal.SIGINT)
-        out, err = driver.communicate(timeout=120)
+        out, err = driver.communicate(timeout=300)
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -448,3 +452,20 @@ def test_ctrl_c_during_a_study_exits_130_and_no_trial_without_an_epoch_is_done(t
     assert "Tuner.restore" not in err + out
     trials = load_study(study).trials
     assert "done" not in set(trials["status"]) and "interrupted" in set(trials["status"])
+
+
+def test_every_pickled_object_that_writes_into_the_study_follows_the_folder(tmp_path):
+    old, new = tmp_path / "old" / "s", tmp_path / "new" / "s"
+    old.mkdir(parents=True)
+    new.mkdir(parents=True)
+    spec = spec_from_dict({"name": "s", "callbacks": ["mlflow"], **OPTUNA})
+    [mlflow] = tracking_callbacks(spec, old)
+    search = make_search([Objective()], Sampler(), True, old / DB_FILE, "s:x")
+    saved = pickle.dumps((Recorder(old, flush_every_s=9.0), LambdaStarWriter(spec, old), mlflow, search._storage))
+    with running_in(new):  # the driver of the moved study unpickles Ray's state
+        recorder, writer, mlflow, storage = pickle.loads(saved)
+    assert recorder.out == new and recorder.flush_every_s == 9.0 and writer.out == new
+    assert mlflow.tracking_uri == f"sqlite:///{new / 'mlflow.db'}" and mlflow.artifacts == new / "mlruns"
+    assert storage.url == f"sqlite:///{new / DB_FILE}"
+    recorder, *_ = pickle.loads(saved)  # outside a driver (nothing writes): the saved folder
+    assert recorder.out == old
