@@ -465,10 +465,10 @@ def _plain_problem(key: str, v: Any, kinds: set[str]) -> str | None:
     if isinstance(v, float):
         if not math.isfinite(v):
             return f"{v} is not a finite number; give a finite one"
-        if "float" not in kinds and "int" in kinds:
+        if "float" not in kinds and "int" in kinds and v != int(v):
             return f"{v:g} is not a whole number; give one such as 128"
-    if isinstance(v, int) and "int" in kinds and key != "seed" and abs(v) > MAX_INT:
-        return f"{v} is larger than any size or count a trial takes ({MAX_INT}); give a smaller one"
+    if isinstance(v, int | float) and "int" in kinds and "float" not in kinds and key != "seed" and abs(v) > MAX_INT:
+        return f"{v:g} is larger than any size or count a trial takes ({MAX_INT}); give a smaller one"
     if isinstance(v, str) and numeric and "str" not in kinds:
         return f"{v!r} is text, not a number; write the number without quotes"
     return None
