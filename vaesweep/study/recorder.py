@@ -75,7 +75,7 @@ class Recorder(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._live.add(trial.trial_id)
         for row in self._rows(trial):
-            row.update(status="running", error=None)  # a retried trial's earlier error is not its answer
+            row["status"] = "running"
         self._maybe_flush(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -83,7 +83,7 @@ class Recorder(tune.Callback):
         for row, res in zip(self._rows(trial), result.get("packed", [result])):
             if res is None:  # a configuration of the pack that ended earlier
                 continue
-            row["status"] = "running"
+            row.update(status="running", error=None)  # reporting again: an earlier (retried) error is not its answer
             if "diverged" in res:
                 row.update(status="failed", error=res["diverged"])
         self._maybe_flush(trials)
