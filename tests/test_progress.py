@@ -7,7 +7,9 @@ from collections import Counter
 
 import pandas as pd
 import pytest
+import yaml
 
+from vaesweep.cli.answers import answer_lines, planned
 from vaesweep.study.progress import Progress
 
 BANNERS = ("Configuration for experiment", "View detailed results here", "Token authentication", "Trial status")
@@ -91,3 +93,15 @@ def test_ray_says_it_is_slow_once_unless_verbose(caplog):
         logging.getLogger(SLOW_LOGGERS[0]).warning("Trial t0 errored")  # other warnings: always
         assert [r.getMessage() for r in caplog.records] == [slow] * expected + ["Trial t0 errored"]
     ray_output(False)
+
+
+def test_status_counts_the_trials_the_spec_runs_not_those_created_so_far(tmp_path):
+    """Issue 29, point 10: a 3-trial study with 2 trials created reads '1/3 done', not '1/2'."""
+    spec = {"name": "three", "base": {"epochs": 1}, "space": {"latent_dim": {"grid": [2, 4, 8]}}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
+    trials = pd.DataFrame(
+        {"trial_id": ["t_0", "t_1"], "latent_dim": [2, 4], "status": ["done", "running"], "error": [None, None]}
+    )
+    trials.to_parquet(tmp_path / "trials.parquet", index=False)
+    assert answer_lines(tmp_path)[0] == "[three] 1/3 done, 1 running, 0 failed, 0 settled"
+    assert planned({}, 2) == 2 and planned({"name": "x", "seeds": 0}, 2) == 2  # no spec, a broken one: the tables

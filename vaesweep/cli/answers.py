@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.answers import answers
+from vaesweep.config.errors import SpecError
+from vaesweep.config.spec import spec_from_dict
 from vaesweep.study.progress import counts, is_terminal
 from vaesweep.study.tables import load_trials, read_spec_copy
 
@@ -29,7 +31,7 @@ def answer_lines(path: Path, colour: bool = False, width: int | None = None) -> 
     trials = load_trials(path)
     star = pd.read_parquet(path / LAMBDA_STAR) if (path / LAMBDA_STAR).exists() else None
     paint = _painter(colour)
-    lines = [paint(f"[{spec.get('name', path.name)}] {counts(trials, len(trials))}", "bold")]
+    lines = [paint(f"[{spec.get('name', path.name)}] {counts(trials, planned(spec, len(trials)))}", "bold")]
     for _, row in trials[trials["status"] == "failed"].iterrows():
         lines.append(paint(f"  failed {row['trial_id']}: {row['error']}", "red"))
     for heading, body in answers(trials, star):
@@ -40,6 +42,15 @@ def answer_lines(path: Path, colour: bool = False, width: int | None = None) -> 
         else:
             lines.extend("  " + _tone(ln, paint) for ln in body)
     return lines
+
+
+def planned(spec: dict, n_trials: int) -> int:
+    """The trials the study's saved spec runs (its grid points, seeds and samples, as the running driver counts
+    them), or the ``n_trials`` its tables hold where that is more (a method study) or the spec unreadable."""
+    try:
+        return max(spec_from_dict(spec).n_grid_points(), n_trials) if spec else n_trials
+    except SpecError:
+        return n_trials
 
 
 def print_answers(path: Path, stream=None) -> None:
