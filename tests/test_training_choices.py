@@ -3,6 +3,7 @@ momentum/eps, the conv net's ReLU placement and decoder, preset keras2019), each
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pandas as pd
@@ -153,3 +154,22 @@ def test_tables_read_a_presets_fields_where_the_trial_did_not_give_them():
         given = {k: v for k, v in trials.set_index("trial_id").loc[row["trial_id"]].items() if pd.notna(v)}
         resolved = TrialConfig(**given)
         assert (row["init"], row["adam_eps"], row["bce_clip"]) == (resolved.init, resolved.adam_eps, resolved.bce_clip)
+
+
+def test_a_contiguous_checkpoint_resumes_into_a_channels_last_run(small):
+    """A conv checkpoint from before channels_last (memory_format: contiguous) resumed where the conv net is
+    channels_last: Adam's moments are the checkpoint's, index by index, laid out like their parameters, and the
+    next epoch matches the contiguous run's to float rounding (misaligned moments move it by ~lr)."""
+    conv = {**small, "arch": "conv", "conv_width": 8, "epochs": 2, "device": "cpu"}
+    old = TrialRun({**conv, "memory_format": "contiguous"})
+    next(old.epochs())
+    state = copy.deepcopy(old.state_dict())  # as written to disk: no tensor shared with the running trial
+    new = TrialRun({**conv, "memory_format": "channels_last"})
+    new.load_state_dict(state)
+    saved = state["optimizer"]["state"]
+    for i, p in enumerate(new.model.parameters()):
+        moments = new.optimizer.state[p]
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert moments[key].stride() == p.stride()
+            assert torch.equal(moments[key], saved[i][key])
+    assert next(new.epochs())["train_loss"] == pytest.approx(next(old.epochs())["train_loss"], rel=1e-4)

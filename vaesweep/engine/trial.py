@@ -388,9 +388,23 @@ class TrialRun(EpochLoop):
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        _lay_out_like_params(self.optimizer)
         self.gen.set_state(state["gen"])
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
         self.record.load_state_dict(state)
+
+
+def _lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Adam's moments in their parameters' memory format. A checkpoint written in another layout (contiguous,
+    before ``memory_format: auto`` made the conv net channels_last on a CPU) keeps its strides through
+    ``load_state_dict``, and the fused kernel pairs elements by storage order, not by index: resumed as they are,
+    the moments would update the wrong weights."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p).copy_(value)
 
 
 def train_vae(config: TrialConfig | dict, report: Callable[[dict], None] | None = None) -> TrialResult:
