@@ -188,9 +188,6 @@ def test_a_study_stops_settled_trials_and_resumes_without_retraining(real_study,
     again = vaesweep_cli("run", root / "tiny.yaml", "--storage", root, "--quiet", timeout=400)
     assert again.returncode == 0, again.stdout + again.stderr[-3000:]
     after = load_study(root / "tiny")
-    assert (
-        after.trials.sort_values("trial_id")
-        .reset_index(drop=True)
-        .equals(before.trials.sort_values("trial_id").reset_index(drop=True))
-    )
+    a, b = (t.trials.sort_values("trial_id").reset_index(drop=True) for t in (after, before))
+    assert set(a.columns) == set(b.columns) and a[list(b.columns)].equals(b)  # the same cells (column order aside)
     assert len(after.epochs) == len(before.epochs)
