@@ -104,10 +104,22 @@ CATALOGUE: tuple[Family, ...] = (
     ),
     Family("noise", "trial", prefix="noise_", source="engine/noise.py: the Sec. 5 noise experiment (Fig. 7)"),
     Family(
+        "factor_fit",
+        "trial",
+        prefix="factor_r2_",
+        source="engine/factors.py: R^2 of each known factor (generated data) fitted on the active variables' means",
+    ),
+    Family(
         "latent",
         "latent",
         ("latent", "mean_mu", "var_mu", "mean_sigma2", "law", "kl", "recon_gain", "mi_i", "active"),
         source="engine/latents.py: Table 1, one row per latent variable; mi_i: I_q(x; z_i), engine/information.py",
+    ),
+    Family(
+        "factors",
+        "latent",
+        prefix="factor_rho_",
+        source="engine/factors.py: each variable's rank correlation with each known factor (generated data)",
     ),
 )
 
@@ -166,5 +178,8 @@ def trial_keys(columns: Iterable[str] | None = None) -> tuple[str, ...]:
     )
 
 
-def latent_keys() -> tuple[str, ...]:
-    return tuple(k for f in CATALOGUE if f.level == "latent" for k in f.keys)
+def latent_keys(columns: Iterable[str] = ()) -> tuple[str, ...]:
+    """The exact keys of the per-variable families, then those of ``columns`` (a row's) that a per-variable
+    prefix family owns (factor_rho_*)."""
+    exact = tuple(k for f in CATALOGUE if f.level == "latent" for k in f.keys)
+    return exact + tuple(k for k in columns if k not in exact and family_of(k, "latent") is not None)

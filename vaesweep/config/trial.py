@@ -15,15 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # dataset name -> torchvision class (vaesweep/engine/data.py loads them)
 TORCHVISION_SETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+# generated data with k known factors, sprites1 ... sprites5 (vaesweep/engine/sprites.py, issue 28)
+MAX_SPRITE_FACTORS = 5
+SPRITES = {f"sprites{k}": k for k in range(1, MAX_SPRITE_FACTORS + 1)}
 
 
 def dataset_names() -> list[str]:
-    return ["mnist5k", *TORCHVISION_SETS, "npz:PATH"]
+    return ["mnist5k", *TORCHVISION_SETS, f"sprites1..sprites{MAX_SPRITE_FACTORS}", "npz:PATH"]
 
 
 def check_dataset_name(name: str) -> str:
     """Validate a data set name without loading it (used by config validation)."""
-    if name == "mnist5k" or name in TORCHVISION_SETS:
+    if name == "mnist5k" or name in TORCHVISION_SETS or name in SPRITES:
         return name
     if name.startswith("npz:") and len(name) > 4:
         return name
@@ -76,7 +79,7 @@ class TrialConfig(BaseModel):
     # data
     dataset: str = Field(
         "mnist5k",
-        description="mnist5k | mnist | fashion_mnist | cifar10 | npz:PATH "
+        description="mnist5k | mnist | fashion_mnist | cifar10 | sprites1..sprites5 | npz:PATH "
         "(mnist: the data cache, see 'data fetch mnist', or data_root)",
     )
     data_root: str | None = Field(None, description="folder of torchvision data sets")

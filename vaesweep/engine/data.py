@@ -6,6 +6,9 @@ Registry (``load_dataset(name, ...)``):
 - ``mnist``: the official 60,000 / 10,000 digits from the data cache (``<cache>/data/mnist.npz``,
   filled once by ``python -m vaesweep data fetch mnist``: vaesweep/engine/fetch.py), or through
   torchvision when a ``root`` is given;
+- ``sprites1`` ... ``sprites5``: generated ellipses with k known factors (vaesweep/engine/sprites.py), 60,000 /
+  10,000, built once into the data cache (``<cache>/data/sprites<k>-v<version>.npz``, about a second), with
+  their factor values (``ImageData.train_factors`` / ``eval_factors``, N x k);
 - ``mnist``, ``fashion_mnist``, ``cifar10`` with a ``root``: through torchvision from that local
   folder, downloaded only when ``download=True`` (and a network is there);
 - ``npz:PATH``: a user's own array file, N x H x W or N x C x H x W, uint8 (0..255) or float (0..1).
@@ -28,6 +31,7 @@ import hashlib
 import importlib.resources
 import math
 import os
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -37,7 +41,8 @@ import numpy as np
 import torch
 
 from vaesweep.config.errors import DataError
-from vaesweep.config.trial import TORCHVISION_SETS, check_dataset_name
+from vaesweep.config.trial import SPRITES, TORCHVISION_SETS, check_dataset_name
+from vaesweep.engine import sprites
 
 SPLIT_SEED = 12345  # fixed: the eval split must not move with the trial seed
 EVAL_FRACTION = 0.2  # for data sets without an official split (mnist5k: 4,000 / 1,000)
@@ -57,7 +62,9 @@ CACHED_SETS = 2  # data sets a process keeps loaded (a study's trials mostly sha
 
 @dataclass(frozen=True)
 class ImageData:
-    """Train and eval images in [0, 1], (N, C, H, W) float32, with labels when known."""
+    """Train and eval images in [0, 1], (N, C, H, W) float32, with labels when known, and the values of
+    the factors the images were made from (N x k float32, named by ``factor_names``) when the data is
+    generated (sprites)."""
 
     name: str
     train: torch.Tensor
@@ -65,10 +72,19 @@ class ImageData:
     train_labels: torch.Tensor | None
     eval_labels: torch.Tensor | None
     content_hash: str
+    train_factors: torch.Tensor | None = None
+    eval_factors: torch.Tensor | None = None
+    factor_names: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.train.shape[1:])
+
+    def eval_factor_columns(self, n: int | None = None) -> dict[str, torch.Tensor]:
+        """The first ``n`` eval images' factor values by name (empty unless the data is generated)."""
+        if self.eval_factors is None:
+            return {}
+        return {name: self.eval_factors[:n, j] for j, name in enumerate(self.factor_names)}
 
     def to(self, device: torch.device | str) -> ImageData:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
@@ -79,6 +95,9 @@ class ImageData:
             move(self.train_labels),
             move(self.eval_labels),
             self.content_hash,
+            move(self.train_factors),
+            move(self.eval_factors),
+            self.factor_names,
         )
 
 
@@ -109,7 +128,15 @@ def load_dataset(
 
 def _file_stamp(name: str, cache: str | Path | None) -> tuple[int, int] | None:
     """(mtime, size) of the file a data set is read from (an npz, the cached MNIST), None if none or absent."""
-    path = Path(name[4:]) if name.startswith("npz:") else data_dir(cache) / MNIST_FILE if name == "mnist" else None
+    path = (
+        Path(name[4:])
+        if name.startswith("npz:")
+        else data_dir(cache) / MNIST_FILE
+        if name == "mnist"
+        else sprites_file(name, cache)
+        if name in SPRITES
+        else None
+    )
     try:
         stat = path.stat() if path is not None else None
     except OSError:
@@ -129,6 +156,8 @@ def _load_cached(name: str, root: str | None, download: bool, device: str, cache
         data = _split(name, images, labels)
     elif name == "mnist" and root is None:
         data = _mnist_cached(cache)
+    elif name in SPRITES:
+        data = _sprites_cached(name, cache)
     else:
         data = _torchvision(name, root, download)
     return data.to(device)
@@ -152,6 +181,55 @@ def _mnist_cached(cache: str | Path | None) -> ImageData:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise DataError(f"cache file {path} is unreadable ({err}); fetch it again: {FETCH_MNIST} --force") from None
     return _make("mnist", xtr[:, None], ytr.astype(np.int64), xev[:, None], yev.astype(np.int64))
+
+
+def sprites_file(name: str, cache: str | Path | None = None) -> Path:
+    return data_dir(cache) / f"{name}-v{sprites.VERSION}.npz"
+
+
+def build_sprites(name: str, cache: str | Path | None = None) -> Path:
+    """Generate ``sprites<k>`` into the data cache unless it is there (written atomically: concurrent trial
+    processes may build it at once, each replacing the file with the same bytes); returns its path."""
+    path = sprites_file(name, cache)
+    if path.is_file():
+        return path
+    images, factors, labels = sprites.make_sprites(SPRITES[name])
+    n = sprites.N_TRAIN
+    arrays = {"train_x": images[:n], "train_y": labels[:n], "train_f": factors[:n]}
+    arrays |= {"eval_x": images[n:], "eval_y": labels[n:], "eval_f": factors[n:]}
+    write_atomic(path, arrays)
+    return path
+
+
+def _sprites_cached(name: str, cache: str | Path | None) -> ImageData:
+    path = build_sprites(name, cache)
+    try:
+        with np.load(path) as a:
+            xtr, ytr, ftr, xev, yev, fev = (a[f"{part}_{k}"] for part in ("train", "eval") for k in "xyf")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise DataError(f"cache file {path} is unreadable ({err}); remove it and it is generated again") from None
+    names = tuple(f.name for f in sprites.sprite_factors(SPRITES[name]))
+    return _make(name, xtr[:, None], ytr, xev[:, None], yev, (ftr, fev, names))
+
+
+def write_atomic(target: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``numpy.savez`` into the data cache so that a reader never sees half a file."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(
+            f"data cache '{target.parent}' cannot be created ({err.strerror}); set $VAESWEEP_CACHE or "
+            "--cache-dir to a writable folder"
+        ) from None
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared by a cluster's users
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
@@ -260,7 +338,8 @@ def _split(name: str, images: np.ndarray, labels: np.ndarray | None) -> ImageDat
     return _make(name, images[tr], pick(labels, tr), images[ev], pick(labels, ev))
 
 
-def _make(name, xtr, ytr, xev, yev) -> ImageData:
+def _make(name, xtr, ytr, xev, yev, factors=None) -> ImageData:
+    """ImageData from uint8 or float arrays; ``factors``: (train, eval, names) of generated data."""
     if len(xtr) < MIN_TRAIN or len(xev) < MIN_EVAL:
         need = max(math.ceil(MIN_EVAL / EVAL_FRACTION), math.ceil(MIN_TRAIN / (1 - EVAL_FRACTION)))
         fix = (
@@ -286,4 +365,5 @@ def _make(name, xtr, ytr, xev, yev) -> ImageData:
         as_long(ytr),
         as_long(yev),
         digest.hexdigest()[:16],
+        *((torch.from_numpy(factors[0]), torch.from_numpy(factors[1]), factors[2]) if factors else ()),
     )

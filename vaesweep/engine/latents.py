@@ -13,6 +13,8 @@ Per latent variable i, over the eval split with the model in eval mode:
   ``mi_images`` eval images: vaesweep/engine/information.py, He et al. 2019; at most log N; with the
   reconstruction gains, NaN on the evaluations without them)
 - ``active`` = var_mu > threshold      (Burda et al.'s active-unit criterion, default 0.01)
+- ``factor_rho_<factor>``: on generated data with known factors (sprites), the variable's rank
+  correlation with each factor, and per trial ``factor_r2_<factor>`` (vaesweep/engine/factors.py)
 
 and per trial ``mi`` = I_q(x; z) over all variables jointly, with its ceiling ``mi_log_n`` = log N.
 
@@ -26,6 +28,7 @@ import math
 import torch
 
 from vaesweep.config.trial import Tolerances
+from vaesweep.engine.factors import explained, rank_correlations
 from vaesweep.engine.information import mutual_information
 from vaesweep.engine.losses import kl_per_variable, reconstruction_error
 from vaesweep.engine.models import eval_mode, reparameterize
@@ -84,10 +87,12 @@ def evaluate(
     generator: torch.Generator,
     with_gain: bool = True,
     mi_images: int = 1000,
+    factors: dict[str, torch.Tensor] | None = None,
 ) -> dict:
     """All collapse metrics of a model on images ``x``: per-variable tensors and a summary.
     ``generator`` fixes the eval sampling noise; the mutual information uses the first ``mi_images`` images
-    and their codes z (0: not measured, NaN), per variable only ``with_gain``."""
+    and their codes z (0: not measured, NaN), per variable only ``with_gain``. ``factors``: the known factor
+    values of the images of ``x`` by name (generated data), for which variable holds which factor."""
     with eval_mode(model):
         mu, logvar = encode_all(model, x)
         per_var = moment_stats(mu, logvar)
@@ -108,7 +113,19 @@ def evaluate(
             mi, mi_i = mutual_information(mu[:mi_n], logvar[:mi_n], z[:mi_n], per_variable=with_gain)
             if mi_i is not None:
                 per_var["mi_i"] = mi_i
-    return summarize(per_var, recon, tol, mi, mi_n)
+    out = summarize(per_var, recon, tol, mi, mi_n)
+    if factors:
+        with_factors(out, mu, factors)
+    return out
+
+
+def with_factors(out: dict, mu: torch.Tensor, factors: dict[str, torch.Tensor]) -> None:
+    """Add each variable's ``factor_rho_*`` to its row and the trial's ``factor_r2_*`` to the summary."""
+    rho = {k: v.cpu().tolist() for k, v in rank_correlations(mu, factors).items()}
+    for row in out["latents"]:
+        row.update({k: v[row["latent"]] for k, v in rho.items()})
+    active = torch.tensor([r["active"] for r in out["latents"]], dtype=torch.bool, device=mu.device)
+    out["summary"].update(explained(mu, factors, active))
 
 
 def summarize(

@@ -110,7 +110,10 @@ class PackedRun(EpochLoop):
         self.ended: dict[int, dict] = {}  # an ended configuration's TrialRun state dict, as it ended
         steps_per_epoch = len(batch_starts(len(self.x_train), cfg.batch_size))
         self.cfgs = [c.for_epochs_of(steps_per_epoch) for c in self.cfgs]  # eval_every: auto resolved
-        self.records = [TrialRecord(c, lambda i=i: self.model(i), self.x_eval) for i, c in enumerate(self.cfgs)]
+        factors = data.eval_factor_columns(cfg.max_eval)
+        self.records = [
+            TrialRecord(c, lambda i=i: self.model(i), self.x_eval, factors) for i, c in enumerate(self.cfgs)
+        ]
         fid = FidHook(data)  # one FID-proxy scorer for the pack
         for r in self.records:
             r.add_standard_hooks(self.x_train, fid)

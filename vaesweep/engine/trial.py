@@ -123,8 +123,15 @@ class TrialRecord:
     ``model()`` hands out the configuration's current model (a TrialRun's own, or a packed one copied out).
     """
 
-    def __init__(self, cfg: TrialConfig, model: Callable[[], torch.nn.Module], x_eval: torch.Tensor):
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        model: Callable[[], torch.nn.Module],
+        x_eval: torch.Tensor,
+        factors: dict[str, torch.Tensor] | None = None,
+    ):
         self.cfg, self.model, self.x_eval = cfg, model, x_eval
+        self.factors = factors  # the eval images' known factors (generated data), else empty
         self.history: list[dict] = []
         self.last_eval: dict | None = None
         self.settle = SettleTracker.for_config(cfg)  # has the collapse settled?
@@ -149,7 +156,8 @@ class TrialRecord:
         """Collapse metrics on the eval split, with fixed sampling noise (same numbers every call)."""
         gen = torch.Generator(self.x_eval.device).manual_seed(self.cfg.seed + 1)
         cfg = self.cfg
-        return evaluate(self.model(), self.x_eval, cfg.recon_loss, cfg.tolerances, gen, with_gain, cfg.mi_images)
+        x, tol = self.x_eval, cfg.tolerances
+        return evaluate(self.model(), x, cfg.recon_loss, tol, gen, with_gain, cfg.mi_images, self.factors)
 
     def active(self) -> list[bool]:
         return [r["active"] for r in self.last_eval["latents"]]
@@ -287,7 +295,8 @@ class TrialRun(EpochLoop):
         self.kl = KLSchedules.of([cfg.schedule], self.device)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         steps_per_epoch = len(batch_starts(len(self.x_train), cfg.batch_size))
-        self.record = TrialRecord(cfg.for_epochs_of(steps_per_epoch), lambda: self.model, self.x_eval)
+        factors = data.eval_factor_columns(cfg.max_eval)
+        self.record = TrialRecord(cfg.for_epochs_of(steps_per_epoch), lambda: self.model, self.x_eval, factors)
         self.record.add_standard_hooks(self.x_train, FidHook(data))
         self.records = [self.record]
 

@@ -158,7 +158,7 @@ class Recorder(tune.Callback):
         self._finish(trial_id, row)
         if "latents" in result:
             latents = [
-                {"trial_id": trial_id, "epoch": epoch, **{k: r[k] for k in latent_keys() if k in r}}
+                {"trial_id": trial_id, "epoch": epoch, **{k: r[k] for k in latent_keys(r) if k in r}}
                 for r in result["latents"]
             ]
             self.new["latent_history"][(trial_id, epoch)] = self.new["latents"][(trial_id,)] = latents
