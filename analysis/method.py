@@ -13,19 +13,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from vaesweep.config.folder import METHOD, METHOD_TRIALS, counts
+
 from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, new_figure, skip
 
-METHOD_FILE, EVIDENCE_FILE = "method.parquet", "method_trials.parquet"  # written by vaesweep/study/method.py
 KEY, TITLE = "method", "Method (Sec. 7): lambda*, the onset of sparsity, and the advice"
 
 
 def load_method(study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """The method table and its evidence trials, or None when the study is not an experiment: method."""
     study_dir = Path(study_dir)
-    if not (study_dir / METHOD_FILE).exists():
+    if not (study_dir / METHOD).exists():
         return None
-    evidence = study_dir / EVIDENCE_FILE
-    return pd.read_parquet(study_dir / METHOD_FILE), pd.read_parquet(evidence) if evidence.exists() else pd.DataFrame()
+    evidence = study_dir / METHOD_TRIALS
+    return pd.read_parquet(study_dir / METHOD), pd.read_parquet(evidence) if evidence.exists() else pd.DataFrame()
 
 
 def method_chart(table: pd.DataFrame, evidence: pd.DataFrame) -> Chart:
@@ -45,16 +46,12 @@ def method_chart(table: pd.DataFrame, evidence: pd.DataFrame) -> Chart:
     return Chart(KEY, TITLE, reading, fig, {"method": table, "method_trials": evidence})
 
 
-def _settled(df: pd.DataFrame) -> pd.Series:
-    return df["settled"].eq(True) if "settled" in df else pd.Series(True, index=df.index)
-
-
 def _search_panel(ax, trials: pd.DataFrame, setting: str, row: pd.Series) -> None:
     """Phase 1: law_residual_max against lambda; filled where the laws held, hollow where not settled."""
     ok = trials["kl_working"].eq(True)
     for works, color, name in ((True, ACTIVE_COLOR, "laws hold"), (False, INACTIVE_COLOR, "laws fail")):
         pick = trials[ok == works]
-        settled = _settled(pick)
+        settled = counts(pick)
         ax.scatter(pick.loc[settled, "lam"], pick.loc[settled, "law_residual_max"], color=color, label=name)
         if (~settled).any():
             ax.scatter(
@@ -78,7 +75,7 @@ def _capacity_panel(ax, trials: pd.DataFrame, setting: str, row: pd.Series) -> N
     trials = trials.sort_values("latent_dim")
     dims = sorted({1, *trials["latent_dim"].astype(int)})
     ax.plot(dims, dims, color="#aaa", lw=1, label="n_active = latent dim")
-    settled = _settled(trials)
+    settled = counts(trials)
     ax.plot(trials["latent_dim"], trials["n_active"], color=ACTIVE_COLOR, lw=1)
     ax.scatter(
         trials.loc[settled, "latent_dim"], trials.loc[settled, "n_active"], color=ACTIVE_COLOR, label="trial at λ*"

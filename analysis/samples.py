@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from vaesweep.config.folder import RAY_FOLDER
 from vaesweep.config.trial import TrialConfig
-from vaesweep.engine.checkpoints import RAY_FOLDER, build_trained, find_checkpoint, load_trained
+from vaesweep.engine.checkpoints import build_trained, find_checkpoint, load_trained
 from vaesweep.engine.data import DataError, load_dataset
 from vaesweep.engine.sampling import decode_images, prior_codes, zero_inactive
 

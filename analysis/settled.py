@@ -13,7 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-COLUMN = "settled"
+from vaesweep.config.folder import SETTLED as COLUMN
+from vaesweep.config.folder import counts
+from vaesweep.config.folder import settled_known as known
+
 LABEL = "not settled (hollow)"
 MARK = {"marker": "o", "s": 70, "facecolors": "none", "edgecolors": "0.3", "linewidths": 1.4, "zorder": 6}
 HATCH = {"fill": False, "hatch": "///", "edgecolor": "0.45", "linewidth": 0}
@@ -23,16 +26,10 @@ FIX = (
 )
 
 
-def known(trials: pd.DataFrame) -> bool:
-    """Whether the study recorded the settled status (a study from before the column has not)."""
-    return COLUMN in trials
-
-
 def unsettled(trials: pd.DataFrame) -> pd.Series:
-    """True for the trials whose collapse had not settled; all False when the status is unknown."""
-    if not known(trials):
-        return pd.Series(False, index=trials.index)
-    return ~trials[COLUMN].eq(True)
+    """True for the trials that do not count (vaesweep/config/folder.py: not settled); all False when the status
+    is unknown."""
+    return ~counts(trials)
 
 
 def split(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -10,10 +10,10 @@ from conftest import recorded
 
 from vaesweep import TrainingDiverged, TrialRun, train_vae
 from vaesweep.config.errors import PackError
+from vaesweep.config.folder import RAY_FOLDER
 from vaesweep.config.packing import PACK_KEY, check_packable, make_packs, pack_size
 from vaesweep.config.spec import SpecError, spec_from_dict
 from vaesweep.engine.checkpoints import (
-    RAY_FOLDER,
     find_checkpoint,
     load_run,
     load_trained,

@@ -29,6 +29,7 @@ from test_tables import run_trial, trial
 from analysis.report import build_report
 from vaesweep.cli import study as cli_study
 from vaesweep.cli.main import main
+from vaesweep.config.folder import OPTUNA_DB as DB_FILE
 from vaesweep.config.search import Objective, Sampler
 from vaesweep.config.spec import load_spec, spec_from_dict
 from vaesweep.engine.checkpoints import CHECKPOINT_FILE, CheckpointError, load_run, save_run
@@ -37,7 +38,7 @@ from vaesweep.study import lock, runner, trainables
 from vaesweep.study.recorder import Recorder
 from vaesweep.study.relocation import running_in
 from vaesweep.study.runner import LambdaStarWriter, interrupted
-from vaesweep.study.searcher import DB_FILE, make_search
+from vaesweep.study.searcher import make_search
 from vaesweep.study.tables import compact, load_study
 from vaesweep.study.tracking import tracking_callbacks
 

@@ -16,11 +16,11 @@ import pandas as pd
 
 from analysis.answers import answers
 from vaesweep.config.errors import SpecError
+from vaesweep.config.folder import LAMBDA_STAR
 from vaesweep.config.spec import spec_from_dict
 from vaesweep.study.progress import counts, is_terminal
 from vaesweep.study.tables import load_trials, read_spec_copy
 
-LAMBDA_STAR = "lambda_star.parquet"
 STYLE = {"bold": "\033[1m", "green": "\033[32m", "red": "\033[31m", "yellow": "\033[33m", "end": "\033[0m"}
 TONES = [(r"\bworks\b", "green"), (r"\bfails\b", "red"), (r"\bnot settled\b", "yellow"), (r"\bfailed\b", "red")]
 

@@ -11,14 +11,15 @@ import pandas as pd
 
 from vaesweep.cli.answers import print_answers
 from vaesweep.config.errors import UsageError
+from vaesweep.config.folder import REPORT_FOLDER, REPORT_PAGE, has_results
 from vaesweep.study.tables import best_trials, load_trials, read_spec_copy
 
-REPORT = Path("report") / "index.html"
+REPORT = Path(REPORT_FOLDER) / REPORT_PAGE
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     path = Path(args.results)
-    if not (path / "trials.parquet").exists():
+    if not has_results(path):
         raise UsageError(f"'{path}' holds no study results; give a results folder such as runs/smoke")
     return print_status(path)
 

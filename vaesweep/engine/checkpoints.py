@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from vaesweep.config.folder import RAY_FOLDER
 from vaesweep.config.packing import packed_id
 from vaesweep.config.trial import TrialConfig, trial_fields
 from vaesweep.engine.models import model_for
@@ -33,7 +34,6 @@ __all__ = [
     "CheckpointError",
     "CHECKPOINT_FILE",
     "MODEL_FILE",
-    "RAY_FOLDER",
     "packed_id",
     "split_packed_id",
     "save_run",
@@ -47,7 +47,6 @@ __all__ = [
 
 CHECKPOINT_FILE = "trial.pt"  # a run's state in a Ray checkpoint folder
 MODEL_FILE = "model.pt"  # train --out's config and weights
-RAY_FOLDER = "tune"  # Ray Tune's results inside a study folder
 _PACKED = re.compile(r"^(?P<ray_id>.+)-p(?P<i>\d+)$")  # the inverse of config.packing.packed_id
 
 

@@ -20,9 +20,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from vaesweep.config.errors import StudyFolderError
-
-LOCK_FILE = "driver.lock"
-INFO_FILE = "driver.json"
+from vaesweep.config.folder import DRIVER_INFO as INFO_FILE
+from vaesweep.config.folder import LOCK_FILE
 
 
 class StudyInUse(StudyFolderError):

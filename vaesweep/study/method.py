@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vaesweep.config.folder import LAMBDA_STAR, METHOD, METHOD_TRIALS, counts
 from vaesweep.config.spec import StudySpec
 from vaesweep.experiments.method import (
     Advice,
@@ -38,9 +39,6 @@ from vaesweep.experiments.method import (
 from vaesweep.study.runner import build_tuner, run_search
 from vaesweep.study.searcher import lambda_star, setting_key
 from vaesweep.study.tables import load_trials
-
-METHOD_FILE = "method.parquet"
-EVIDENCE_FILE = "method_trials.parquet"
 
 
 def run_method(spec: StudySpec, out: Path, quiet: bool = False) -> None:
@@ -223,7 +221,7 @@ def method_row(spec: StudySpec, trials: pd.DataFrame, setting: dict[str, Any]) -
     advice: Advice = advise(label(spec, setting), m, lam, cap, **fid)
     mine = of_setting(trials, setting)
     done = mine[mine["status"] == "done"] if len(mine) else mine
-    unsettled = ~done["settled"].eq(True) if "settled" in done else pd.Series(True, index=done.index)
+    unsettled = ~counts(done)
     return {
         "dataset": spec.trial_base().get("dataset", "mnist5k"),
         **setting,
@@ -283,9 +281,9 @@ def write_tables(spec: StudySpec, out: Path) -> pd.DataFrame:
     table = pd.DataFrame([method_row(spec, trials, s) for s in spec.settings()])
     dims = ["latent_following", "latent_onset", "n_active_onset"]
     table[dims] = table[dims].astype("Int64")  # None where phase 2 has no answer
-    table.to_parquet(out / METHOD_FILE, index=False)
-    evidence(spec, trials).to_parquet(out / EVIDENCE_FILE, index=False)
+    table.to_parquet(out / METHOD, index=False)
+    evidence(spec, trials).to_parquet(out / METHOD_TRIALS, index=False)
     first = trials[phase_of(trials, m) == 1]
     cols = [c for c in ("dataset", *spec.settings()[0]) if c in first]
-    lambda_star(first, cols).to_parquet(out / "lambda_star.parquet", index=False)
+    lambda_star(first, cols).to_parquet(out / LAMBDA_STAR, index=False)
     return table

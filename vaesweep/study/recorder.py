@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from ray import tune
 
+from vaesweep.config.folder import TRIALS, has_results
 from vaesweep.config.metrics import epoch_row, family_of, latent_keys, trial_row
 from vaesweep.config.packing import PACK_KEY, packed_id
 from vaesweep.config.trial import trial_fields
@@ -50,7 +51,7 @@ class Recorder(tune.Callback):
         self._live: set[str] = set()  # Ray trials started by this driver and not yet complete or failed
         if self.out.exists():  # a resumed study: its parts merged first
             compact(self.out)
-        if (self.out / "trials.parquet").exists():
+        if has_results(self.out):
             for row in read_table(self.out, "trials").to_dict("records"):
                 final = {k for k in row if k in FINAL or family_of(k, "trial") is not None}
                 self.trials[row["trial_id"]] = {k: v for k, v in row.items() if k not in final}
@@ -231,7 +232,7 @@ class Recorder(tune.Callback):
                 blocks.clear()
         self._parts += 1
         summary = pd.DataFrame([_trial_line(row, self.final.get(tid, {})) for tid, row in self.trials.items()])
-        write_table(summary, self.out / "trials.parquet")
+        write_table(summary, self.out / TRIALS)
         self._last_flush = time.monotonic()
         if self.progress is not None:
             self.progress.show(summary)

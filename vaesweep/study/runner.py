@@ -38,9 +38,9 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from vaesweep.config.errors import StudyFolderError, StudyInterrupted
+from vaesweep.config.folder import LAMBDA_STAR, OPTUNA_DB, RAY_FOLDER, SEARCH_FOLDER, SPEC_COPY, VERSIONS, has_results
 from vaesweep.config.packing import PACK_KEY, grid_configs, make_packs, pack_size
 from vaesweep.config.spec import Choice, Grid, LogUniform, RandInt, SpecError, StudySpec, Uniform
-from vaesweep.engine.checkpoints import RAY_FOLDER
 from vaesweep.engine.data import check_available
 from vaesweep.experiments import resolve
 from vaesweep.study.lock import driver_lock
@@ -48,13 +48,12 @@ from vaesweep.study.progress import Progress
 from vaesweep.study.recorder import Recorder
 from vaesweep.study.recovery import CheckpointRepair, relocate_search_state
 from vaesweep.study.relocation import running_in, study_folder
-from vaesweep.study.searcher import DB_FILE, lambda_star, settings_search
+from vaesweep.study.searcher import lambda_star, settings_search
 from vaesweep.study.stopping import SettledStopper
-from vaesweep.study.tables import SPEC_COPY, check_study_folder, load_trials, read_spec_copy
+from vaesweep.study.tables import check_study_folder, load_trials, read_spec_copy
 from vaesweep.study.tracking import check_extras, tracking_callbacks
 from vaesweep.study.trainables import CHECKPOINT_EVERY_KEY
 
-SEARCH_FOLDER = "search"  # the Ray experiment of a search: optuna study, under tune/
 # Ray's notice on every new local cluster ("Token authentication is enabled ..."), a warning by level only
 TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 # Ray Tune's "The `X` operation took 0.6 s, which may be a performance bottleneck" (ray.tune.utils.util.warn_if_slow,
@@ -233,7 +232,7 @@ def _claim_dir(spec: StudySpec, out: Path) -> None:
     """Write the spec copy and versions; refuse to mix two different specs in one folder."""
     copy = out / SPEC_COPY
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    ran = (out / "trials.parquet").exists()  # a spec copy with no trial recorded yet is replaced
+    ran = has_results(out)  # a spec copy with no trial recorded yet is replaced
     if copy.exists() and ran and not _same_study(read_spec_copy(out), spec):
         raise SpecError(
             f"'{out}' holds results of a different '{spec.name}' study; give the changed study a new "
@@ -241,7 +240,7 @@ def _claim_dir(spec: StudySpec, out: Path) -> None:
         )
     out.mkdir(parents=True, exist_ok=True)
     copy.write_text(text)
-    (out / "versions.json").write_text(json.dumps(_versions(), indent=2))
+    (out / VERSIONS).write_text(json.dumps(_versions(), indent=2))
 
 
 def _same_study(saved: dict, spec: StudySpec) -> bool:
@@ -276,7 +275,7 @@ def build_tuner(spec: StudySpec, out: Path, quiet: bool = False, folder: str | N
         for key in settings[0]:  # the grid fields and the seed: each trial's come from its setting
             space.pop(key, None)
         experiment = experiment / SEARCH_FOLDER
-        search_alg = settings_search(spec.search, settings, out / DB_FILE, spec.name)
+        search_alg = settings_search(spec.search, settings, out / OPTUNA_DB, spec.name)
         num_samples *= len(settings)
         callbacks = [LambdaStarWriter(spec, out)]
         # Ray keeps one trial pending at a time for a custom searcher unless max_concurrent_trials (its
@@ -360,7 +359,7 @@ def interrupted(spec: StudySpec, out: Path) -> bool:
     """Whether the study ended before all its trials did: Ray Tune stops on Ctrl+C (and SIGUSR1) by ending its
     trials and returning from ``fit``, so the tables tell: a trial neither done nor failed, or (a study of one
     Tuner) fewer trials than the spec has."""
-    trials = load_trials(out) if (out / "trials.parquet").exists() else pd.DataFrame({"status": []})
+    trials = load_trials(out) if has_results(out) else pd.DataFrame({"status": []})
     short = spec.kind.driver is None and len(trials) < spec.n_grid_points()
     return short or bool((~trials["status"].isin(["done", "failed"])).any())
 
@@ -388,7 +387,7 @@ logging.getLogger("ray.tune.tune").addFilter(_NoRayResumeHint())
 def check_experiment_kept(out: Path) -> None:
     """A folder whose tables record trials but whose Ray experiment (``tune/``) is gone would train every
     trial again beside the recorded ones: refused, naming the loss and the fix."""
-    if (out / "trials.parquet").exists() and not (out / RAY_FOLDER).is_dir():
+    if has_results(out) and not (out / RAY_FOLDER).is_dir():
         n = len(load_trials(out))
         if n:
             raise StudyFolderError(
@@ -436,7 +435,7 @@ def write_lambda_star(spec: StudySpec, out: Path, finished_only: bool = False) -
         if not len(trials):
             return lambda_star(trials, cols)
     star = lambda_star(trials, cols)
-    star.to_parquet(out / "lambda_star.parquet", index=False)
+    star.to_parquet(out / LAMBDA_STAR, index=False)
     return star
 
 

@@ -37,12 +37,12 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from vaesweep.config.folder import counts, settled_known
 from vaesweep.config.search import Objective, Sampler
 from vaesweep.config.spec import Search
 from vaesweep.study.relocation import study_folder
 
 CONSTRAINTS = ("law_excess", "mu_excess")  # reported by every trial; <= 0 means satisfied
-DB_FILE = "optuna.db"
 
 
 def make_sampler(s: Sampler):
@@ -277,13 +277,13 @@ def lambda_star(trials: pd.DataFrame, setting_cols: list[str]) -> pd.DataFrame:
     groups = done.groupby(setting_cols, dropna=False) if setting_cols else [((), done)]
     for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
-        settled = group["settled"].eq(True) if "settled" in group else pd.Series(True, index=group.index)
+        settled = counts(group)
         counted = group[settled]
         ok = counted[counted["kl_working"].astype(bool)].sort_values("lam")
         row = dict(
             zip(setting_cols, key),
             n_trials=len(group),
-            n_unsettled=int((~settled).sum()) if "settled" in group else float("nan"),
+            n_unsettled=int((~settled).sum()) if settled_known(group) else float("nan"),
             lam_star=float("nan"),
             lam_star_trial=None,
             lam_star_law_residual=float("nan"),

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from vaesweep.config.errors import StudyFolderError
+from vaesweep.config.folder import DAMAGED, SPEC_COPY, TMP_SUFFIX, has_results, parts_folder, table_file
 from vaesweep.study.progress import Progress  # noqa: F401  (older experiment snapshots pickled the Recorder's here)
 
 TABLES = ("trials", "epochs", "latents", "latent_history", "trace")
@@ -60,9 +61,6 @@ class StudyTables:
     trace: pd.DataFrame
 
 
-TMP_SUFFIX = ".parquet.tmp"  # a table or part being written, renamed into place when whole
-DAMAGED = "damaged"  # where a damaged part is moved aside (quarantine)
-SPEC_COPY = "study.yaml"  # the spec a study folder was run with (written by vaesweep.study.runner)
 REQUIRED_COLUMNS = {"trials": ("trial_id", "status")}  # the other tables: trial_id
 
 
@@ -96,7 +94,7 @@ def load_trials(path: str | Path) -> pd.DataFrame:
 def _study_folder(path: str | Path) -> Path:
     """``path`` once it holds a study's results and its spec copy is vaesweep's."""
     path = Path(path)
-    if not (path / "trials.parquet").exists():
+    if not has_results(path):
         raise FileNotFoundError(f"no study results in '{path}'; run a study first (python -m vaesweep run STUDY.yaml)")
     read_spec_copy(path)
     return path
@@ -107,7 +105,7 @@ def check_study_folder(path: Path, warn: bool = True) -> None:
     Reads each table's footers only (the Recorder reads the rows themselves when the study resumes). A damaged
     part is not a reason to refuse the folder (``warn``: say it here; the driver says it when it moves it aside)."""
     read_spec_copy(path)
-    if (path / "trials.parquet").exists():  # the tables load_study would read
+    if has_results(path):  # the tables load_study would read
         for table in TABLES:
             _files(path, table, warn)
 
@@ -124,9 +122,9 @@ def compact(path: Path) -> None:
         if not parts:
             continue
         if table in ORDER:  # small: sorted in memory
-            write_table(read_table(path, table), path / f"{table}.parquet")
+            write_table(read_table(path, table), path / table_file(table))
         else:
-            _stream(_files(path, table), list(key), path / f"{table}.parquet")
+            _stream(_files(path, table), list(key), path / table_file(table))
         for part in parts:
             part.unlink()
         try:
@@ -171,7 +169,7 @@ def drop_trials(path: Path, trial_ids: set[str]) -> None:
     compact(path)
     drop = pa.array(sorted(trial_ids))
     for table in BLOCKS:
-        file = path / f"{table}.parquet"
+        file = path / table_file(table)
         if not file.exists():
             continue
         source = pq.ParquetFile(file)
@@ -216,7 +214,7 @@ def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def append_part(df: pd.DataFrame, path: Path, table: str, seq: int) -> None:
     """Write ``df`` as part ``seq`` of ``table`` (read after every part with a lower number)."""
-    folder = path / f"{table}.parts"
+    folder = path / parts_folder(table)
     folder.mkdir(exist_ok=True)
     write_table(df, folder / f"{seq:06d}.parquet")
 
@@ -245,7 +243,7 @@ def read_spec_copy(path: Path) -> dict:
 
 
 def _parts(path: Path, table: str) -> list[Path]:
-    folder = path / f"{table}.parts"
+    folder = path / parts_folder(table)
     return sorted(folder.glob("*.parquet"), key=lambda p: int(p.stem)) if folder.is_dir() else []
 
 
@@ -253,7 +251,7 @@ def _files(path: Path, table: str, warn: bool = True) -> list[Path]:
     """The table's files in the order they were written (compacted file, then parts), each checked. A damaged
     part is left out with a one-line warning (the driver moves it aside when the study runs: ``quarantine``);
     a damaged compacted table is refused (StudyFolderError)."""
-    main = [_check_table(path, table, path / f"{table}.parquet")] if (path / f"{table}.parquet").exists() else []
+    main = [_check_table(path, table, path / table_file(table))] if (path / table_file(table)).exists() else []
     parts = []
     for part in _parts(path, table):
         problem = _problem(table, part)

@@ -22,10 +22,10 @@ from pathlib import Path
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.logger import TBXLoggerCallback
 
+from vaesweep.config.folder import MLFLOW_ARTIFACTS, MLFLOW_DB
 from vaesweep.config.spec import SpecError, StudySpec
 from vaesweep.study.relocation import study_folder
 
-MLFLOW_DB, MLFLOW_ARTIFACTS = "mlflow.db", "mlruns"
 NEEDS = {"tensorboard": "tensorboardX", "mlflow": "mlflow"}  # callback -> the module its extra installs
 
 
