@@ -4,7 +4,7 @@
 
 appends one pass to benchmarks/results/trial_overhead.json and rewrites trial_overhead.md from every pass.
 
-One local Ray (127.0.0.1, started as ``vaesweep.study.runner.init_ray`` starts it), the same N trials of
+One local Ray (127.0.0.1, started as ``vaesweep.study.cluster.init_ray`` starts it), the same N trials of
 1 CPU each, ``--concurrency`` at once, run these ways one after another:
 
 - bare Ray Tune: a function trainable that calls ``tune.report`` ``--epochs`` times and returns, through
@@ -13,7 +13,7 @@ One local Ray (127.0.0.1, started as ``vaesweep.study.runner.init_ray`` starts i
   their mean;
 - bare Ray Tune, reused actors: the same with ``TuneConfig(reuse_actors=True)``;
 - vaesweep: a grid study of N trivial trials (epochs 2, max_train 256, max_eval 128, hidden [32], fid off,
-  1 thread; the study's defaults otherwise) through ``vaesweep.study.runner.build_tuner``: the Recorder,
+  1 thread; the study's defaults otherwise) through ``vaesweep.study.tuner.build_tuner``: the Recorder,
   Ray's JSON and CSV loggers, a checkpoint per the study's settings, everything a study does; once per
   ``--checkpoint-every`` value.
 
@@ -40,8 +40,9 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 import vaesweep
 from vaesweep.config.spec import spec_from_dict
-from vaesweep.study.runner import build_tuner, init_ray
+from vaesweep.study.cluster import init_ray
 from vaesweep.study.tables import load_trials
+from vaesweep.study.tuner import build_tuner
 
 RESULTS = Path(__file__).resolve().parent / "results"
 READING = """

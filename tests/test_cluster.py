@@ -20,6 +20,8 @@ import yaml
 from conftest import ROOT
 from ray._common.utils import get_ray_address_file
 
+from vaesweep.config.errors import RayVersionError
+from vaesweep.study import ray_compat
 from vaesweep.study.tables import load_study
 
 CLUSTER = ROOT / "cluster"
@@ -194,3 +196,16 @@ def test_image_installs_what_pyproject_pins():
     assert re.search(r"pip install[^\n]*\s/home/ray/vaesweep", dockerfile)  # deps come from pyproject itself
     for image_ref in (CLUSTER / "kuberay" / "raycluster.yaml", CLUSTER / "aws-gpu.yaml"):
         assert "vaesweep" in image_ref.read_text()
+
+
+def test_only_the_checked_ray_is_accepted_and_pyproject_pins_it():
+    """vaesweep/study/ray_compat.py holds every private Ray name; another Ray minor version is refused in one line."""
+    ray_compat.check_version("2.60.3")
+    with pytest.raises(
+        RayVersionError, match=r"^Ray 2\.61\.0 is installed .* install it with pip install 'ray\[tune\]==2\.60\.\*'$"
+    ):
+        ray_compat.check_version("2.61.0")
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pin = next(d for d in deps if d.startswith("ray"))
+    low, high = re.search(r">=\s*([\d.]+),\s*<\s*([\d.]+)", pin).groups()
+    assert (low,) == ray_compat.CHECKED and high == "2.61"

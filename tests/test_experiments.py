@@ -17,7 +17,7 @@ from vaesweep import experiments
 from vaesweep.config.packing import pack_size
 from vaesweep.config.spec import SpecError, StudySpec, spec_from_dict
 from vaesweep.experiments.kind import Kind
-from vaesweep.study import runner
+from vaesweep.study import space, tuner
 
 # --- a toy kind, declared as a kind module would declare it ---------------------------------------
 
@@ -137,12 +137,12 @@ def test_toy_kind_spec_errors_name_the_field(toy, change, message):
 
 def test_toy_kind_reaches_the_runner(toy, tmp_path, monkeypatch):
     spec = spec_from_dict({"name": "t", "experiment": "toy", "toy": {"rounds": 3}, "resources": {"cpu": 1, "gpu": 0.5}})
-    assert runner.param_space(spec)["_toy"] == {"rounds": 3}
+    assert space.param_space(spec)["_toy"] == {"rounds": 3}
     assert pack_size(spec) == 1  # not packable: pack auto on a GPU stays off
-    monkeypatch.setattr(runner.tune, "Tuner", FakeTuner)
-    monkeypatch.setattr(runner.tune, "with_resources", lambda function, resources: function)
-    tuner = runner.build_tuner(spec, tmp_path, quiet=True)
-    assert tuner.runnable is toy_trainable and tuner.kwargs["param_space"]["_toy"] == {"rounds": 3}
+    monkeypatch.setattr(tuner.tune, "Tuner", FakeTuner)
+    monkeypatch.setattr(tuner.tune, "with_resources", lambda function, resources: function)
+    built = tuner.build_tuner(spec, tmp_path, quiet=True)
+    assert built.runnable is toy_trainable and built.kwargs["param_space"]["_toy"] == {"rounds": 3}
 
 
 def test_toy_kind_chart_comes_first_in_the_report(toy, tmp_path):

@@ -165,7 +165,7 @@ def test_shipped_noise_study_is_valid():
     from conftest import ROOT
 
     from vaesweep.config.spec import load_spec
-    from vaesweep.study.runner import param_space
+    from vaesweep.study.space import param_space
 
     spec = load_spec(ROOT / "studies" / "noise.yaml")
     assert spec.experiment == "noise" and spec.trial_base()["latent_dim"] == 16

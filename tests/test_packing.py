@@ -24,7 +24,7 @@ from vaesweep.engine.checkpoints import (
 from vaesweep.engine.losses import KLSchedule, KLSchedules, packed_loss, vae_loss
 from vaesweep.engine.packing import PackedRun, train_packed
 from vaesweep.study.recorder import Recorder
-from vaesweep.study.runner import pack_param_space
+from vaesweep.study.space import pack_param_space
 from vaesweep.study.trainables import ray_report
 
 TRAIN_KEYS = ("train_loss", "train_recon", "train_kl", "lam_effective")

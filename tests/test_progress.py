@@ -82,7 +82,7 @@ def test_a_file_gets_one_line_per_change_and_a_terminal_one_display(monkeypatch)
 
 
 def test_ray_says_it_is_slow_once_unless_verbose(caplog):
-    from vaesweep.study.runner import SLOW_LOGGERS, ray_output
+    from vaesweep.study.cluster import SLOW_LOGGERS, ray_output
 
     slow = "The `process_trial_result` operation took 0.689 s, which may be a performance bottleneck."
     for verbose, expected in ((False, 1), (True, 3)):

@@ -37,10 +37,11 @@ from vaesweep.engine.trial import TrialRun
 from vaesweep.study import lock, runner, trainables
 from vaesweep.study.recorder import Recorder
 from vaesweep.study.relocation import running_in
-from vaesweep.study.runner import LambdaStarWriter, interrupted
+from vaesweep.study.runner import interrupted
 from vaesweep.study.searcher import make_search
 from vaesweep.study.tables import compact, load_study
 from vaesweep.study.tracking import tracking_callbacks
+from vaesweep.study.tuner import LambdaStarWriter
 
 SMALL = {
     "base": {"epochs": 3, "max_train": 256, "max_eval": 128, "hidden": [32], "fid": False},
@@ -422,7 +423,7 @@ def test_an_address_nothing_answers_is_refused_naming_it(tmp_path, capsys):
 @pytest.mark.slow
 def test_the_local_ray_session_folder_is_removed_when_the_driver_exits():
     script = (
-        "import ray; from vaesweep.study.runner import init_ray; init_ray(None); "
+        "import ray; from vaesweep.study.cluster import init_ray; init_ray(None); "
         "print(ray._private.worker._global_node.get_session_dir_path())"
     )
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

@@ -15,7 +15,7 @@ from vaesweep.config.metrics import is_timing
 from vaesweep.config.spec import spec_from_dict
 from vaesweep.engine.data import load_dataset
 from vaesweep.engine.trial import TrialRun
-from vaesweep.study import runner, trainables
+from vaesweep.study import trainables, tuner
 
 
 class Killed(Exception):
@@ -101,9 +101,9 @@ def test_checkpoint_every_is_a_study_setting_that_reaches_the_trials(tiny, tmp_p
     spec = {"name": "s", "base": tiny}
     with pytest.raises(SpecError, match="checkpoint_every"):
         spec_from_dict({**spec, "checkpoint_every": 0})
-    monkeypatch.setattr(runner.tune, "Tuner", FakeTuner)
+    monkeypatch.setattr(tuner.tune, "Tuner", FakeTuner)
     every = {
-        n: runner.build_tuner(spec_from_dict({**spec, "checkpoint_every": n}), tmp_path / str(n), quiet=True).kwargs
+        n: tuner.build_tuner(spec_from_dict({**spec, "checkpoint_every": n}), tmp_path / str(n), quiet=True).kwargs
         for n in (1, 5)
     }
     assert trainables.CHECKPOINT_EVERY_KEY not in every[1]["param_space"]

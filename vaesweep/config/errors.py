@@ -37,4 +37,8 @@ class StudyInterrupted(KeyboardInterrupt):
     """A study stopped by Ctrl+C (Ray ends its trials and returns): run the same command again to resume."""
 
 
+class RayVersionError(UsageError):
+    """A Ray other than the versions vaesweep/study/ray_compat.py was checked against; the message says which."""
+
+
 USER_ERRORS = (UsageError, SpecError, PackError, DataError, TrainingDiverged, StudyFolderError)

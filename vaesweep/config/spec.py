@@ -67,19 +67,44 @@ MAX_INT = 2**31 - 1  # the largest size, count or step a trial field takes (a se
 MAX_YAML_VALUES = 100_000  # a spec whose YAML expands (through aliases) to more values is refused
 
 
-class Grid(_Strict):
+class _Domain(_Strict):
+    """A field's domain in ``space``: listed values (``values``) or a range (``bounds``); vaesweep/study/space.py
+    turns each into Ray Tune's."""
+
+    @property
+    def values(self) -> list[Any] | None:
+        return None
+
+    @property
+    def bounds(self) -> tuple[Any, Any] | None:
+        return None
+
+
+class Grid(_Domain):
     grid: list[Any] = Field(min_length=1)
 
+    @property
+    def values(self) -> list[Any]:
+        return self.grid
 
-class Choice(_Strict):
+
+class Choice(_Domain):
     choice: list[Any] = Field(min_length=1)
 
+    @property
+    def values(self) -> list[Any]:
+        return self.choice
 
-class Uniform(_Strict):
+
+class Uniform(_Domain):
     uniform: tuple[Number, Number]
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.uniform
 
-class LogUniform(_Strict):
+
+class LogUniform(_Domain):
     loguniform: tuple[Number, Number]
 
     @field_validator("loguniform")
@@ -89,9 +114,17 @@ class LogUniform(_Strict):
             raise ValueError("loguniform bounds must be > 0, e.g. [0.01, 10]")
         return v
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.loguniform
 
-class RandInt(_Strict):
-    randint: tuple[StrictInt, StrictInt]
+
+class RandInt(_Domain):
+    randint: tuple[StrictInt, StrictInt]  # both bounds included
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        return self.randint
 
 
 Domain = Grid | Choice | Uniform | LogUniform | RandInt
@@ -393,11 +426,9 @@ class StudySpec(_Strict):
 
 def _domain_points(dom: Domain, where: str) -> list[Any]:
     """The values of a domain to validate: every listed value, or both range bounds."""
-    if isinstance(dom, (Grid, Choice)):
-        return list(dom.grid if isinstance(dom, Grid) else dom.choice)
-    low, high = (
-        dom.uniform if isinstance(dom, Uniform) else dom.loguniform if isinstance(dom, LogUniform) else dom.randint
-    )
+    if dom.values is not None:
+        return list(dom.values)
+    low, high = dom.bounds
     if not low < high:
         raise ValueError(f"{where}: range [{low}, {high}] is empty; give [low, high] with low < high")
     return [low, high]
@@ -418,9 +449,7 @@ def _check_start(dom: Domain, value: Any, where: str) -> None:
         if value not in dom.choice:
             raise ValueError(f"{where}: {value!r} is not one of the choices {dom.choice}; give one of them")
         return
-    low, high = (
-        dom.uniform if isinstance(dom, Uniform) else dom.loguniform if isinstance(dom, LogUniform) else dom.randint
-    )
+    low, high = dom.bounds
     whole = isinstance(dom, RandInt)
     number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not number or (whole and value != int(value)):

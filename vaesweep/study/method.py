@@ -2,7 +2,7 @@
 
 ``run_method(spec, out)`` runs, per fixed setting of the spec (its grid fields and seed):
 
-  1. the constrained Optuna search for lambda* (``runner.run_search`` on a derived ``search: optuna`` spec, at
+  1. the constrained Optuna search for lambda* (``tuner.run_search`` on a derived ``search: optuna`` spec, at
      ``method.search_latent_dim``); lambda* is read from settled trials only (``searcher.lambda_star``): a trial
      whose collapse had not settled counts neither as feasible nor as infeasible, and is counted in n_unsettled;
   2. one trial per round at lambda*, the latent dimension chosen by ``grow_latent`` from the recorded tables
@@ -13,7 +13,7 @@
 Every trial is recorded in the study's usual tables. Each phase runs in a Ray experiment folder of its own under
 ``tune/``: phase 1 ``tune/search`` (run_search's: every setting's search in one Tuner, side by side), phase 2
 ``tune/capacity,<setting>,latent_dim=<d>``, phase 3 ``tune/fid,<setting>``. A killed driver, run again, restores
-each folder (runner.build_tuner): finished trials are not re-run, an unfinished one resumes from its checkpoint,
+each folder (tuner.build_tuner): finished trials are not re-run, an unfinished one resumes from its checkpoint,
 and the next round is decided from the tables. The phase of a trial is read from its config: two_stage -> phase 3;
 latent_dim == search_latent_dim -> phase 1; else phase 2.
 """
@@ -36,9 +36,9 @@ from vaesweep.experiments.method import (
     advise,
     grow_latent,
 )
-from vaesweep.study.runner import build_tuner, run_search
 from vaesweep.study.searcher import lambda_star, setting_key
 from vaesweep.study.tables import load_trials
+from vaesweep.study.tuner import build_tuner, run_search
 
 
 def run_method(spec: StudySpec, out: Path, quiet: bool = False) -> None:

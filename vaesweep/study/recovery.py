@@ -30,8 +30,8 @@ from pathlib import Path
 
 import ray.cloudpickle as cloudpickle  # what Ray writes its search algorithm's state with (Ray 2.60)
 from ray import tune
-from ray.train._internal.session import _TrainingResult  # what Trial.on_checkpoint takes (Ray 2.60)
-from ray.train._internal.storage import StorageContext
+
+from vaesweep.study.ray_compat import StorageContext, TrainingResult
 
 SEARCH_STATES = ("basic-variant-state-*.json", "search_gen_state-*.json")  # Ray's search algorithm's state
 
@@ -79,7 +79,7 @@ def repair(trial) -> Path | None:
     # folder that is gone: it gets back an empty one to delete.
     missing.mkdir()
     checkpoint = tune.Checkpoint(path=str(found), filesystem=current.filesystem)
-    trial.on_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=reported_with(found)))
+    trial.on_checkpoint(TrainingResult(checkpoint=checkpoint, metrics=reported_with(found)))
     log.warning(
         "trial %s resumes from %s: the snapshot named %s, replaced before the driver died",
         trial.trial_id,

@@ -40,6 +40,7 @@ from ray.tune.search.optuna import OptunaSearch
 from vaesweep.config.folder import counts, settled_known
 from vaesweep.config.search import Objective, Sampler
 from vaesweep.config.spec import Search
+from vaesweep.study.ray_compat import mark_completed, optuna_study, optuna_trials, start_points, start_points_held
 from vaesweep.study.relocation import study_folder
 
 CONSTRAINTS = ("law_excess", "mu_excess")  # reported by every trial; <= 0 means satisfied
@@ -69,9 +70,9 @@ class ConstrainedOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if self._told(trial_id):
-            self._completed_trials.add(trial_id)
+            mark_completed(self, trial_id)
             return
-        ot_trial = self._ot_trials.get(trial_id)
+        ot_trial = optuna_trials(self).get(trial_id)
         if ot_trial is not None and self.constrained:
             for name in CONSTRAINTS:  # a trial without its values counts as infeasible
                 ot_trial.set_constraint(name, float(result[name]) if result and name in result else 1.0)
@@ -83,11 +84,8 @@ class ConstrainedOptunaSearch(OptunaSearch):
         # Ray's OptunaSearch enqueues its start points in the Optuna study each time this is called, and a
         # restored study calls it again: a start point some trial already holds is not enqueued twice, so a
         # resumed search does not run it again.
-        points, self._points_to_evaluate = self._points_to_evaluate, []
-        try:
+        with start_points_held(self):
             ready = super().set_search_properties(metric, mode, config, **spec)
-        finally:
-            self._points_to_evaluate = points
         if ready:
             self._enqueue_start_points(lost=set())
         return ready
@@ -97,34 +95,34 @@ class ConstrainedOptunaSearch(OptunaSearch):
         killed before its next snapshot) have no Ray trial any more. Each is told failed, so the search does
         not wait on it, and a start point it held is enqueued again; Tune asks for their places anew (the
         budget restored with the snapshot). Returns their numbers."""
-        asked = {t.number for t in self._ot_trials.values()}
+        asked = {t.number for t in optuna_trials(self).values()}
+        study = optuna_study(self)
         lost = [
-            t.number
-            for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.number not in asked
+            t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in asked
         ]
         for number in lost:
-            self._ot_study.tell(number, state=TrialState.FAIL)
+            study.tell(number, state=TrialState.FAIL)
         self._enqueue_start_points(lost=set(lost))
         return lost
 
     def _enqueue_start_points(self, lost: set[int]) -> None:
         """Enqueue each start point no trial holds (waiting, running or finished), the ``lost`` ones aside."""
+        study = optuna_study(self)
         held = [
             t.system_attrs.get("fixed_params", t.params)
-            for t in self._ot_study.get_trials(deepcopy=False)
+            for t in study.get_trials(deepcopy=False)
             if t.number not in lost
         ]
-        for point in self._points_to_evaluate:
+        for point in start_points(self):
             if not any(_same_values(point, values) for values in held):
-                self._ot_study.enqueue_trial(point)
+                study.enqueue_trial(point)
 
     def _told(self, trial_id: str) -> bool:
         """Whether Optuna holds this trial's outcome already: after a killed driver, a trial that finished after
         Tune's last snapshot is restored and reports its last epoch again, which Optuna must not take twice."""
-        ot_trial = self._ot_trials.get(trial_id)
+        ot_trial = optuna_trials(self).get(trial_id)
         return ot_trial is not None and ot_trial.number in {
-            t.number for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished()
+            t.number for t in optuna_study(self).get_trials(deepcopy=False) if t.state.is_finished()
         }
 
 
