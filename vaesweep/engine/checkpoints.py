@@ -28,7 +28,7 @@ from vaesweep.config.folder import RAY_FOLDER
 from vaesweep.config.packing import packed_id
 from vaesweep.config.trial import TrialConfig, trial_fields
 from vaesweep.engine.models import model_for
-from vaesweep.engine.packing import PackedRun
+from vaesweep.engine.run import Run
 
 __all__ = [
     "CheckpointError",
@@ -77,22 +77,21 @@ def _load(path: Path, **kwargs):
         ) from None
 
 
-def save_run(run, folder: Path) -> None:
+def _run_files(run: Run, folder: Path) -> list[Path]:
+    """Where each of ``run``'s state dicts goes in a checkpoint folder: a plain run's trial.pt, a pack's p<i>/."""
+    return [folder / _member_file(i if run.packed else None) for i in range(run.k)]
+
+
+def save_run(run: Run, folder: Path) -> None:
     """Write ``run``'s state into a (new, empty) checkpoint folder."""
-    if isinstance(run, PackedRun):
-        for i, state in enumerate(run.state_dicts()):
-            (folder / _member_file(i)).parent.mkdir()
-            torch.save(state, folder / _member_file(i))
-    else:
-        torch.save(run.state_dict(), folder / CHECKPOINT_FILE)
+    for file, state in zip(_run_files(run, folder), run.state_dicts(), strict=True):
+        file.parent.mkdir(exist_ok=True)
+        torch.save(state, file)
 
 
-def load_run(run, folder: Path) -> None:
+def load_run(run: Run, folder: Path) -> None:
     """Restore ``run`` from the checkpoint folder ``save_run`` wrote."""
-    if isinstance(run, PackedRun):
-        run.load_state_dicts([_load(folder / _member_file(i)) for i in range(run.k)])
-    else:
-        run.load_state_dict(_load(folder / CHECKPOINT_FILE))
+    run.load_state_dicts([_load(file) for file in _run_files(run, folder)])
 
 
 def find_checkpoint(study_dir: str | Path, trial_id: str) -> Path | None:

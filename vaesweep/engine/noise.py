@@ -122,7 +122,10 @@ def variable_metrics(
 
 
 class NoiseExperiment:
-    """One trial of the experiment: a TrialRun plus the phase state. ``epochs()`` yields rows."""
+    """One trial of the experiment: a TrialRun plus the phase state. ``epochs()`` yields rows (a
+    vaesweep.engine.run.Run)."""
+
+    packed, k = False, 1
 
     def __init__(self, config: TrialConfig | dict, settings: NoiseSettings | dict):
         self.settings = settings if isinstance(settings, NoiseSettings) else NoiseSettings(**settings)
@@ -159,11 +162,16 @@ class NoiseExperiment:
 
     # --- one epoch ------------------------------------------------------------------------------
     @property
-    def done(self) -> bool:
+    def finished(self) -> bool:
+        """The phases are done."""
         return self.state.phase == "done"
 
+    @property
+    def epoch(self) -> int:
+        return self.run.epoch
+
     def epochs(self):
-        while not self.done:
+        while not self.finished:
             yield self.run_epoch()
 
     def run_epoch(self) -> dict:
@@ -284,6 +292,12 @@ class NoiseExperiment:
         self.run.load_state_dict(state)
         self.state = NoiseState(**state["noise"])
         self._plan_last_epoch()
+
+    def state_dicts(self) -> list[dict]:
+        return [self.state_dict()]
+
+    def load_state_dicts(self, states: list[dict]) -> None:
+        self.load_state_dict(*states)
 
     def final_metrics(self) -> dict | None:
         return self.run.final_metrics()  # its history rows carry the phase and noise_* columns

@@ -75,7 +75,10 @@ class _Forward(nn.Module):
 
 
 class PackedRun(EpochLoop):
-    """K trials' state in stacked tensors. ``epochs()`` trains and yields K metric dicts per epoch."""
+    """K trials' state in stacked tensors. ``epochs()`` trains and yields K metric dicts per epoch (a
+    vaesweep.engine.run.Run)."""
+
+    packed = True
 
     def __init__(self, configs: list[TrialConfig | dict]):
         self.cfgs = [c if isinstance(c, TrialConfig) else TrialConfig(**c) for c in configs]

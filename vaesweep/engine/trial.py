@@ -255,6 +255,11 @@ class EpochLoop:
         """The configurations still training: neither final nor diverged."""
         return [i for i, r in enumerate(self.records) if not r.final and r.diverged is None]
 
+    @property
+    def finished(self) -> bool:
+        """Every configuration ended: its budget spent, settled with ``stop_when: settled``, or diverged."""
+        return not self.training()
+
     def _run_epoch(self, train: Callable[[], list[dict]]) -> list[dict | None]:
         """One report per configuration: its metrics, ``{"diverged": reason}``, or None once it has ended."""
         t0 = time.perf_counter()
@@ -274,7 +279,9 @@ class EpochLoop:
 
 
 class TrialRun(EpochLoop):
-    """One trial's state. ``epochs()`` trains and yields each epoch's metrics."""
+    """One trial's state. ``epochs()`` trains and yields each epoch's metrics (a vaesweep.engine.run.Run)."""
+
+    packed, k = False, 1
 
     def __init__(self, config: TrialConfig | dict):
         cfg = config if isinstance(config, TrialConfig) else TrialConfig(**config)
@@ -401,6 +408,12 @@ class TrialRun(EpochLoop):
         self.gen.set_state(state["gen"])
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
         self.record.load_state_dict(state)
+
+    def state_dicts(self) -> list[dict]:
+        return [self.state_dict()]
+
+    def load_state_dicts(self, states: list[dict]) -> None:
+        self.load_state_dict(*states)
 
 
 def _lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:

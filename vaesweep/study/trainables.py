@@ -22,6 +22,7 @@ from vaesweep.config.packing import PACK_KEY, pack_configs
 from vaesweep.engine.checkpoints import load_run, save_run
 from vaesweep.engine.noise import NoiseExperiment
 from vaesweep.engine.packing import PackedRun
+from vaesweep.engine.run import Run
 from vaesweep.engine.trial import TrialRun
 from vaesweep.experiments.noise import NOISE_KEY
 
@@ -82,28 +83,21 @@ def _every(config: dict) -> int:
     return int(config.get(CHECKPOINT_EVERY_KEY, 1))
 
 
-def finished(run) -> bool:
-    """Whether ``run`` has trained its final epoch: a noise experiment's phases done, else every configuration
-    ended (its budget spent, or settled with ``stop_when: settled``) or diverged."""
-    done = getattr(run, "done", None)  # NoiseExperiment
-    return bool(done) if done is not None else not run.training()
-
-
-def ray_report(run, metrics: dict | list[dict | None], node: str | None = None) -> dict:
+def ray_report(run: Run, metrics: dict | list[dict | None], node: str | None = None) -> dict:
     """What Ray gets for one epoch's ``metrics``: a plain run's dict, or a pack's
     ``{"epoch", "packed": [...]}``; every trained configuration's row names the ``node`` that ran it."""
 
     def tagged(m: dict | None) -> dict | None:  # None: a configuration of the pack that ended earlier
         return m if m is None or node is None or "diverged" in m else {**m, "node": node}
 
-    if isinstance(metrics, list):
+    if run.packed:
         return {"epoch": run.epoch, "packed": [tagged(m) for m in metrics]}
     return tagged(metrics)
 
 
-def run_under_ray(run, checkpoint_every: int = 1) -> None:
-    """Drive a run under Ray Tune: a ``TrialRun``, a ``PackedRun`` or a ``NoiseExperiment`` (each with
-    ``epochs()`` and ``final_metrics()``; vaesweep.engine.checkpoints saves and restores them).
+def run_under_ray(run: Run, checkpoint_every: int = 1) -> None:
+    """Drive a run under Ray Tune: a ``TrialRun``, a ``PackedRun`` or a ``NoiseExperiment`` (vaesweep.engine.run.Run;
+    vaesweep.engine.checkpoints saves and restores them).
 
     Restores from Ray's checkpoint, reports every epoch (with the node that ran it), with a checkpoint
     every ``checkpoint_every`` epochs and at the last, and ends a diverged trial with its reason instead
@@ -118,7 +112,7 @@ def run_under_ray(run, checkpoint_every: int = 1) -> None:
     try:
         for metrics in run.epochs():
             report = ray_report(run, metrics, node)
-            if report.get("epoch", 0) % checkpoint_every == 0 or finished(run):
+            if report.get("epoch", 0) % checkpoint_every == 0 or run.finished:
                 with tempfile.TemporaryDirectory() as d:
                     save_run(run, Path(d))
                     tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
