@@ -25,6 +25,7 @@ from analysis.chart import Chart
 from analysis.design import frame, panel_fields, varied_fields, with_defaults
 from analysis.fid import fid_chart
 from analysis.information import mi_chart
+from analysis.known_dimension import factor_chart, known_dimension_chart, known_trials
 from analysis.latents import describe_trial, gain_vs_kl, table1, var_mu_history
 from analysis.law import law_heatmap
 from analysis.method import load_method, method_chart
@@ -85,6 +86,7 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
     lam_star = pd.read_parquet(study_dir / LAMBDA_STAR) if (study_dir / LAMBDA_STAR).exists() else None
     charts = [
         active_vs_latent_dim(t.trials),
+        *([known_dimension_chart(t.trials), factor_chart(t.trials, t.latents)] if len(known_trials(t.trials)) else []),
         mi_chart(t.trials, t.latents),
         law_heatmap(t.trials, lam_star),
         table1(t.latents, chosen),
