@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vaesweep.config.trial import TrialConfig, recipe
+from vaesweep.config.trial import SPRITES, TrialConfig, recipe
 
 from . import settled
 from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, new_figure, skip
@@ -72,6 +72,7 @@ SPLIT_SIZES = {
     "mnist": (60000, 10000),
     "fashion_mnist": (60000, 10000),
     "cifar10": (50000, 10000),
+    **{name: (60000, 10000) for name in SPRITES},  # generated: vaesweep/engine/sprites.py
 }
 # How close counts as agreeing (stated in every reading):
 LAW_CLOSE = 0.05  # a variance near 1 on 1,000 eval images has a sampling error of sqrt(2/1000) = 0.045

@@ -164,7 +164,10 @@ def _load_cached(name: str, root: str | None, download: bool, device: str, cache
 
 
 def check_available(name: str, root: str | None = None, cache: str | Path | None = None) -> None:
-    """Cheap check, before a study starts, that a data set's files are there (DataError if not)."""
+    """Cheap check, before a study starts, that a data set's files are there (DataError if not); a generated
+    data set is built into the cache here (a second per sprites data set), once, not by each trial."""
+    if name in SPRITES:
+        build_sprites(name, cache)
     if name.startswith("npz:"):  # read whole: a file that is not a usable npz is refused before a trial starts
         _split(name, *_npz(Path(name[4:])))
     if name == "mnist" and root is None and not (data_dir(cache) / MNIST_FILE).is_file():
