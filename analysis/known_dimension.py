@@ -186,17 +186,21 @@ def factor_chart(trials: pd.DataFrame, latents: pd.DataFrame) -> Chart:
     if not len(ok):
         return skip(FACTORS_KEY, FACTORS_TITLE, settled.none_settled(len(df), "factor correspondence"))
     shown = ok.sort_values("seed").groupby([*GROUP, "k"], observed=True, sort=True).head(1)
-    shown = shown.sort_values(["arch", "latent_dim", "lam", "k"])
-    cols = ok.groupby(["arch", "latent_dim", "lam"]).ngroups
-    fig, axes = new_figure(len(shown), (2.3, 2.0), ncols=max(cols, min(len(shown), 5)) if cols > 1 else 5)
-    for ax, (_, t) in zip(axes, shown.iterrows()):
+    rows = list(dict.fromkeys(_panel(r) + f" · λ={fmt(r['lam'])}" for _, r in shown.sort_values(GROUP).iterrows()))
+    ks = sorted(shown["k"].unique())
+    fig, axes = new_figure(len(rows) * len(ks), (2.3, 2.0), ncols=len(ks))  # a row per setting, a column per k
+    for ax in axes:
+        ax.set_visible(False)
+    for _, t in shown.iterrows():
+        ax = axes[rows.index(_panel(t) + f" · λ={fmt(t['lam'])}") * len(ks) + ks.index(t["k"])]
+        ax.set_visible(True)
         names = [c.removeprefix(RHO) for c in rho if pd.notna(t.get(R2 + c.removeprefix(RHO)))]
         mine = latents[(latents["trial_id"] == t["trial_id"]) & latents["active"].eq(True)].sort_values("latent")
         grid = mine[[RHO + n for n in names]].abs().to_numpy() if len(mine) else np.zeros((0, len(names)))
         ax.imshow(grid if len(grid) else np.zeros((1, len(names))), vmin=0, vmax=1, cmap="Blues", aspect="auto")
         ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
         ax.set_yticks(range(len(mine)), [f"z{int(v)}" for v in mine["latent"]], fontsize=7)
-        ax.set_title(f"{t['arch']} {fmt(t['latent_dim'])} λ={fmt(t['lam'])} k={t['k']}", fontsize=8)
+        ax.set_title(f"{t['arch']} {fmt(t['latent_dim'])} λ={fmt(t['lam'])} k={t['k']} seed {t['seed']}", fontsize=7)
     fig.suptitle(f"{FACTORS_TITLE}\n|Spearman ρ| of each active variable's mean with each factor (white 0, blue 1)")
     table = factor_table(df, latents)
     one = (table["n_active"] == table["k"]) & (table["factors_held"] == table["k"])
