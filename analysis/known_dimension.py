@@ -72,7 +72,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
             {
                 **dict(zip(GROUP, key[:-1])),
                 "k": key[-1],
-                "settled": f"{len(ok)}/{len(g)}",
+                "settled_seeds": f"{len(ok)}/{len(g)}",
                 "n_active_mean": n.mean(),
                 "n_active_min": n.min(),
                 "n_active_max": n.max(),

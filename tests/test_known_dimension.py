@@ -138,7 +138,7 @@ def test_the_report_shows_active_variables_against_k_and_which_holds_which_facto
     assert "Active variables against the known dimension" in page and "Which variable holds which factor" in page
     assert (out / "known_dimension.png").exists() and (out / "factors.png").exists()
     table = pd.read_csv(out / "known_dimension.csv")
-    assert list(table["k"]) == [1, 2] and list(table["settled"]) == ["2/2", "2/3"]
+    assert list(table["k"]) == [1, 2] and list(table["settled_seeds"]) == ["2/2", "2/3"]
     trials = pd.read_parquet(tmp_path / "kd" / "trials.parquet").set_index("trial_id")
     for k, row in zip((1, 2), table.itertuples()):
         counted = trials[trials["dataset"].eq(f"sprites{k}") & trials["settled"].eq(True)]
@@ -158,4 +158,4 @@ def test_the_verdict_against_k_counts_settled_seeds_only():
     df["lam_level"] = pd.Categorical(["λ=1"] * len(df), categories=["λ=1"], ordered=True)
     table = summary_table(df).set_index("k")
     assert list(table["n_active vs k"]) == ["= k", "over", "mixed", "= k", "no settled trial"]
-    assert table.loc[4, "settled"] == "1/2" and table.loc[4, "n_active_max"] == 4
+    assert table.loc[4, "settled_seeds"] == "1/2" and table.loc[4, "n_active_max"] == 4
