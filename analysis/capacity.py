@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import settled
-from .chart import Chart, new_figure, skip
+from .chart import Chart, Study, new_figure, skip
 from .design import fmt, frame, span
 
 KEY, TITLE = "capacity", "Active variables against latent dimension"
@@ -154,3 +154,7 @@ def _reading(onset: pd.DataFrame, df: pd.DataFrame) -> str:
     starts = ", ".join(f"{fmt(int(r['onset']))} for {line(r)}" for _, r in found.iterrows())
     rest = f", and not up to {fmt(top)} for {', '.join(line(r) for _, r in never.iterrows())}" if len(never) else ""
     return f"Variables start to collapse (onset of sparsity) at latent dimension {starts}{rest}; {keep}."
+
+
+def section(study: Study) -> Chart:
+    return active_vs_latent_dim(study.tables.trials)

@@ -1,4 +1,5 @@
-"""The ``Chart`` every chart function returns, and the figure factory they share.
+"""The ``Chart`` every chart function returns, the figure factory they share, and the ``Study`` a report section
+reads (analysis/report.py).
 
 A chart is a matplotlib ``Figure`` (drawn on the Agg canvas, no pyplot state, so it renders the
 same from the CLI, a test or a notebook, where it displays inline), a one-sentence reading of
@@ -10,10 +11,13 @@ says why: the report prints that note in its place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from vaesweep.study.tables import StudyTables
 
 ACTIVE_COLOR, INACTIVE_COLOR = "#1f5fa8", "#d62728"  # Table 1: inactive variables in red
 
@@ -61,3 +65,15 @@ def new_figure(
     for ax in axes[n_panels:]:
         ax.set_visible(False)
     return fig, axes[:n_panels]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study as the report's sections read it: each section is a function ``(Study) -> Chart | None`` (None:
+    the section does not apply to this study), named in analysis/report.py or by its kind."""
+
+    folder: Path
+    tables: StudyTables
+    spec: dict  # the spec copy (study.yaml) as a mapping
+    chosen: pd.DataFrame  # the trials drawn one by one (analysis/report.py:choose_trials)
+    lambda_star: pd.DataFrame | None  # lambda_star.parquet, when the study wrote one

@@ -14,7 +14,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import settled
-from .chart import Chart, new_figure, skip
+from .chart import Chart, Study, new_figure, skip
 from .design import fmt, frame
 
 KEY, TITLE = "fid", "FID-proxy against λ and latent dimension"
@@ -99,3 +99,7 @@ def _reading(long: pd.DataFrame, kinds: list[str]) -> str:
             f"; in the {len(both)} trials with inactive variables, zeroing them moves it by a median {gap:.2g} (Fig. 3)"
         )
     return text + "."
+
+
+def section(study: Study) -> Chart:
+    return fid_chart(study.tables.trials)

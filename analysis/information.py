@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import settled
-from .chart import Chart, new_figure, skip
+from .chart import Chart, Study, new_figure, skip
 from .design import fmt, frame
 
 KEY, TITLE = "information", "Mutual information I(x; z) against λ and latent dimension, beside the active count"
@@ -73,3 +73,7 @@ def _reading(df: pd.DataFrame, x: str) -> str:
     )
     n_moving = int(settled.unsettled(df).sum())
     return settled.with_note(text + ".", settled.not_settled(n_moving, len(df), "counted, see not_settled"))
+
+
+def section(study: Study) -> Chart:
+    return mi_chart(study.tables.trials, study.tables.latents)

@@ -25,7 +25,7 @@ import seaborn as sns
 from vaesweep.config.trial import SPRITES
 
 from . import settled
-from .chart import Chart, new_figure, skip
+from .chart import Chart, Study, new_figure, skip
 from .design import fmt, frame
 
 KEY, TITLE = "known_dimension", "Active variables against the known dimension"
@@ -210,3 +210,14 @@ def factor_chart(trials: pd.DataFrame, latents: pd.DataFrame) -> Chart:
         "column means each variable holds one factor alone."
     )
     return Chart(FACTORS_KEY, FACTORS_TITLE, reading, fig, {"factors": table})
+
+
+def section(study: Study) -> Chart | None:
+    """Only for a study with trials on data of a known dimension (sprites<k>)."""
+    trials = study.tables.trials
+    return known_dimension_chart(trials) if len(known_trials(trials)) else None
+
+
+def factors_section(study: Study) -> Chart | None:
+    trials = study.tables.trials
+    return factor_chart(trials, study.tables.latents) if len(known_trials(trials)) else None

@@ -25,7 +25,7 @@ from matplotlib.patches import Patch
 from vaesweep.config.trial import recipe
 
 from . import settled
-from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, new_figure, skip
+from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, Study, new_figure, skip
 from .design import fmt, frame, span, with_defaults
 
 TABLE1_COLUMNS = ["latent", "var_mu", "mean_sigma2", "law", "mean_mu", "kl", "recon_gain", "mi_i", "active"]
@@ -283,3 +283,16 @@ def _gain_reading(df: pd.DataFrame) -> str:
             f"median gain {ina['recon_gain'].median():.2g})"
         )
     return "; ".join(parts) + "."
+
+
+def table1_section(study: Study) -> Chart:
+    return table1(study.tables.latents, study.chosen)
+
+
+def history_section(study: Study) -> Chart:
+    t = study.tables
+    return var_mu_history(study.chosen, t.latent_history, t.epochs, t.trace, t.latents)
+
+
+def gain_section(study: Study) -> Chart:
+    return gain_vs_kl(study.tables.latents, study.tables.trials)

@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from . import settled
-from .chart import Chart, new_figure, skip
+from .chart import Chart, Study, new_figure, skip
 from .design import fmt, frame
 
 KEY, TITLE = "law_heatmap", "Variance-law residual over λ × latent dimension"
@@ -214,3 +214,7 @@ def _reading(cells: pd.DataFrame, dims: list, tol: float) -> str:
         smallest = ok.sort_values("lam_level")["lam_level"].iloc[0] if len(ok) else "none"
         per_d.append(f"d={fmt(dim)}: {smallest}")
     return f"{head}; smallest working λ per latent dimension — {', '.join(per_d)}."
+
+
+def section(study: Study) -> Chart:
+    return law_heatmap(study.tables.trials, study.lambda_star)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from vaesweep.config.folder import METHOD, METHOD_TRIALS, counts
 
-from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, new_figure, skip
+from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, Study, new_figure, skip
 
 KEY, TITLE = "method", "Method (Sec. 7): lambda*, the onset of sparsity, and the advice"
 
@@ -99,3 +99,9 @@ def _capacity_panel(ax, trials: pd.DataFrame, setting: str, row: pd.Series) -> N
     ax.set_xscale("log", base=2)
     ax.set(title=f"{setting}: phase 2, the latent dimension grown", xlabel="latent dimension", ylabel="n_active")
     ax.legend(fontsize=7)
+
+
+def section(study: Study) -> Chart | None:
+    """The method's answer, once its driver has written method.parquet."""
+    method = load_method(study.folder)
+    return None if method is None else method_chart(*method)

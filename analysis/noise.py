@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import settled
-from .chart import Chart, new_figure, skip
+from .chart import Chart, Study, new_figure, skip
 
 PHASE_COLORS = {"noise_rising": "#fde0c5", "noise_held": "#f9b98c", "recovery": "#d4ecd4"}
 EVENTS = (
@@ -167,3 +167,7 @@ def _legend(ax, twin) -> None:
     more = twin.get_legend_handles_labels()
     seen = dict(zip(labels + more[1], handles + more[0]))
     ax.legend(seen.values(), seen.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.08, 1.0))
+
+
+def section(study: Study) -> Chart:
+    return fig7(study.tables)

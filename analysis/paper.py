@@ -29,7 +29,7 @@ import pandas as pd
 from vaesweep.config.trial import SPRITES, TrialConfig, recipe
 
 from . import settled
-from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, new_figure, skip
+from .chart import ACTIVE_COLOR, INACTIVE_COLOR, Chart, Study, new_figure, skip
 from .design import fmt, with_defaults
 
 KEY, TITLE = "paper", "The paper, side by side"
@@ -524,3 +524,9 @@ def _figure(used: pd.DataFrame, latents: pd.DataFrame):
         ax.legend(fontsize=8, loc="center right")
     fig.suptitle(TITLE)
     return fig
+
+
+def section(study: Study) -> Chart | None:
+    """Only for a study with trials at the paper's settings: its numbers beside ours."""
+    t = study.tables
+    return paper_chart(t.trials, t.latents, t.epochs) if len(paper_trials(t.trials)) else None

@@ -20,27 +20,44 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.capacity import active_vs_latent_dim
-from analysis.chart import Chart
+from analysis.chart import Chart, Study
 from analysis.design import frame, panel_fields, varied_fields, with_defaults
-from analysis.fid import fid_chart
-from analysis.information import mi_chart
-from analysis.known_dimension import factor_chart, known_dimension_chart, known_trials
-from analysis.latents import describe_trial, gain_vs_kl, table1, var_mu_history
-from analysis.law import law_heatmap
-from analysis.method import load_method, method_chart
-from analysis.paper import paper_chart, paper_trials
-from analysis.samples import sample_grids
+from analysis.latents import describe_trial
 from analysis.settled import flag, headline, unsettled
-from analysis.traversals import traversal_grids
-from analysis.two_stage import two_stage_chart
+from vaesweep.config.folder import LAMBDA_STAR, REPORT_FOLDER, REPORT_PAGE
 from vaesweep.config.metrics import trial_keys
 from vaesweep.config.trial import TRAINING_CHOICES
 from vaesweep.experiments import kind, resolve
 from vaesweep.study.tables import load_study, read_spec_copy
 
-REPORT_DIR = "report"
-LAMBDA_STAR = "lambda_star.parquet"
+# The report's sections, in order, declared here once: the study's kind's own sections first (``Kind.sections``,
+# vaesweep/experiments/: the method's answer, Fig. 7), then the paper's numbers beside the study's (when some trial
+# has the paper's settings), then the rest, which every study has. Each is "module:function", the function called
+# with the ``Study`` (analysis/chart.py) and returning a Chart, or None where it does not apply to the study;
+# imported only when the report is drawn, so importing ``analysis`` or this module loads neither torch nor the
+# engine (the sample grids and the traversals do, when they are drawn). A new section: a function
+# ``section(study) -> Chart | None`` in its analysis module, and its "module:function" in the list where it belongs
+# (or in a kind's ``sections``).
+EVERY_STUDY = (
+    "analysis.paper:section",
+    "analysis.capacity:section",
+    "analysis.known_dimension:section",  # sprites<k>: active variables against the known dimension
+    "analysis.known_dimension:factors_section",
+    "analysis.information:section",
+    "analysis.law:section",
+    "analysis.latents:table1_section",
+    "analysis.latents:history_section",
+    "analysis.fid:section",
+    "analysis.two_stage:section",
+    "analysis.samples:section",
+    "analysis.traversals:section",
+    "analysis.latents:gain_section",
+)
+
+
+def sections(experiment: str) -> tuple[str, ...]:
+    """The report's sections of a study of kind ``experiment``, in order."""
+    return (*kind(experiment).sections, *EVERY_STUDY)
 
 
 def choose_trials(
@@ -78,30 +95,15 @@ def choose_trials(
 
 
 def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> tuple[list[Chart], dict]:
-    """Every chart of the study, in report order, and the facts the page header shows."""
+    """Every chart of the study, in report order (``sections``), and the facts the page header shows."""
     study_dir = Path(study_dir)
     t = load_study(study_dir)
     spec = read_spec_copy(study_dir)
     chosen = choose_trials(t.trials, spec.get("metric", "elbo"), spec.get("mode", "max"), chosen_ids)
     lam_star = pd.read_parquet(study_dir / LAMBDA_STAR) if (study_dir / LAMBDA_STAR).exists() else None
-    charts = [
-        active_vs_latent_dim(t.trials),
-        *([known_dimension_chart(t.trials), factor_chart(t.trials, t.latents)] if len(known_trials(t.trials)) else []),
-        mi_chart(t.trials, t.latents),
-        law_heatmap(t.trials, lam_star),
-        table1(t.latents, chosen),
-        var_mu_history(chosen, t.latent_history, t.epochs, t.trace, t.latents),
-        fid_chart(t.trials),
-        *([two_stage_chart(t.trials)] if _asks_two_stage(t.trials) else []),
-        sample_grids(study_dir, chosen, t.latents),
-        traversal_grids(study_dir, chosen, t.latents),
-        gain_vs_kl(t.latents, t.trials),
-    ]
-    charts[:0] = [resolve(path)(t) for path in kind(spec.get("experiment", "train")).charts]  # e.g. Fig. 7
-    if len(paper_trials(t.trials)):  # trials with the paper's settings: its numbers beside ours, first
-        charts.insert(0, paper_chart(t.trials, t.latents, t.epochs))
-    if (method := load_method(study_dir)) is not None:  # experiment: method: Sec. 7's answer, at the top
-        charts.insert(0, method_chart(*method))
+    study = Study(study_dir, t, spec, chosen, lam_star)
+    drawn = [resolve(path)(study) for path in sections(spec.get("experiment", "train"))]
+    charts = [c for c in drawn if c is not None]
     d = frame(t.trials)
     facts = {
         "name": spec.get("name", study_dir.name),
@@ -113,11 +115,6 @@ def study_charts(study_dir: str | Path, chosen_ids: list[str] | None = None) -> 
         "headline": headline(t.trials),
     }
     return charts, facts
-
-
-def _asks_two_stage(trials: pd.DataFrame) -> bool:
-    """Whether any trial set two_stage: true (vaesweep/engine/two_stage.py): only then the two-stage chart."""
-    return "fid_two_stage" in trials or ("two_stage" in trials and trials["two_stage"].eq(True).any())
 
 
 def build_report(study_dir: str | Path, out: str | Path | None = None, chosen_ids: list[str] | None = None) -> Path:
@@ -136,15 +133,15 @@ def report_lines(
 
 def _build(study_dir: str | Path, out: str | Path | None, chosen_ids: list[str] | None) -> tuple[Path, dict]:
     study_dir = Path(study_dir)
-    out = Path(out) if out else study_dir / REPORT_DIR
+    out = Path(out) if out else study_dir / REPORT_FOLDER
     charts, facts = study_charts(study_dir, chosen_ids)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "index.html").exists():  # a previous report: drop its files so none goes stale
+    if (out / REPORT_PAGE).exists():  # a previous report: drop its files so none goes stale
         for old in (*out.glob("*.png"), *out.glob("*.csv"), *out.glob("*.md")):
             old.unlink()
     sections = [_write_chart(c, out) for c in charts]
     sections.append(_table_block("trials", facts["trials"], out))
-    index = out / "index.html"
+    index = out / REPORT_PAGE
     index.write_text(_page(facts, charts, sections), encoding="utf-8")
     return index, facts
 

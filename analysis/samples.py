@@ -24,7 +24,7 @@ from vaesweep.engine.data import DataError, load_dataset
 from vaesweep.engine.sampling import decode_images, prior_codes, zero_inactive
 
 from . import settled
-from .chart import Chart, new_figure, skip
+from .chart import Chart, Study, new_figure, skip
 from .design import with_defaults
 from .latents import describe_trial
 
@@ -134,3 +134,7 @@ def sample_grids(
 def _visibility(diff: float) -> str:
     """How a mean pixel change of ``diff`` reads on a grid (Fig. 3: zeroed inactive variables change nothing)."""
     return "indistinguishable" if diff < 0.01 else "visible" if diff > 0.05 else "slight"
+
+
+def section(study: Study) -> Chart:
+    return sample_grids(study.folder, study.chosen, study.tables.latents)

@@ -21,7 +21,7 @@ from vaesweep.engine.models import eval_mode
 from vaesweep.engine.sampling import decode_images
 
 from . import settled
-from .chart import INACTIVE_COLOR, Chart, new_figure, skip
+from .chart import INACTIVE_COLOR, Chart, Study, new_figure, skip
 from .latents import describe_trial
 from .samples import ChosenModels, image_grid
 
@@ -94,3 +94,7 @@ def _panel_reading(row, images, order, active, change) -> str:
     if off:
         text += f", an inactive one's by {sum(off) / len(off):.2g}"
     return text + settled.flag(row)
+
+
+def section(study: Study) -> Chart:
+    return traversal_grids(study.folder, study.chosen, study.tables.latents)

@@ -19,7 +19,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import settled
-from .chart import Chart, new_figure, skip
+from .chart import Chart, Study, new_figure, skip
 from .design import fmt, frame
 
 KEY, TITLE = "two_stage", "Two-stage VAE (Dai & Wipf 2019): FID-proxy of prior vs two-stage samples"
@@ -127,3 +127,10 @@ def _reading(cells: pd.DataFrame) -> str:
             f"{by_lam.iloc[-1]:.3g} at the largest {by_lam.index[-1]}"
         )
     return text + "."
+
+
+def section(study: Study) -> Chart | None:
+    """Only for a study in which some trial set two_stage: true (vaesweep/engine/two_stage.py)."""
+    trials = study.tables.trials
+    asked = "fid_two_stage" in trials or ("two_stage" in trials and trials["two_stage"].eq(True).any())
+    return two_stage_chart(trials) if asked else None

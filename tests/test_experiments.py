@@ -1,5 +1,5 @@
 """The registry of experiment kinds (vaesweep.experiments): a kind declared in one module is checked by the
-spec, gets its settings into the trials' config and its trainable from the runner, and its charts in the report."""
+spec, gets its settings into the trials' config and its trainable from the runner, and its sections in the report."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def toy_trainable(config: dict) -> None:
     """Never run here: the runner only has to hand it to Ray."""
 
 
-def toy_chart(tables) -> Chart:
+def toy_chart(study) -> Chart:
+    tables = study.tables
     fig, (ax,) = new_figure()
     ax.plot(tables.epochs["epoch"], tables.epochs["train_loss"])
     return Chart("toy_rounds", "The toy kind: rounds", f"{len(tables.epochs)} epochs drawn.", fig)
@@ -47,7 +48,7 @@ TOY = Kind(
     settings=ToySettings,
     check=toy_check,
     trainable=f"{__name__}:toy_trainable",
-    charts=(f"{__name__}:toy_chart",),
+    sections=(f"{__name__}:toy_chart",),
 )
 
 
@@ -90,7 +91,7 @@ def test_unknown_experiment_names_the_field_and_the_known_kinds():
 def test_every_kind_names_code_that_exists():
     for name, kind in experiments.KINDS.items():
         assert kind.name == name
-        for path in (kind.trainable, kind.packed_trainable, *kind.charts):
+        for path in (kind.trainable, kind.packed_trainable, kind.driver, *kind.sections):
             assert path is None or callable(experiments.resolve(path)), path
 
 

@@ -1,7 +1,11 @@
 """The layout of the code: imports flow one way, config -> engine -> study -> cli, with no cycles;
 ``analysis`` reads the tables and the config, and only the commands that write the report import it.
-Read from the source with ast (nothing here imports the package, so the test takes well under a second),
-plus one fresh interpreter to see that reading a study needs neither torch nor Ray."""
+Read from the source with ast (of the package only the torch-free registry of experiment kinds is imported, so
+the test takes well under a second), plus fresh interpreters to see that reading a study needs neither torch nor Ray
+and that importing the charts loads neither torch nor the engine.
+
+The kinds and the report name code lazily, by "module:function" strings (vaesweep/experiments/kind.py,
+analysis/report.py:sections): every such entry is resolved here and its layer checked, as if it were an import."""
 
 import ast
 import subprocess
@@ -9,6 +13,8 @@ import sys
 
 import pytest
 from conftest import ROOT
+
+from vaesweep.experiments import KINDS
 
 PACKAGES = ("vaesweep", "analysis")
 # layer -> the layers it must not import (vaesweep.experiments is checked should it appear)
@@ -120,16 +126,24 @@ def test_only_the_report_writing_commands_import_analysis(graph):
     assert importers <= REPORT_WRITERS, importers - REPORT_WRITERS
 
 
-def test_reading_a_study_and_the_cli_parser_load_neither_torch_nor_ray():
-    code = (
-        "import sys, vaesweep, vaesweep.config.spec, vaesweep.config.trial, vaesweep.study.tables, "
-        "vaesweep.cli.main, vaesweep.cli.status\n"
-        "vaesweep.load_study; vaesweep.TrialConfig; vaesweep.cli.main.build_parser()\n"
-        "print(sorted({'torch', 'ray'} & set(sys.modules)))"
+def heavy_modules_after(code: str) -> list[str]:
+    """Which of torch, Ray and vaesweep's engine a fresh interpreter has loaded after running ``code``."""
+    code += (
+        "\nimport sys\nprint(sorted({m.split('.')[0] if m.split('.')[0] in ('torch', 'ray') else m for m in sys.modules"
+        "\n    if m.split('.')[0] in ('torch', 'ray') or m.startswith('vaesweep.engine')}))"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "[]"
+    return ast.literal_eval(res.stdout.strip())
+
+
+def test_reading_a_study_and_the_cli_parser_load_neither_torch_nor_ray():
+    code = (
+        "import vaesweep, vaesweep.config.spec, vaesweep.config.trial, vaesweep.study.tables, "
+        "vaesweep.cli.main, vaesweep.cli.status\n"
+        "vaesweep.load_study; vaesweep.TrialConfig; vaesweep.cli.main.build_parser()"
+    )
+    assert not {"torch", "ray"} & set(heavy_modules_after(code))
 
 
 def test_a_wrong_spec_is_refused_before_torch_or_ray_load(tmp_path):
@@ -143,3 +157,54 @@ def test_a_wrong_spec_is_refused_before_torch_or_ray_load(tmp_path):
     assert res.stdout.strip() == "2 []", res.stderr
     assert res.stderr.strip().endswith("base: lam: Input should be greater than or equal to 0")
     assert not (tmp_path / "runs").exists() and not (ROOT / "runs" / "bad").exists()
+
+
+def defined(tree: ast.Module) -> set[str]:
+    """The names a module defines at its top level (functions, classes, assignments)."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def report_sections() -> list[str]:
+    """The sections analysis/report.py declares for every study (EVERY_STUDY), read as literals."""
+    tree = ast.parse((ROOT / "analysis" / "report.py").read_text())
+    return [
+        path
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "EVERY_STUDY" for t in node.targets)
+        for path in ast.literal_eval(node.value)
+    ]
+
+
+def lazy_entries() -> list[tuple[str, str, str]]:
+    """(who names it, "module:function", the layer it must live in) for every lazily named entry."""
+    entries = []
+    for name, kind in KINDS.items():
+        for part in ("trainable", "packed_trainable", "driver"):
+            if getattr(kind, part) is not None:
+                entries.append((f"kind {name}.{part}", getattr(kind, part), "vaesweep.study"))
+        entries += [(f"kind {name}.sections", path, "analysis") for path in kind.sections]
+    return entries + [("analysis/report.py", path, "analysis") for path in report_sections()]
+
+
+def test_every_lazily_named_entry_exists_in_its_layer():
+    trees = modules()
+    entries = lazy_entries()
+    assert {"analysis.noise:section", "analysis.method:section", "analysis.paper:section"} <= {e[1] for e in entries}
+    wrong = []
+    for who, path, layer in entries:
+        module, _, function = path.partition(":")
+        if module not in trees or function not in defined(trees[module]):
+            wrong.append(f"{who}: {path} is not defined")
+        elif not in_layer(module, layer):
+            wrong.append(f"{who}: {path} is not in {layer}")
+    assert not wrong, wrong
+
+
+def test_importing_the_charts_and_the_report_loads_neither_torch_nor_the_engine():
+    assert heavy_modules_after("import analysis, analysis.report") == []

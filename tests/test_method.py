@@ -134,6 +134,8 @@ def test_the_report_opens_with_the_method_section(tmp_path):
     evidence = trials[(trials["arch"] == "dense") & (trials["seed"] == 0)].assign(
         setting="dense", phase=lambda d: (d["lam"] == 2.0).map({True: 2, False: 1})
     )
+    spec = yaml.safe_load((study / "study.yaml").read_text())  # the study is an experiment: method
+    (study / "study.yaml").write_text(yaml.safe_dump({**spec, "experiment": "method"}))
     table.to_parquet(study / "method.parquet")
     evidence.to_parquet(study / "method_trials.parquet")
     index = build_report(study)

@@ -19,16 +19,18 @@ def no_check(spec: StudySpec) -> None:
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of trial a study runs (``experiment: <name>``). Code is named by import path,
-    "package.module:name", resolved only where it runs (vaesweep.experiments.resolve), so the spec
-    can check a kind without importing torch or Ray."""
+    """One kind of trial a study runs (``experiment: <name>``): all its parts, named here. Code is named by
+    import path, "package.module:name", resolved only where it runs (vaesweep.experiments.resolve), so the spec
+    can check a kind without importing torch or Ray; tests/test_layout.py resolves every entry and checks its
+    layer (trainables and drivers in vaesweep.study, sections in analysis)."""
 
     name: str
     trainable: str  # the Ray function trainable of one configuration, e.g. "vaesweep.study.trainables:trainable"
     settings: type[BaseModel] | None = None  # the settings written under ``<name>: {...}`` in the spec
     check: Callable[[StudySpec], None] = no_check  # raises ValueError naming the field of a spec it cannot run
     packed_trainable: str | None = None  # the trainable of K configurations per Ray trial, if the kind packs
-    charts: tuple[str, ...] = ()  # report charts, each called with the study's tables (load_study) -> Chart
+    sections: tuple[str, ...] = ()  # the report's sections of this kind (analysis/report.py:sections gives their place)
+    # each called with the analysis.chart.Study -> Chart, or None where it does not apply
     driver: str | None = None  # a kind made of several phases of trials: run_study calls driver(spec, out, quiet)
     # instead of one Tuner of ``trainable`` (e.g. "vaesweep.study.method:run_method")
 

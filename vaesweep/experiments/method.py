@@ -200,4 +200,5 @@ KIND = Kind(
     check=check,
     trainable="vaesweep.study.trainables:trainable",
     driver="vaesweep.study.method:run_method",
+    sections=("analysis.method:section",),  # Sec. 7's answer, at the top of the report
 )

@@ -101,6 +101,6 @@ KIND = Kind(
     settings=NoiseSettings,
     check=check,
     trainable="vaesweep.study.trainables:noise_trainable",
-    charts=("analysis.noise:fig7",),
+    sections=("analysis.noise:section",),  # Fig. 7
 )
 NOISE_KEY = KIND.key  # "_noise": where a trial's config carries the settings
