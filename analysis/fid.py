@@ -64,15 +64,7 @@ def fid_chart(trials: pd.DataFrame) -> Chart:
             err_kws={"alpha": 0.15},
             ax=ax,
         )
-        ax.set_xscale("log", base=2 if x == "latent_dim" else 10)
-        values = sorted(sub[x].unique())
-        ax.set_xticks(values, [fmt(v) for v in values])
-        ax.minorticks_off()
-        ax.set(
-            title=f"arch = {panel}",
-            xlabel="λ" if x == "lam" else "latent dimension",
-            ylabel="FID-proxy, lower is better (band: min–max over seeds)",
-        )
+        fid_axis(ax, x, sub[x], f"arch = {panel}", "FID-proxy, lower is better (band: min–max over seeds)")
         if i == len(d.panels) - 1:  # one legend, beside the last panel
             sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
         else:
@@ -80,6 +72,15 @@ def fid_chart(trials: pd.DataFrame) -> Chart:
     fig.suptitle(TITLE)
     reading = settled.with_note(_reading(long, kinds), settled.not_settled(int(df["_unsettled"].sum()), len(df)))
     return Chart(KEY, TITLE, reading, fig)
+
+
+def fid_axis(ax, x: str, values: pd.Series, title: str, ylabel: str = "FID-proxy, lower is better") -> None:
+    """A FID-proxy panel against ``x`` (lam or latent_dim): a log axis with a tick at each of its ``values``."""
+    values = sorted(values.unique())
+    ax.set_xscale("log", base=2 if x == "latent_dim" else 10)
+    ax.set_xticks(values, [fmt(v) for v in values])
+    ax.minorticks_off()
+    ax.set(title=title, xlabel="λ" if x == "lam" else "latent dimension", ylabel=ylabel)
 
 
 def _reading(long: pd.DataFrame, kinds: list[str]) -> str:

@@ -46,21 +46,20 @@ def method_chart(table: pd.DataFrame, evidence: pd.DataFrame) -> Chart:
     return Chart(KEY, TITLE, reading, fig, {"method": table, "method_trials": evidence})
 
 
+def _scatter(ax, trials: pd.DataFrame, x: str, y: str, color: str, label: str, unsettled_label: str) -> None:
+    """``trials`` as points: filled where they count (settled), hollow where not."""
+    settled = counts(trials)
+    ax.scatter(trials.loc[settled, x], trials.loc[settled, y], color=color, label=label)
+    if (~settled).any():
+        out = trials[~settled]
+        ax.scatter(out[x], out[y], facecolors="none", edgecolors=color, label=unsettled_label)
+
+
 def _search_panel(ax, trials: pd.DataFrame, setting: str, row: pd.Series) -> None:
     """Phase 1: law_residual_max against lambda; filled where the laws held, hollow where not settled."""
     ok = trials["kl_working"].eq(True)
     for works, color, name in ((True, ACTIVE_COLOR, "laws hold"), (False, INACTIVE_COLOR, "laws fail")):
-        pick = trials[ok == works]
-        settled = counts(pick)
-        ax.scatter(pick.loc[settled, "lam"], pick.loc[settled, "law_residual_max"], color=color, label=name)
-        if (~settled).any():
-            ax.scatter(
-                pick.loc[~settled, "lam"],
-                pick.loc[~settled, "law_residual_max"],
-                facecolors="none",
-                edgecolors=color,
-                label=f"{name}, not settled",
-            )
+        _scatter(ax, trials[ok == works], "lam", "law_residual_max", color, name, f"{name}, not settled")
     if pd.notna(row["lam_star"]):
         ax.axvline(row["lam_star"], color="k", ls="--", lw=1, label=f"λ* = {row['lam_star']:.3g}")
     ax.set_xscale("log")
@@ -75,19 +74,8 @@ def _capacity_panel(ax, trials: pd.DataFrame, setting: str, row: pd.Series) -> N
     trials = trials.sort_values("latent_dim")
     dims = sorted({1, *trials["latent_dim"].astype(int)})
     ax.plot(dims, dims, color="#aaa", lw=1, label="n_active = latent dim")
-    settled = counts(trials)
     ax.plot(trials["latent_dim"], trials["n_active"], color=ACTIVE_COLOR, lw=1)
-    ax.scatter(
-        trials.loc[settled, "latent_dim"], trials.loc[settled, "n_active"], color=ACTIVE_COLOR, label="trial at λ*"
-    )
-    if (~settled).any():
-        ax.scatter(
-            trials.loc[~settled, "latent_dim"],
-            trials.loc[~settled, "n_active"],
-            facecolors="none",
-            edgecolors=ACTIVE_COLOR,
-            label="not settled",
-        )
+    _scatter(ax, trials, "latent_dim", "n_active", ACTIVE_COLOR, "trial at λ*", "not settled")
     if pd.notna(row["latent_onset"]):
         ax.axvline(
             row["latent_onset"],

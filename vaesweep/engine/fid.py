@@ -50,6 +50,7 @@ from vaesweep.engine.data import (  # the one cache root: feature nets live in i
     ImageData,
     cache_dir,
 )
+from vaesweep.engine.fetch import make_cache
 from vaesweep.engine.models import eval_mode
 from vaesweep.engine.sampling import decode_images, prior_codes, zero_inactive
 
@@ -219,14 +220,7 @@ def feature_net(
     serialise on a file lock; the first trains and writes atomically, the rest load its file.
     """
 
-    folder = cache_dir(cache)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(
-            f"cache_dir '{folder}' cannot be created ({err.strerror}); set cache_dir or "
-            f"${CACHE_ENV} to a writable folder"
-        ) from None
+    folder = make_cache(cache_dir(cache), "cache_dir", f"set cache_dir or ${CACHE_ENV} to a writable folder")
     path = folder / f"fidnet-{data.content_hash}-{recipe.key()}.pt"
     loaded = _load(path, data, recipe)
     if loaded is None:

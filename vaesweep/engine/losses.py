@@ -5,12 +5,13 @@ one can be watched. The remedies the paper surveys (Sec. 6.1) are options of the
 
 - KL warm-up: lambda grows linearly from 0 over ``warmup_steps`` minibatches (Bowman et al. [3]);
 - free bits: each variable's batch-mean KL counts at least ``free_bits`` nats (Kingma et al. [15]);
-- capacity-controlled beta-VAE: ``gamma * |KL - C|`` with C rising linearly to ``capacity_max``
-  over ``capacity_steps`` minibatches (Burgess et al. [5]).
+- capacity-controlled beta-VAE: ``gamma * |KL - C|`` with the KL target C (Burgess et al. [5] call it the
+  capacity; here "capacity" is the active variables, so the code says KL target) rising linearly to
+  ``capacity_max`` over ``capacity_steps`` minibatches.
 
 Plain lambda is beta-VAE's beta (Higgins et al. [14]).
 One ``kl_term`` serves one trial and a pack of K (vaesweep/engine/packing.py) alike: the schedules are
-(K,) tensors, lambda(step) and C(step) come from ``kl_weight`` and ``capacity_target`` only.
+(K,) tensors, lambda(step) and C(step) come from ``kl_weight`` and ``kl_target`` only.
 The losses return tensors; nothing in a training step synchronises with the host.
 """
 
@@ -56,9 +57,9 @@ def kl_weight(step: int, schedule: KLSchedule) -> float:
     return schedule.lam * min(1.0, step / schedule.warmup_steps)
 
 
-def capacity_target(step: int, schedule: KLSchedule) -> float:
+def kl_target(step: int, schedule: KLSchedule) -> float:
     """C at minibatch ``step``: linear from 0 to ``capacity_max`` over ``capacity_steps`` (Burgess et al.);
-    0 without a capacity."""
+    0 without a KL target."""
     ramp = 1.0 if schedule.capacity_steps <= 0 else min(1.0, step / schedule.capacity_steps)
     return ramp * (schedule.capacity_max or 0.0)
 
@@ -69,10 +70,10 @@ class KLSchedules:
 
     schedules: tuple[KLSchedule, ...]
     free_bits: torch.Tensor  # (K,) nats per variable, 0 = off
-    capacity: torch.Tensor  # (K,) bool: gamma * |KL - C| instead of lambda * KL
+    targeted: torch.Tensor  # (K,) bool: gamma * |KL - C| instead of lambda * KL
     gamma: torch.Tensor  # (K,)
     any_free_bits: bool
-    any_capacity: bool
+    any_targeted: bool
 
     @classmethod
     def of(cls, schedules: list[KLSchedule], device: torch.device) -> KLSchedules:
@@ -92,7 +93,7 @@ class KLSchedules:
         """(n_steps, K, 2): lambda(step) and C(step) of each configuration for steps first_step, ...;
         host arithmetic on step counts, one copy to the device."""
         rows = [
-            [(kl_weight(step, s), capacity_target(step, s)) for s in self.schedules]
+            [(kl_weight(step, s), kl_target(step, s)) for s in self.schedules]
             for step in range(first_step, first_step + n_steps)
         ]
         return torch.tensor(rows, dtype=torch.float32, device=self.gamma.device).view(n_steps, len(self.schedules), 2)
@@ -113,9 +114,9 @@ def kl_term(kl: torch.Tensor, coef: torch.Tensor, sched: KLSchedules, mask: torc
         per_var = per_var * mask
     total = per_var.sum(1)
     weight, target = coef[:, 0], coef[:, 1]
-    if not sched.any_capacity:
+    if not sched.any_targeted:
         return weight * total  # lambda, with warm-up
-    return torch.where(sched.capacity, sched.gamma * (total - target).abs(), weight * total)  # Burgess et al.
+    return torch.where(sched.targeted, sched.gamma * (total - target).abs(), weight * total)  # Burgess et al.
 
 
 def vae_loss(logits, x, mu, logvar, coef: torch.Tensor, recon_kind: str, sched: KLSchedules, clip: float = 0.0):
