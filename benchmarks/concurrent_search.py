@@ -18,7 +18,7 @@ each, all on 127.0.0.1) and runs the same ``search: optuna`` study on it (dense,
   side by side (the GP suggests while a trial of the same setting is still running).
 
 The cluster's workers import this tree's trial code in every run; the baseline differs only in the
-driver's search code (vaesweep/study/runner.py, searcher.py, config/spec.py).
+driver's search code (vaesweep/study/tuner.py, searcher.py, config/spec.py).
 """
 
 from __future__ import annotations
