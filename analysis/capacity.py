@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import settled
-from .chart import Chart, Study, new_figure, skip
+from .chart import Chart, Study, lines_by_lambda, new_figure, skip
 from .design import fmt, frame, span
 
 KEY, TITLE = "capacity", "Active variables against latent dimension"
@@ -85,18 +85,7 @@ def active_vs_latent_dim(trials: pd.DataFrame) -> Chart:
         ax.plot(dims, dims, color="0.6", lw=4, alpha=0.35, zorder=0, label="all used (y = x)")
         marks = {"style": style, "markers": True, "dashes": True} if style else {"marker": "o"}
         if len(sub):
-            sns.lineplot(
-                sub.rename(columns={"lam_level": "λ"}),
-                x="latent_dim",
-                y="n_active",
-                hue="λ",
-                hue_order=levels,
-                palette=palette,
-                errorbar=("pi", 100),
-                err_kws={"alpha": 0.15},
-                ax=ax,
-                **marks,
-            )
+            lines_by_lambda(ax, sub, "latent_dim", levels, palette, **marks)
         out = left[left["panel"] == panel]
         if len(out):
             ax.scatter(out["latent_dim"], out["n_active"], **settled.MARK, label=settled.LABEL + ", left out")

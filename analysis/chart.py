@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -77,3 +78,20 @@ class Study:
     spec: dict  # the spec copy (study.yaml) as a mapping
     chosen: pd.DataFrame  # the trials drawn one by one (analysis/report.py:choose_trials)
     lambda_star: pd.DataFrame | None  # lambda_star.parquet, when the study wrote one
+
+
+def lines_by_lambda(ax, df: pd.DataFrame, x: str, levels: list, palette: dict, **marks) -> None:
+    """One line per lambda level (``lam_level``) of ``n_active`` against ``x``: the mean over seeds and a band
+    from their min to max."""
+    sns.lineplot(
+        df.rename(columns={"lam_level": "λ"}),
+        x=x,
+        y="n_active",
+        hue="λ",
+        hue_order=levels,
+        palette=palette,
+        errorbar=("pi", 100),
+        err_kws={"alpha": 0.15},
+        ax=ax,
+        **marks,
+    )

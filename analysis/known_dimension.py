@@ -25,7 +25,7 @@ import seaborn as sns
 from vaesweep.config.trial import SPRITES
 
 from . import settled
-from .chart import Chart, Study, new_figure, skip
+from .chart import Chart, Study, lines_by_lambda, new_figure, skip
 from .design import fmt, frame
 
 KEY, TITLE = "known_dimension", "Active variables against the known dimension"
@@ -108,18 +108,7 @@ def known_dimension_chart(trials: pd.DataFrame) -> Chart:
         ax.plot(ks, ks, color="0.6", lw=4, alpha=0.35, zorder=0, label="n_active = k")
         sub = df[mine & ~settled.unsettled(df)]
         if len(sub):
-            sns.lineplot(
-                sub.rename(columns={"lam_level": "λ"}),
-                x="k",
-                y="n_active",
-                hue="λ",
-                hue_order=levels,
-                palette=palette,
-                marker="o",
-                errorbar=("pi", 100),
-                err_kws={"alpha": 0.15},
-                ax=ax,
-            )
+            lines_by_lambda(ax, sub, "k", levels, palette, marker="o")
         out = df[mine & settled.unsettled(df)]
         if len(out):
             ax.scatter(out["k"], out["n_active"], **settled.MARK, label=settled.LABEL)
