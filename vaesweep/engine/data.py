@@ -215,15 +215,19 @@ def _sprites_cached(name: str, cache: str | Path | None) -> ImageData:
     return _make(name, xtr[:, None], ytr, xev[:, None], yev, (ftr, fev, names))
 
 
+def make_cache(folder: Path, what: str, fix: str) -> Path:
+    """``folder`` (a cache: the data sets', the FID-proxy nets'), created if absent; a DataError naming it and
+    ``fix`` when it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{what} '{folder}' cannot be created ({err.strerror}); {fix}") from None
+    return folder
+
+
 def write_atomic(target: Path, arrays: dict[str, np.ndarray]) -> None:
     """``numpy.savez`` into the data cache so that a reader never sees half a file."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(
-            f"data cache '{target.parent}' cannot be created ({err.strerror}); set $VAESWEEP_CACHE or "
-            "--cache-dir to a writable folder"
-        ) from None
+    make_cache(target.parent, "data cache", "set $VAESWEEP_CACHE or --cache-dir to a writable folder")
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

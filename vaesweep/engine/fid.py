@@ -49,8 +49,8 @@ from vaesweep.engine.data import (  # the one cache root: feature nets live in i
     DataError,
     ImageData,
     cache_dir,
+    make_cache,
 )
-from vaesweep.engine.fetch import make_cache
 from vaesweep.engine.models import eval_mode
 from vaesweep.engine.sampling import decode_images, prior_codes, zero_inactive
 
