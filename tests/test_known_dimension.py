@@ -131,7 +131,11 @@ def _study(tmp_path, runs):
 
 
 def test_the_report_shows_active_variables_against_k_and_which_holds_which_factor(tmp_path, tiny):
-    runs = [{**tiny, **SETTLES, "dataset": f"sprites{k}", "seed": s, "epochs": 3} for k in (1, 2) for s in (0, 1)]
+    runs = [
+        {**tiny, **SETTLES, "dataset": f"sprites{k}", "seed": s, "epochs": 3, "latent_dim": 16}
+        for k in (1, 2)
+        for s in (0, 1)
+    ]
     runs.append({**runs[-1], "seed": 2, "settle_law_tol": 1e-12})  # the residual always drifts: not settled
     index = build_report(_study(tmp_path, runs))
     page, out = index.read_text(), index.parent
@@ -147,6 +151,7 @@ def test_the_report_shows_active_variables_against_k_and_which_holds_which_facto
     assert len(factors) == 4 and {"r2_x", "best_var_x", "best_rho_x", "r2_y"} <= set(factors.columns)
     assert factors.loc[factors["k"] == 1, "r2_y"].isna().all()  # sprites1 has no y factor
     assert "1 of 5 trials not settled" in page
+    assert "The paper, side by side" not in page  # Table 1's digits do not compare with sprites
 
 
 def test_the_verdict_against_k_counts_settled_seeds_only():
