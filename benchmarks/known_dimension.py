@@ -56,6 +56,25 @@ def with_weak(table: pd.DataFrame, trials: pd.DataFrame, latents: pd.DataFrame) 
     )
 
 
+def answer_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per architecture, latent dimension and k, one column per lambda: 'n_active mean [min..max], holds
+    h, laws s/n' over the settled seeds."""
+
+    def cell(r) -> str:
+        if r["n_active vs k"] == "no settled trial":
+            return f"not settled (0/{r['settled_seeds'].split('/')[1]})"
+        span = f"{int(r['n_active_min'])}..{int(r['n_active_max'])}"
+        done, of = r["settled_seeds"].split("/")
+        return f"{r['n_active_mean']:.3g} [{span}], holds {r['factors_held_mean']:.2g}, laws {r['kl_working']}" + (
+            "" if done == of else f", settled {done}/{of}"
+        )
+
+    grid = table.assign(cell=[cell(r) for _, r in table.iterrows()], lam=table["lam"].map(lambda v: f"λ={v}"))
+    out = grid.pivot_table(index=["arch", "latent_dim", "k"], columns="lam", values="cell", aggfunc="first")
+    out = out[sorted(out.columns, key=lambda c: float(c.removeprefix("λ=")))]
+    return out.reset_index().fillna("—")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("studies", nargs="+", type=Path)
@@ -70,9 +89,10 @@ def main() -> None:
     md.write_text(
         f"# Active variables against the known dimension: tables\n\nFrom {', '.join(f.name for f in args.studies)}"
         f" ({len(trials)} finished trials, {int((~settled.unsettled(trials)).sum())} settled).\n\n"
+        f"## n_active at settle against k\n\n{to_markdown(answer_grid(table))}\n"
         f"## Per setting and k\n\n{to_markdown(table)}\n## Per settled trial\n\n{to_markdown(factors)}"
     )
-    print(to_markdown(table))
+    print(to_markdown(answer_grid(table)))
 
 
 if __name__ == "__main__":
