@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from vaesweep.config.metrics import FACTOR_R2 as R2
+from vaesweep.config.metrics import FACTOR_RHO as RHO
 from vaesweep.config.trial import SPRITES
 
 from . import settled
@@ -30,7 +32,6 @@ from .design import fmt, frame
 
 KEY, TITLE = "known_dimension", "Active variables against the known dimension"
 FACTORS_KEY, FACTORS_TITLE = "factors", "Which variable holds which factor"
-RHO, R2 = "factor_rho_", "factor_r2_"  # the catalogue's prefixes (vaesweep/config/metrics.py)
 HELD_R2 = 0.5  # a factor is held when the active variables' means explain at least half its variance
 GROUP = ["arch", "latent_dim", "setting", "lam_level"]
 

@@ -33,6 +33,8 @@ class Family:
         return key in self.keys or key in self.timings or (self.prefix is not None and key.startswith(self.prefix))
 
 
+FACTOR_RHO, FACTOR_R2 = "factor_rho_", "factor_r2_"  # known factors (generated data): per variable, per trial
+
 CATALOGUE: tuple[Family, ...] = (
     Family(
         "progress",
@@ -106,7 +108,7 @@ CATALOGUE: tuple[Family, ...] = (
     Family(
         "factor_fit",
         "trial",
-        prefix="factor_r2_",
+        prefix=FACTOR_R2,
         source="engine/factors.py: R^2 of each known factor (generated data) fitted on the active variables' means",
     ),
     Family(
@@ -118,7 +120,7 @@ CATALOGUE: tuple[Family, ...] = (
     Family(
         "factors",
         "latent",
-        prefix="factor_rho_",
+        prefix=FACTOR_RHO,
         source="engine/factors.py: each variable's rank correlation with each known factor (generated data)",
     ),
 )

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-RHO, R2 = "factor_rho_", "factor_r2_"  # the catalogue's prefixes (vaesweep/config/metrics.py)
+from vaesweep.config.metrics import FACTOR_R2 as R2
+from vaesweep.config.metrics import FACTOR_RHO as RHO
 
 
 def _ranks(a: torch.Tensor) -> torch.Tensor:
